@@ -1,0 +1,130 @@
+"""``colqwen-pipeline``: ingest, search, rasterize, build-tiny-model (and more as they land).
+
+Heavy imports (torch, colpali-engine, dagster) happen inside the commands that need them, so
+``--help`` and light commands start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from colqwen_pipeline.settings import Settings
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from colqwen_pipeline.runner import ingest
+
+    settings = Settings()
+    print(f"indexing {settings.inbox} into {settings.resolved_milvus_uri} (state: {settings.home_dir})")
+    try:
+        summary = ingest(settings, args.paths)
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"done: {summary.documents} documents, {summary.pages} pages, {summary.rows} rows in Milvus, "
+        f"{summary.removed} removed, {len(summary.failed)} failed, {summary.seconds} s"
+    )
+    for key, reason in summary.failed.items():
+        print(f"failed: {key}: {reason}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from colqwen_pipeline.stages import search
+
+    hits = search(args.query, top_k=args.top_k, doc_ids=args.doc or None)
+    results = [
+        {"doc_id": h.doc_id, "document": h.document, "page": h.page, "score": round(h.score, 4), "image_path": h.image_path}
+        for h in hits
+    ]
+    if args.json:
+        print(json.dumps({"query": args.query, "results": results}, indent=1))
+    else:
+        print(f"top {len(results)} pages for {args.query!r}:")
+        for rank, r in enumerate(results, 1):
+            print(f"{rank:>3}. {r['score']:8.3f}  {r['document']} page {r['page']}  ({r['image_path']})")
+    return 0
+
+
+def cmd_rasterize(args: argparse.Namespace) -> int:
+    from colqwen_pipeline.documents import rasterize_document
+    from colqwen_pipeline.documents.manifest import DocumentError
+
+    try:
+        manifest = rasterize_document(Path(args.file), Path(args.out), Settings(), dpi=args.dpi)
+    except DocumentError as error:
+        print(str(error), file=sys.stderr)
+        return 2
+    if args.json:
+        from dataclasses import asdict
+
+        print(json.dumps(asdict(manifest), indent=1))
+    else:
+        print(f"{len(manifest.pages)} pages written to {args.out}")
+    return 0
+
+
+def cmd_build_tiny_model(args: argparse.Namespace) -> int:
+    from colqwen_pipeline.embedding.tiny import build_tiny_model
+
+    path = build_tiny_model(Path(args.directory))
+    print(f"tiny random-weight ColQwen2.5 written to {path} (for tests and demos: scores are meaningless)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="colqwen-pipeline", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ingest = commands.add_parser("ingest", help="index inbox documents (all by default) headless")
+    ingest.add_argument("paths", nargs="*", help="files or folders inside the inbox")
+    ingest.set_defaults(func=cmd_ingest)
+
+    search = commands.add_parser("search", help="rank indexed pages for a query by MaxSim")
+    search.add_argument("query")
+    search.add_argument("--top-k", type=int, default=5)
+    search.add_argument("--doc", action="append", help="restrict to a document id (repeatable)")
+    search.add_argument("--json", action="store_true")
+    search.set_defaults(func=cmd_search)
+
+    rasterize = commands.add_parser("rasterize", help="render a document's pages to PNG")
+    rasterize.add_argument("file")
+    rasterize.add_argument("--out", required=True)
+    rasterize.add_argument("--dpi", type=int)
+    rasterize.add_argument("--json", action="store_true")
+    rasterize.set_defaults(func=cmd_rasterize)
+
+    tiny = commands.add_parser("build-tiny-model", help="write the tiny random-weight test model")
+    tiny.add_argument("directory")
+    tiny.set_defaults(func=cmd_build_tiny_model)
+    return parser
+
+
+def quiet_libraries() -> None:
+    """Keep the terminal for our progress lines: libraries log a lot at INFO."""
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    for noisy in ("pymilvus", "grpc", "milvus_lite", "alembic", "httpx", "urllib3", "transformers", "filelock"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    logging.getLogger("grpc._server").setLevel(logging.CRITICAL)  # Milvus Lite lacks AllocTimestamp
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    quiet_libraries()
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

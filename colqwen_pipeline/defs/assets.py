@@ -1,0 +1,76 @@
+"""The four assets, partitioned by document. Artifacts live under the state directory; each asset
+returns metadata only, so no heavy array ever goes through an IO manager."""
+
+import time
+
+import dagster as dg
+
+from colqwen_pipeline import stages
+from colqwen_pipeline.defs.resources import ColQwenModel, MilvusResource
+from colqwen_pipeline.documents.manifest import DocumentError
+from colqwen_pipeline.embedding.service import RANDOM_WEIGHTS_WARNING
+from colqwen_pipeline.settings import Settings
+
+documents = dg.DynamicPartitionsDefinition(name="documents")
+GROUP = "colqwen"
+
+
+@dg.asset(partitions_def=documents, group_name=GROUP, kinds={"file"})
+def raw_documents(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """The source file in the inbox, identified by its content hash."""
+    source = stages.describe_source(Settings(), context.partition_key)
+    return dg.MaterializeResult(metadata=source, data_version=dg.DataVersion(source["sha256"]))
+
+
+@dg.asset(partitions_def=documents, group_name=GROUP, deps=[raw_documents], kinds={"pdf", "image"})
+def page_images(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+    """Rasterised pages (PNG) plus a manifest with each page's pixel hash."""
+    started = time.perf_counter()
+    try:
+        manifest = stages.rasterize_stage(Settings(), context.partition_key, log=context.log.info)
+    except DocumentError as error:
+        raise dg.Failure(description=str(error)) from error
+    settings = Settings()
+    pages_dir = settings.pages_dir / context.partition_key
+    return dg.MaterializeResult(
+        metadata={
+            "pages": len(manifest.pages),
+            "kind": manifest.kind,
+            "renderer": manifest.pages[0].renderer if manifest.pages else "",
+            "path": dg.MetadataValue.path(str(pages_dir)),
+            "first_page": dg.MetadataValue.path(str(pages_dir / manifest.pages[0].file)),
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    )
+
+
+@dg.asset(partitions_def=documents, group_name=GROUP, deps=[page_images], pool="gpu", kinds={"pytorch"})
+def page_embeddings(context: dg.AssetExecutionContext, model: ColQwenModel) -> dg.MaterializeResult:
+    """ColQwen2.5 multi-vectors (128-d per token) of every page; unchanged pages come from the cache."""
+    settings = model.settings()
+    artifact, metrics = stages.embed_stage(settings, context.partition_key, log=context.log.info)
+    if metrics["random_weights"]:
+        context.log.warning(RANDOM_WEIGHTS_WARNING)
+        metrics["warning"] = RANDOM_WEIGHTS_WARNING
+    metrics = {k: v for k, v in metrics.items() if v is not None}
+    return dg.MaterializeResult(metadata=metrics | {"path": dg.MetadataValue.path(str(artifact.directory))})
+
+
+@dg.asset(partitions_def=documents, group_name=GROUP, deps=[page_embeddings], kinds={"milvus"})
+def milvus_collection(context: dg.AssetExecutionContext, milvus: MilvusResource) -> dg.MaterializeResult:
+    """The document's token vectors in Milvus, replacing any earlier copy (exactly one remains)."""
+    settings = milvus.settings()
+    started = time.perf_counter()
+    rows = stages.index_stage(settings, context.partition_key)
+    return dg.MaterializeResult(
+        metadata={
+            "rows_written": rows,
+            "collection": settings.collection,
+            "uri": settings.resolved_milvus_uri,
+            "seconds": round(time.perf_counter() - started, 3),
+        }
+    )
+
+
+ASSETS = [raw_documents, page_images, page_embeddings, milvus_collection]
+ingest_job = dg.define_asset_job("ingest_document", selection=ASSETS, partitions_def=documents)

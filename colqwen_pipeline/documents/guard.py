@@ -1,0 +1,141 @@
+"""Running render workers as guarded subprocesses: memory cap, shared deadline, whole-group kill.
+
+Each worker gets RLIMIT_AS (address space) so a runaway renderer fails inside the worker instead of
+eating the machine, and its own session so that a timeout kills the worker *and* anything it
+spawned (pdftoppm, soffice) with one killpg.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import resource
+import selectors
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder that holds colqwen_pipeline/
+WORKER_MODULE = "colqwen_pipeline.documents.worker"
+
+
+class WorkerError(Exception):
+    """A failed render step; ``code`` says what kind ("open", "password", "memory", "timeout", ...)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def limits(memory_mb: int) -> Callable[[], None]:
+    """preexec_fn that caps the child's address space (inherited by its own children)."""
+    cap = memory_mb * 1024 * 1024
+
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
+    return apply
+
+
+def worker_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
+    env["MALLOC_ARENA_MAX"] = "2"  # fewer 64 MB malloc arenas reserved against RLIMIT_AS
+    return env
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def run_workers(
+    jobs: list[dict[str, Any]], memory_mb: int, deadline: float, on_line: Callable[[dict[str, Any]], None]
+) -> None:
+    """Run one worker per job concurrently; call on_line for every record; raise WorkerError on failure.
+
+    The first failing worker stops the others: a document renders completely or not at all.
+    """
+    procs = [_spawn(job, memory_mb) for job in jobs]
+    try:
+        _pump(procs, deadline, memory_mb, on_line)
+    finally:
+        for proc, stderr in procs:
+            kill_group(proc)
+            proc.stdout.close()
+            stderr.close()
+
+
+def _spawn(job: dict[str, Any], memory_mb: int) -> tuple[subprocess.Popen, IO[bytes]]:
+    # A file, not a pipe: a chatty renderer can never block on it. Closed by run_workers.
+    stderr = tempfile.TemporaryFile()  # noqa: SIM115
+    proc = subprocess.Popen(
+        [sys.executable, "-m", WORKER_MODULE],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        env=worker_env(),
+        preexec_fn=limits(memory_mb),
+        start_new_session=True,
+    )
+    proc.stdin.write(json.dumps(job).encode())
+    proc.stdin.close()
+    return proc, stderr
+
+
+def _pump(
+    procs: list[tuple[subprocess.Popen, IO[bytes]]],
+    deadline: float,
+    memory_mb: int,
+    on_line: Callable[[dict[str, Any]], None],
+) -> None:
+    sel = selectors.DefaultSelector()
+    buffers: dict[int, bytes] = {}
+    for i, (proc, _) in enumerate(procs):
+        sel.register(proc.stdout, selectors.EVENT_READ, i)
+        buffers[i] = b""
+    while sel.get_map():
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise WorkerError("timeout", "time limit")
+        for key, _ in sel.select(timeout=min(remaining, 1.0)):
+            i = key.data
+            chunk = os.read(key.fd, 1 << 16)
+            if not chunk:
+                sel.unregister(key.fileobj)
+                _finish(procs[i], buffers[i], deadline, memory_mb)
+                continue
+            *lines, buffers[i] = (buffers[i] + chunk).split(b"\n")
+            for line in lines:
+                _dispatch(json.loads(line), on_line)
+
+
+def _dispatch(obj: dict[str, Any], on_line: Callable[[dict[str, Any]], None]) -> None:
+    if "error" in obj:
+        raise WorkerError(obj["error"], obj["message"])
+    on_line(obj)
+
+
+def _finish(entry: tuple[subprocess.Popen, IO[bytes]], rest: bytes, deadline: float, memory_mb: int) -> None:
+    """The worker closed stdout: collect its exit status and turn a bad one into a WorkerError."""
+    proc, stderr = entry
+    try:
+        rc = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        raise WorkerError("timeout", "time limit") from None
+    if rest.strip():
+        _dispatch(json.loads(rest), lambda _: None)
+    if rc == 0:
+        return
+    stderr.seek(0)
+    tail = stderr.read().decode(errors="replace").strip().splitlines()
+    if rc < 0 or any("MemoryError" in line for line in tail[-3:]):
+        raise WorkerError("memory", f"killed by signal {-rc}" if rc < 0 else "out of memory")
+    raise WorkerError("open", f"worker exited {rc}: {tail[-1] if tail else 'no output'}")

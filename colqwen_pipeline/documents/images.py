@@ -1,0 +1,77 @@
+"""Decoding image files into RGB pages with Pillow (runs inside the render worker).
+
+Image pages are not resampled to a DPI: their pixels are the page. ``dpi`` records the file's own
+resolution when it declares one (else 0), scaled down with the image if the pixel cap shrank it.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+from PIL import Image, ImageOps, ImageSequence
+
+from colqwen_pipeline.documents.pages import RenderFailure
+
+MULTI_PAGE_FORMATS = {"TIFF"}  # GIF/APNG/WebP animations: the first frame is the page
+SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+
+
+def set_bomb_limit(max_page_pixels: int) -> None:
+    """Pillow refuses to decode above 2×MAX_IMAGE_PIXELS; we accept up to 4× the page cap and downscale."""
+    Image.MAX_IMAGE_PIXELS = max_page_pixels * 2
+    warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+
+def decode_pages(path: Path, max_page_pixels: int, max_pages: int) -> Iterator[tuple[Image.Image, float]]:
+    """Yield (RGB page, dpi) per page: every TIFF frame, the first frame of anything else."""
+    set_bomb_limit(max_page_pixels)
+    try:
+        with Image.open(path) as im:
+            n = getattr(im, "n_frames", 1) if im.format in MULTI_PAGE_FORMATS else 1
+            if n > max_pages:
+                raise RenderFailure("pages", f"{n} pages, over the cap of {max_pages}")
+            frames = ImageSequence.Iterator(im) if n > 1 else [im]
+            for _, frame in zip(range(n), frames, strict=False):
+                yield _to_page(frame, max_page_pixels)
+    except Image.DecompressionBombError as e:
+        raise RenderFailure("pixels", f"image too large to decode safely ({e})") from e
+    except (OSError, SyntaxError, ValueError) as e:  # Pillow's ways of saying "corrupt"
+        raise RenderFailure("open", f"cannot decode image: {e}") from e
+
+
+def _to_page(frame: Image.Image, max_page_pixels: int) -> tuple[Image.Image, float]:
+    dpi = _declared_dpi(frame)
+    img = _to_rgb(ImageOps.exif_transpose(frame))
+    pixels = img.width * img.height
+    if pixels > max_page_pixels:
+        scale = math.sqrt(max_page_pixels / pixels)
+        size = (max(1, int(img.width * scale)), max(1, int(img.height * scale)))
+        img = img.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
+        dpi *= scale
+    return img, round(dpi, 2)
+
+
+def _declared_dpi(img: Image.Image) -> float:
+    dpi = img.info.get("dpi")
+    try:
+        return float(dpi[0]) if dpi and float(dpi[0]) > 1 else 0.0
+    except (TypeError, ValueError):
+        return 0.0
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in SIXTEEN_BIT_MODES:
+        # Map the full 16-bit range to 8 bits (plain convert("L") clips everything above 255).
+        return img.convert("I").point(lambda v: v / 257, "L").convert("RGB")
+    if img.mode == "F":
+        return img.point(lambda v: v * 255).convert("L").convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info:
+        # Composite on white: convert("RGB") would turn transparent pixels black.
+        rgba = img.convert("RGBA")
+        page = Image.new("RGB", rgba.size, "white")
+        page.paste(rgba, mask=rgba.getchannel("A"))
+        return page
+    return img.convert("RGB")

@@ -1,0 +1,43 @@
+"""The page manifest: what the rasteriser wrote for one document, read by the next stages."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+MANIFEST_NAME = "manifest.json"
+
+
+class DocumentError(Exception):
+    """A document that cannot be rasterised. ``str(error)`` is one line naming file and cause."""
+
+
+@dataclass(frozen=True)
+class PageRecord:
+    page: int  # 1-based
+    file: str  # PNG file name inside the document's page directory
+    width: int
+    height: int
+    dpi: float
+    renderer: str  # "pypdfium2", "pdf2image", "pillow", "libreoffice+pypdfium2", ...
+    sha256: str  # hash of the raw RGB pixels (plus size): the embedding cache key
+
+
+@dataclass(frozen=True)
+class Manifest:
+    source: str  # absolute path of the source document
+    source_sha256: str
+    kind: str  # "pdf", "image", "office"
+    pages: list[PageRecord]
+
+    def write(self, directory: Path) -> Path:
+        path = directory / MANIFEST_NAME
+        path.write_text(json.dumps(asdict(self), indent=1))
+        return path
+
+    @classmethod
+    def read(cls, directory: Path) -> Manifest:
+        data = json.loads((directory / MANIFEST_NAME).read_text())
+        data["pages"] = [PageRecord(**p) for p in data["pages"]]
+        return cls(**data)

@@ -1,0 +1,95 @@
+"""Office documents (DOCX/PPTX/XLSX, ODF, legacy OLE DOC/PPT/XLS) to PDF with headless LibreOffice."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+from colqwen_pipeline.documents.guard import WorkerError, kill_group, limits
+from colqwen_pipeline.documents.sniff import OLE_MAGIC
+
+# Zip members that tell LibreOffice's filter detection which import filter to use.
+OOXML_EXT = {"word/": ".docx", "ppt/": ".pptx", "xl/": ".xlsx"}
+ODF_EXT = {"text": ".odt", "presentation": ".odp", "spreadsheet": ".ods"}
+
+
+def soffice_binary() -> str | None:
+    return shutil.which("soffice") or shutil.which("libreoffice")
+
+
+def convert_to_pdf(path: Path, work_dir: Path, memory_mb: int, deadline: float) -> Path:
+    """Convert ``path`` into ``work_dir``/document.pdf; raise WorkerError if that fails."""
+    binary = soffice_binary()
+    if binary is None:
+        raise WorkerError("office", "LibreOffice (soffice) is not installed")
+    src = work_dir / f"document{_extension(path)}"
+    src.symlink_to(path)  # a neutral name with the right suffix; the source file is never touched
+    # A profile per conversion: two soffice processes sharing one silently drop a conversion.
+    # Its TMPDIR goes in the same throw-away folder: a killed soffice leaves pipes and temp dirs.
+    scratch = Path(tempfile.mkdtemp(prefix="colqwen-lo-"))
+    try:
+        _run_soffice(binary, src, work_dir, scratch, memory_mb, deadline)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    pdf = work_dir / "document.pdf"
+    if not pdf.is_file() or pdf.stat().st_size == 0:
+        raise WorkerError("office", "LibreOffice produced no PDF")  # corrupt input exits 0 like this
+    return pdf
+
+
+def _run_soffice(binary: str, src: Path, out: Path, scratch: Path, memory_mb: int, deadline: float) -> None:
+    profile, tmp = scratch / "profile", scratch / "tmp"
+    tmp.mkdir()
+    cmd = [
+        binary,
+        "--headless",
+        "--norestore",
+        "--nolockcheck",
+        "--convert-to",
+        "pdf",
+        "--outdir",
+        str(out),
+        f"-env:UserInstallation={profile.as_uri()}",
+        str(src),
+    ]
+    proc = subprocess.Popen(
+        cmd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "TMPDIR": str(tmp)},
+        preexec_fn=limits(memory_mb),
+        start_new_session=True,
+    )
+    try:
+        proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+    except subprocess.TimeoutExpired:
+        raise WorkerError("timeout", "time limit") from None
+    finally:
+        kill_group(proc)  # soffice can leave oosplash/soffice.bin children behind
+    if proc.returncode < 0:
+        raise WorkerError("memory", f"LibreOffice killed by signal {-proc.returncode}")
+
+
+def _extension(path: Path) -> str:
+    """Pick the suffix from content (a .bin that is a DOCX still converts)."""
+    with path.open("rb") as f:
+        if f.read(8) == OLE_MAGIC:
+            return path.suffix.lower() or ".doc"  # LibreOffice sniffs OLE streams itself
+    try:
+        with zipfile.ZipFile(path) as z:
+            names = z.namelist()
+            mimetype = z.read("mimetype").decode(errors="replace") if "mimetype" in names else ""
+    except (zipfile.BadZipFile, OSError, KeyError):
+        return path.suffix.lower()
+    for prefix, ext in OOXML_EXT.items():
+        if any(n.startswith(prefix) for n in names):
+            return ext
+    for word, ext in ODF_EXT.items():
+        if word in mimetype:
+            return ext
+    return path.suffix.lower()

@@ -1,0 +1,64 @@
+"""The render worker: ``python -m colqwen_pipeline.documents.worker`` with a JSON job on stdin.
+
+It runs in its own process under an address-space limit so that a renderer crash, abort or memory
+blow-up kills only the worker. It prints one JSON object per line on stdout: a page record per
+finished page (or ``{"sizes": ...}`` for a probe), and on failure ``{"error": code, "message": ...}``
+before exiting with EXIT_FAILED. Imports stay light (PIL, pypdfium2): no torch, no pydantic.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from colqwen_pipeline.documents.pages import RenderFailure, save_page
+
+EXIT_FAILED = 3
+
+
+def run(job: dict[str, Any]) -> None:
+    path = Path(job["path"])
+    if job["op"] == "probe":
+        from colqwen_pipeline.documents.pdf import probe
+
+        _emit({"sizes": probe(path, job["renderer"], job["password"])})
+    elif job["op"] == "pdf":
+        from colqwen_pipeline.documents.pdf import render_pages
+
+        pages = render_pages(path, job["renderer"], job["password"], [tuple(j) for j in job["jobs"]])
+        for page_no, dpi, img in pages:
+            _emit(save_page(img, Path(job["out_dir"]), page_no, dpi))
+    elif job["op"] == "image":
+        from colqwen_pipeline.documents.images import decode_pages
+
+        for i, (img, dpi) in enumerate(decode_pages(path, job["max_page_pixels"], job["max_pages"]), 1):
+            _emit(save_page(img, Path(job["out_dir"]), i, dpi))
+    else:
+        raise ValueError(f"unknown op {job['op']!r}")
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(obj) + "\n")
+    sys.stdout.flush()  # the parent streams progress from these lines
+
+
+def main() -> int:
+    job = json.loads(sys.stdin.read())
+    try:
+        run(job)
+    except RenderFailure as e:
+        _emit({"error": e.code, "message": str(e)})
+        return EXIT_FAILED
+    except MemoryError:
+        _emit({"error": "memory", "message": "out of memory"})
+        return EXIT_FAILED
+    except Exception as e:  # anything else a renderer throws means "could not render this file"
+        _emit({"error": "open", "message": f"{type(e).__name__}: {e}".splitlines()[0]})
+        return EXIT_FAILED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Headless ingest: register inbox files as partitions and materialise them in this process,
+on the Dagster instance under the state directory (the UI shows these runs).
+
+One process means one model load for every document of the call, and the only opener of the
+Milvus Lite file."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dagster as dg
+
+from colqwen_pipeline.inbox import document_key, inbox_files
+from colqwen_pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+PARTITIONS = "documents"
+
+
+@dataclass
+class IngestSummary:
+    documents: int = 0
+    pages: int = 0
+    rows: int = 0
+    removed: int = 0
+    seconds: float = 0.0
+    failed: dict[str, str] = field(default_factory=dict)  # partition key -> one-line reason
+
+
+def dagster_instance(settings: Settings) -> dg.DagsterInstance:
+    """The persistent instance under the state directory (DAGSTER_HOME wins when set)."""
+    if not os.environ.get("DAGSTER_HOME"):
+        home = settings.dagster_home
+        home.mkdir(parents=True, exist_ok=True)
+        project_yaml = Path(__file__).resolve().parent.parent / "dagster.yaml"
+        if project_yaml.exists() and not (home / "dagster.yaml").exists():
+            shutil.copy(project_yaml, home / "dagster.yaml")
+        os.environ["DAGSTER_HOME"] = str(home)
+    return dg.DagsterInstance.get()
+
+
+def select_documents(settings: Settings, paths: Sequence[str]) -> dict[str, Path]:
+    files = inbox_files(settings.inbox)
+    if not paths:
+        return files
+    inbox = settings.inbox.resolve()
+    wanted = {}
+    for raw in paths:
+        path = Path(raw).resolve()
+        if not path.is_relative_to(inbox):
+            raise ValueError(f"{raw}: not inside the inbox {settings.inbox} (copy it there first)")
+        chosen = [f for f in files.values() if f.resolve() == path or f.resolve().is_relative_to(path)]
+        if not chosen:
+            raise ValueError(f"{raw}: no document there")
+        wanted.update({document_key(f.relative_to(settings.inbox).as_posix()): f for f in chosen})
+    return wanted
+
+
+def ingest(
+    settings: Settings,
+    paths: Sequence[str] = (),
+    instance: dg.DagsterInstance | None = None,
+    echo: Callable[[str], None] = print,
+) -> IngestSummary:
+    """Materialise the selected documents (all of the inbox by default); prune vanished ones."""
+    from colqwen_pipeline.definitions import RESOURCES
+    from colqwen_pipeline.defs.assets import ASSETS
+
+    started = time.perf_counter()
+    instance = instance or dagster_instance(settings)
+    documents = select_documents(settings, paths)
+    known = set(instance.get_dynamic_partitions(PARTITIONS))
+    instance.add_dynamic_partitions(PARTITIONS, [k for k in documents if k not in known])
+    summary = IngestSummary()
+    if not paths:
+        summary.removed = prune(settings, instance, set(documents), known, echo)
+    for number, (key, path) in enumerate(documents.items(), 1):
+        echo(f"[{number}/{len(documents)}] {path.relative_to(settings.inbox)}")
+        result = dg.materialize(
+            ASSETS,
+            partition_key=key,
+            instance=instance,
+            resources=RESOURCES,
+            raise_on_error=False,
+            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        )
+        if result.success:
+            pages = _metadata(result, "page_images", "pages")
+            rows = _metadata(result, "milvus_collection", "rows_written")
+            summary.documents += 1
+            summary.pages += pages
+            summary.rows += rows
+            echo(f"    ok: {pages} pages, {rows} rows")
+        else:
+            summary.failed[key] = _failure(result) or "failed (see the run in the Dagster UI)"
+            echo(f"    FAILED: {summary.failed[key]}")
+    summary.seconds = round(time.perf_counter() - started, 2)
+    return summary
+
+
+def prune(settings: Settings, instance: dg.DagsterInstance, present: set[str], known: set[str], echo) -> int:
+    """Documents gone from the inbox leave the index, the artifacts and the partitions."""
+    from colqwen_pipeline import stages
+
+    gone = sorted(known - present)
+    for key in gone:
+        echo(f"removing {key} (no longer in the inbox)")
+        stages.remove_document(settings, key)
+        instance.delete_dynamic_partition(PARTITIONS, key)
+    return len(gone)
+
+
+def _metadata(result: dg.ExecuteInProcessResult, asset: str, name: str) -> int:
+    for event in result.get_asset_materialization_events():
+        materialization = event.event_specific_data.materialization
+        if materialization.asset_key.to_user_string() == asset and name in materialization.metadata:
+            return int(materialization.metadata[name].value)
+    return 0
+
+
+def _failure(result: dg.ExecuteInProcessResult) -> str:
+    for event in result.all_events:
+        if event.is_step_failure and event.step_failure_data.error:
+            error = event.step_failure_data.error
+            while error.cause and not error.message.strip():
+                error = error.cause
+            description = event.step_failure_data.user_failure_data
+            if description and description.description:
+                return description.description
+            return error.message.strip().splitlines()[-1]
+    return ""

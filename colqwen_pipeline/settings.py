@@ -1,0 +1,78 @@
+"""Every setting of the pipeline, read from ``COLQWEN_*`` environment variables and ``.env``.
+
+Defaults run on a laptop: all state under ``./var``, Milvus Lite, no Redis, and the tiny
+random-weight model when no real model is configured.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="COLQWEN_", env_file=".env", extra="ignore")
+
+    home: Path = Field(Path("var"), description="State directory: pages, embeddings, Milvus Lite, Dagster home.")
+    inbox: Path = Field(Path("data/inbox"), description="Folder whose files are indexed.")
+
+    # Model
+    model: str = Field("", description="Local model/adapter directory or hub id; empty = tiny test model.")
+    base_model: str = Field("", description="Local base model directory for a LoRA adapter (offline use).")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
+    precision: Literal["auto", "bf16", "fp32", "4bit", "8bit"] = "auto"
+    batch_size: int = Field(4, ge=1)
+    max_visual_tokens: int = Field(768, ge=4)
+
+    # Rasterising
+    dpi: int = Field(200, ge=36, le=600, description="DPI for documents under `long_document_pages`.")
+    long_document_dpi: int = Field(150, ge=36, le=600)
+    long_document_pages: int = Field(50, ge=1)
+    max_page_pixels: int = Field(40_000_000, description="Pages above this are scaled down.")
+    max_pages: int = Field(2000, ge=1)
+    max_file_mb: int = Field(500, ge=1)
+    render_timeout_s: float = Field(300.0, gt=0)
+    render_memory_mb: int = Field(4096, ge=256)
+    pdf_renderer: Literal["pypdfium2", "pdf2image"] = "pypdfium2"
+    pdf_password: str = Field("", description="Password tried on encrypted PDFs.")
+
+    # Index
+    milvus_uri: str = Field("", description="Milvus URI; empty = Milvus Lite file under home.")
+    milvus_token: str = Field("", description="Milvus token/password (server only).")
+    collection: str = "colqwen_pages"
+
+    # Cache
+    redis_url: str = Field("", description="redis://[:password@]host:port/db; empty = no cache.")
+    cache_ttl_s: int = Field(24 * 3600, ge=1)
+
+    @cached_property
+    def home_dir(self) -> Path:
+        return self.home.resolve()
+
+    @property
+    def pages_dir(self) -> Path:
+        return self.home_dir / "pages"
+
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.home_dir / "embeddings"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.home_dir / "dagster"
+
+    @property
+    def tiny_model_dir(self) -> Path:
+        return self.home_dir / "models" / "tiny-colqwen2.5"
+
+    @property
+    def resolved_milvus_uri(self) -> str:
+        return self.milvus_uri or str(self.home_dir / "milvus.db")
+
+
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,85 @@
+"""The pipeline's stages for one document, free of Dagster: the assets and the CLI call these.
+
+raw document -> page images (pages/<key>/) -> embeddings (embeddings/<key>/) -> Milvus rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from colqwen_pipeline.documents.manifest import Manifest
+from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
+from colqwen_pipeline.index.milvus import Hit, MilvusIndex, PageRows
+from colqwen_pipeline.inbox import find_document
+from colqwen_pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+Log = Callable[[str], None]
+
+
+def make_index(settings: Settings) -> MilvusIndex:
+    return MilvusIndex(settings.resolved_milvus_uri, settings.collection, settings.milvus_token)
+
+
+def describe_source(settings: Settings, key: str) -> dict[str, Any]:
+    path = find_document(settings.inbox, key)
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return {
+        "path": str(path.resolve()),
+        "relative_path": path.relative_to(settings.inbox).as_posix(),
+        "bytes": path.stat().st_size,
+        "sha256": digest.hexdigest(),
+    }
+
+
+def rasterize_stage(settings: Settings, key: str, log: Log = log.info) -> Manifest:
+    from colqwen_pipeline.documents import rasterize_document
+
+    path = find_document(settings.inbox, key)
+    return rasterize_document(path, settings.pages_dir / key, settings, log=log)
+
+
+def embed_stage(settings: Settings, key: str, log: Log = log.info) -> tuple[EmbeddingArtifact, dict[str, Any]]:
+    from colqwen_pipeline.embedding.cache import EmbeddingCache
+    from colqwen_pipeline.embedding.document import embed_document
+    from colqwen_pipeline.embedding.service import get_embedder
+
+    embedder = get_embedder(settings)
+    cache = EmbeddingCache(settings.redis_url, embedder.fingerprint, embedder.dim, settings.cache_ttl_s)
+    return embed_document(settings.pages_dir / key, settings.embeddings_dir / key, embedder, cache, log)
+
+
+def index_stage(settings: Settings, key: str, index: MilvusIndex | None = None) -> int:
+    """Replace the document's rows in Milvus with its current embeddings; returns rows written."""
+    artifact = EmbeddingArtifact.read(settings.embeddings_dir / key)
+    document = find_document(settings.inbox, key).relative_to(settings.inbox).as_posix()
+    pages = [
+        PageRows(p["page"], p["sha256"], artifact.page_vectors(i), p["image"]) for i, p in enumerate(artifact.pages)
+    ]
+    index = index or make_index(settings)
+    return index.replace_document(key, document, pages, artifact.fingerprint, artifact.dim)
+
+
+def remove_document(settings: Settings, key: str, index: MilvusIndex | None = None) -> None:
+    """Forget a document everywhere: rows first, then artifacts (a crash leaves no orphan rows)."""
+    (index or make_index(settings)).delete_document(key)
+    for directory in (settings.pages_dir / key, settings.embeddings_dir / key):
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def search(query: str, top_k: int = 5, settings: Settings | None = None, doc_ids: list[str] | None = None) -> list[Hit]:
+    """Rank indexed pages for ``query`` by MaxSim. The Python API behind ``colqwen-pipeline search``."""
+    settings = settings or Settings()
+    from colqwen_pipeline.embedding.service import get_embedder
+
+    embedder = get_embedder(settings)
+    vectors = embedder.embed_queries([query])[0]
+    return make_index(settings).search([vectors], top_k=top_k, doc_ids=doc_ids)[0]
