@@ -172,13 +172,19 @@ def _plan_pages(sizes: list[list[float]], dpi: int | None, settings: Settings) -
 
 
 def _page_dpi(page: int, w_pt: float, h_pt: float, dpi: float, cap: int) -> float:
-    w, h = round(w_pt * dpi / 72), round(h_pt * dpi / 72)
-    if w * h <= cap:
+    def pixels(d: float) -> int:  # an upper bound: renderers round (or float-error) partial pixels up
+        return (math.floor(w_pt * d / 72) + 1) * (math.floor(h_pt * d / 72) + 1)
+
+    if pixels(dpi) <= cap:
         return dpi
-    scale = math.sqrt(cap / (w * h))
+    scale = math.sqrt(cap / pixels(dpi))
     if scale < MIN_SCALE:
+        w, h = round(w_pt * dpi / 72), round(h_pt * dpi / 72)
         raise WorkerError("pixels", f"page {page} would be {w}×{h} px, over the cap")
-    return math.floor(dpi * scale * 100) / 100  # round down so that the result stays under the cap
+    fitted = math.floor(dpi * scale * 100) / 100  # two decimals, stepped down until it fits
+    while pixels(fitted) > cap:
+        fitted = round(fitted - 0.01, 2)
+    return fitted
 
 
 def _clear_pages(out: Path) -> None:

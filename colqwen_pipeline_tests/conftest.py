@@ -1,0 +1,76 @@
+"""Shared fixtures: a temporary state directory, the tiny model (built once), a real Redis."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = REPO / "data" / "inbox"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from colqwen_pipeline.embedding.tiny import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-colqwen2.5")
+
+
+@pytest.fixture
+def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path):
+    """Settings pointing every path into tmp_path, with an empty inbox and the tiny model."""
+    from colqwen_pipeline.settings import Settings
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    monkeypatch.setenv("COLQWEN_HOME", str(tmp_path / "var"))
+    monkeypatch.setenv("COLQWEN_INBOX", str(inbox))
+    monkeypatch.setenv("COLQWEN_MODEL", str(tiny_model_dir))
+    monkeypatch.delenv("COLQWEN_REDIS_URL", raising=False)
+    monkeypatch.delenv("COLQWEN_MILVUS_URI", raising=False)
+    return Settings()
+
+
+def add_sample(settings, name: str, target: str | None = None) -> Path:
+    destination = settings.inbox / (target or name)
+    destination.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy(SAMPLES / name, destination)
+    return destination
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real redis-server on a free loopback port, for the whole session."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.fail("redis-server is not installed: run `make test` (it installs it) or apt-get install redis-server")
+    port = free_port()
+    workdir = tmp_path_factory.mktemp("redis")
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        stdout=subprocess.DEVNULL,
+    )
+    import redis
+
+    client = redis.Redis(port=port)
+    for _ in range(100):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    yield f"redis://127.0.0.1:{port}/0"
+    process.terminate()
+    process.wait(timeout=10)

@@ -1,0 +1,73 @@
+"""The whole flow on a real Dagster instance: sample document -> pages -> tiny model -> Milvus Lite."""
+
+from __future__ import annotations
+
+import dagster as dg
+import pytest
+
+from colqwen_pipeline import stages
+from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
+from colqwen_pipeline.inbox import document_key
+from colqwen_pipeline.runner import ingest
+from colqwen_pipeline_tests.conftest import add_sample
+
+
+@pytest.fixture
+def instance():
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+def test_ingest_indexes_every_token_and_search_finds_the_document(state, instance):
+    add_sample(state, "pump_maintenance_manual.pdf")
+    key = document_key("pump_maintenance_manual.pdf")
+
+    summary = ingest(state, instance=instance, echo=lambda _: None)
+
+    assert summary.failed == {}
+    assert (summary.documents, summary.pages) == (1, 3)
+    artifact = EmbeddingArtifact.read(state.embeddings_dir / key)
+    assert stages.make_index(state).count_rows(key) == artifact.total_tokens == summary.rows
+    hits = stages.search("replace the filter cartridge", top_k=3, settings=state)
+    assert [h.doc_id for h in hits] == [key] * 3
+    assert sorted(h.page for h in hits) == [1, 2, 3]
+    assert all(h.image_path.endswith(".png") and h.document == "pump_maintenance_manual.pdf" for h in hits)
+    assert instance.get_dynamic_partitions("documents") == [key]
+
+
+def test_reingest_leaves_one_copy_of_rows(state, instance):
+    add_sample(state, "acme_annual_report_2025.pdf")
+    first = ingest(state, instance=instance, echo=lambda _: None)
+    rows_after_first = stages.make_index(state).count_rows()
+
+    second = ingest(state, instance=instance, echo=lambda _: None)
+
+    assert first.rows == second.rows == rows_after_first
+    assert stages.make_index(state).count_rows() == rows_after_first
+
+
+def test_ingest_prunes_documents_removed_from_inbox(state, instance):
+    kept = add_sample(state, "pump_maintenance_manual.pdf")
+    removed = add_sample(state, "scanned_invoice.jpg")
+    ingest(state, instance=instance, echo=lambda _: None)
+    removed.unlink()
+
+    summary = ingest(state, instance=instance, echo=lambda _: None)
+
+    removed_key = document_key("scanned_invoice.jpg")
+    assert summary.removed == 1
+    assert stages.make_index(state).count_rows(removed_key) == 0
+    assert not (state.pages_dir / removed_key).exists()
+    assert instance.get_dynamic_partitions("documents") == [document_key(kept.name)]
+
+
+def test_broken_document_fails_alone(state, instance):
+    add_sample(state, "pump_maintenance_manual.pdf")
+    (state.inbox / "broken.pdf").write_bytes(b"%PDF-1.7\n this is not really a pdf")
+
+    summary = ingest(state, instance=instance, echo=lambda _: None)
+
+    assert summary.documents == 1
+    assert list(summary.failed) == [document_key("broken.pdf")]
+    assert "broken.pdf" in summary.failed[document_key("broken.pdf")]
+    assert stages.make_index(state).count_rows(document_key("broken.pdf")) == 0
