@@ -79,6 +79,26 @@ def cmd_build_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Benchmarks print one JSON object (``--json``) or a readable summary; each lives beside its stage."""
+    if args.stage == "rasterize":
+        from colqwen_pipeline.documents.bench import bench_rasterize
+
+        result = bench_rasterize(pages=args.pages or 100)
+    elif args.stage == "embed":
+        from colqwen_pipeline.embedding.bench import bench_embed
+
+        result = bench_embed(
+            model=args.model, precision=args.precision, batch_size=args.batch_size, pages=args.pages or 16
+        )
+    else:
+        from colqwen_pipeline.index.bench import bench_search
+
+        result = bench_search(pages=args.pages or 1000)
+    print(json.dumps(result, indent=None if args.json else 1))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="colqwen-pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -101,6 +121,15 @@ def build_parser() -> argparse.ArgumentParser:
     rasterize.add_argument("--dpi", type=int)
     rasterize.add_argument("--json", action="store_true")
     rasterize.set_defaults(func=cmd_rasterize)
+
+    bench = commands.add_parser("bench", help="measure a stage against its baseline (JSON)")
+    bench.add_argument("stage", choices=["rasterize", "embed", "search"])
+    bench.add_argument("--pages", type=int, help="pages to generate (defaults: 100 / 16 / 1000)")
+    bench.add_argument("--model", choices=["tiny", "full-random"], default="tiny", help="embed only")
+    bench.add_argument("--precision", choices=["auto", "bf16", "fp32", "4bit", "8bit"], default="auto")
+    bench.add_argument("--batch-size", type=int, default=4)
+    bench.add_argument("--json", action="store_true", help="one line of JSON")
+    bench.set_defaults(func=cmd_bench)
 
     tiny = commands.add_parser("build-tiny-model", help="write the tiny random-weight test model")
     tiny.add_argument("directory")
