@@ -49,6 +49,24 @@ class Settings(BaseSettings):
     redis_url: str = Field("", description="redis://[:password@]host:port/db; empty = no cache.")
     cache_ttl_s: int = Field(24 * 3600, ge=1)
 
+    # Model server (`colqwen-pipeline serve`) and the pipeline's remote mode
+    model_server_url: str = Field("", description="http://host:8005 of a model server; empty = load in-process.")
+    model_server_timeout_s: float = Field(600.0, gt=0, description="Per request; a large batch on CPU is slow.")
+    model_server_wait_s: float = Field(300.0, ge=0, description="How long a client waits for the server's READY.")
+    server_host: str = Field("127.0.0.1", description="Bind address of `serve` (0.0.0.0 in a container).")
+    server_port: int = Field(8005, ge=1, le=65535)
+    server_max_images: int = Field(32, ge=1, description="Images per /embed_image request.")
+    server_max_queries: int = Field(64, ge=1, description="Queries per /embed_text request.")
+    server_max_query_chars: int = Field(2000, ge=1)
+    server_max_request_mb: int = Field(64, ge=1, description="Request body limit (all images together).")
+    server_max_image_pixels: int = Field(40_000_000, ge=1, description="Larger images are refused, not decoded.")
+    server_max_top_k: int = Field(100, ge=1)
+
+    # Automation (sensor, schedule)
+    sensor_interval_s: int = Field(15, ge=1, description="Seconds between inbox sensor ticks.")
+    settle_s: float = Field(5.0, ge=0, description="A file untouched this long counts as fully written.")
+    reindex_cron: str = Field("0 2 * * *", description="Bulk reindex schedule (cron).")
+
     @cached_property
     def home_dir(self) -> Path:
         return self.home.resolve()

@@ -6,6 +6,7 @@ declare -A needs=(
   [pdftoppm]=poppler-utils
   [redis-server]=redis-server
   [soffice]="libreoffice-writer-nogui libreoffice-impress-nogui libreoffice-calc-nogui"
+  [chromium]=chromium  # the UI test drives the Dagster UI in headless Chromium
 )
 missing=()
 for command in "${!needs[@]}"; do

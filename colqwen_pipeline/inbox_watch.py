@@ -1,0 +1,68 @@
+"""What changed in the inbox since the last look: the sensor's logic, without Dagster.
+
+The state maps partition key -> {size, mtime_ns, sha256, pending}. A tick costs one ``stat`` per
+file; a file is hashed only when its size or mtime moved and it has settled (unchanged since the
+previous tick, or untouched for ``settle_s`` seconds), so a file still being written waits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from colqwen_pipeline.inbox import inbox_files
+
+
+@dataclass
+class InboxChanges:
+    new: dict[str, str] = field(default_factory=dict)  # key -> sha256
+    changed: dict[str, str] = field(default_factory=dict)
+    deleted: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)  # still being written
+
+    @property
+    def to_ingest(self) -> dict[str, str]:
+        return self.new | self.changed
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def scan_inbox(
+    inbox: Path, state: dict[str, dict], settle_s: float = 5.0, now: float | None = None
+) -> tuple[InboxChanges, dict[str, dict]]:
+    """Compare the inbox with ``state``; return the changes and the next state."""
+    now = time.time() if now is None else now
+    changes, next_state = InboxChanges(), {}
+    for key, path in inbox_files(inbox).items():
+        try:
+            stat = path.stat()
+        except FileNotFoundError:  # deleted between listing and stat
+            continue
+        seen = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        previous = state.get(key)
+        same_as_before = previous is not None and {k: previous[k] for k in seen} == seen
+        if same_as_before and not previous["pending"]:
+            next_state[key] = previous
+            continue
+        settled = same_as_before or now - stat.st_mtime >= settle_s
+        old_sha = previous.get("sha256") if previous else None
+        if not settled:
+            changes.waiting.append(key)
+            next_state[key] = seen | {"sha256": old_sha, "pending": True}
+            continue
+        sha = file_sha256(path)
+        next_state[key] = seen | {"sha256": sha, "pending": False}
+        if old_sha is None:
+            changes.new[key] = sha
+        elif old_sha != sha:
+            changes.changed[key] = sha
+    changes.deleted = sorted(k for k, v in state.items() if k not in next_state and v.get("sha256"))
+    return changes, next_state

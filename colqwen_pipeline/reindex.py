@@ -1,0 +1,55 @@
+"""Bulk reindex: every inbox document through every stage in one process (one model load),
+each document isolated so a broken one fails alone and the rest complete."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from colqwen_pipeline import stages
+from colqwen_pipeline.documents.manifest import DocumentError
+from colqwen_pipeline.inbox import inbox_files
+from colqwen_pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DocumentOutcome:
+    key: str
+    document: str
+    error: str = ""
+    pages: int = 0
+    rows: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+
+def index_document(settings: Settings, key: str, say: Callable[[str], None] = log.info) -> DocumentOutcome:
+    """Rasterise, embed and index one document; any failure becomes the outcome's one-line error."""
+    document = stages.describe_source(settings, key)["relative_path"]
+    started = time.perf_counter()
+    try:
+        manifest = stages.rasterize_stage(settings, key, log=say)
+        _, metrics = stages.embed_stage(settings, key, log=say)
+        rows = stages.index_stage(settings, key)
+    except DocumentError as error:
+        return DocumentOutcome(key, document, error=str(error))
+    except Exception as error:  # noqa: BLE001 - one document must not take down the others
+        log.exception("indexing %s failed", document)
+        return DocumentOutcome(key, document, error=f"{document}: {type(error).__name__}: {error}".splitlines()[0])
+    metrics["seconds_total"] = round(time.perf_counter() - started, 3)
+    return DocumentOutcome(key, document, pages=len(manifest.pages), rows=rows, metrics=metrics)
+
+
+def reindex_all(settings: Settings, say: Callable[[str], None] = log.info) -> Iterator[DocumentOutcome]:
+    documents = inbox_files(settings.inbox)
+    for number, key in enumerate(documents, 1):
+        say(f"[{number}/{len(documents)}] {documents[key].relative_to(settings.inbox)}")
+        yield index_document(settings, key, say)
