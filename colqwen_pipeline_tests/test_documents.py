@@ -158,7 +158,8 @@ def test_falls_back_to_the_other_renderer(tmp_path: Path, monkeypatch: pytest.Mo
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
     logged: list[str] = []
     src = make_pdf(tmp_path / "doc.pdf", pages=1)
-    manifest = rasterize_document(src, tmp_path / "out", settings(pdf_renderer="pdf2image"), log=logged.append)
+    s = settings(pdf_renderer="pdf2image")
+    manifest = rasterize_document(src, tmp_path / "out", s, log=logged.append)
     assert [p.renderer for p in manifest.pages] == ["pypdfium2"]
     assert any("pdf2image could not render" in line for line in logged)
 
@@ -209,7 +210,8 @@ def test_huge_page_is_refused_fast_and_large_page_is_scaled(tmp_path: Path) -> N
 
 
 def test_page_count_and_file_size_caps(tmp_path: Path) -> None:
-    assert_refused(make_pdf(tmp_path / "many.pdf", pages=4), tmp_path, "4 pages, over the cap of 3", max_pages=3)
+    many = make_pdf(tmp_path / "many.pdf", pages=4)
+    assert_refused(many, tmp_path, "4 pages, over the cap of 3", max_pages=3)
     big = tmp_path / "big.pdf"
     with big.open("wb") as f:
         f.write(b"%PDF-1.4\n")
@@ -296,8 +298,9 @@ def test_multipage_tiff_every_frame(tmp_path: Path) -> None:
 
 def test_gif_first_frame_only(tmp_path: Path) -> None:
     frames = [Image.new("RGB", (10, 10), c) for c in ("red", "blue")]
-    manifest, pages = render_image(tmp_path, "a.gif", image_bytes(frames[0], "GIF", save_all=True,
-                                                                     append_images=frames[1:]))
+    manifest, pages = render_image(
+        tmp_path, "a.gif", image_bytes(frames[0], "GIF", save_all=True, append_images=frames[1:])
+    )
     assert len(pages) == 1 and pages[0].getpixel((1, 1)) == (255, 0, 0)
 
 
@@ -326,13 +329,20 @@ def test_16_bit_grey_png_is_scaled(tmp_path: Path) -> None:
 
 def test_image_pixel_caps(tmp_path: Path) -> None:
     img = Image.new("RGB", (150, 150), "navy")
-    manifest, [page] = render_image(tmp_path, "big.png", image_bytes(img, "PNG", dpi=(100, 100)),
-                                    max_page_pixels=10_000)
+    manifest, [page] = render_image(
+        tmp_path, "big.png", image_bytes(img, "PNG", dpi=(100, 100)), max_page_pixels=10_000
+    )
     assert page.width * page.height <= 10_000 and page.width >= 99
     assert manifest.pages[0].dpi == pytest.approx(100 * page.width / 150, abs=1)
     bomb = tmp_path / "bomb.png"
-    bomb.write_bytes(image_bytes(Image.new("L", (300, 300)), "PNG"))
-    assert_refused(bomb, tmp_path, "image too large to decode safely", max_page_pixels=10_000)
+    bomb.write_bytes(image_bytes(Image.new("L", (250, 250)), "PNG"))
+    assert_refused(bomb, tmp_path, "page 1 is 250×250 px, over the cap", max_page_pixels=10_000)
+    bomb.write_bytes(image_bytes(Image.new("L", (300, 300)), "PNG"))  # past Pillow's own limit
+    assert_refused(bomb, tmp_path, "image over the pixel cap", max_page_pixels=10_000)
+    tiff = tmp_path / "pages.tif"  # the second frame is the bomb: Pillow checks only the first
+    frames = [Image.new("L", (50, 50)), Image.new("L", (300, 300))]
+    tiff.write_bytes(image_bytes(frames[0], "TIFF", save_all=True, append_images=frames[1:]))
+    assert_refused(tiff, tmp_path, "page 2 is 300×300 px, over the cap", max_page_pixels=10_000)
 
 
 def test_corrupt_image(tmp_path: Path) -> None:
@@ -344,20 +354,36 @@ def test_corrupt_image(tmp_path: Path) -> None:
 # ---------- office ----------
 
 
-@needs_soffice
-def test_docx_through_libreoffice(tmp_path: Path) -> None:
+def make_docx(path: Path, title: str) -> Path:
     docx = pytest.importorskip("docx")
     doc = docx.Document()
-    doc.add_heading("Quarterly report", 0)
+    doc.add_heading(title, 0)
     doc.add_paragraph("Revenue grew. " * 50)
     doc.add_page_break()
     doc.add_paragraph("Second page")
-    src = tmp_path / "report.bin"  # the extension says nothing: the content decides
-    doc.save(src)
+    doc.save(path)
+    return path
+
+
+@needs_soffice
+def test_docx_through_libreoffice(tmp_path: Path) -> None:
+    src = make_docx(tmp_path / "report.bin", "Quarterly report")  # the content decides, not the extension
     manifest = render(src, tmp_path)
     assert manifest.kind == "office" and len(manifest.pages) == 2
     assert {p.renderer for p in manifest.pages} == {"libreoffice+pypdfium2"}
     assert manifest.pages[0].width > 1000
+
+
+@needs_soffice
+def test_concurrent_office_conversions_do_not_lose_one(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    sources = [make_docx(tmp_path / f"d{i}.docx", f"Document {i}") for i in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        results = pool.map(lambda s: rasterize_document(s, tmp_path / f"out-{s.stem}", settings()), sources)
+        manifests = list(results)
+    assert [len(m.pages) for m in manifests] == [2, 2]
+    assert manifests[0].pages[0].sha256 != manifests[1].pages[0].sha256
 
 
 @needs_soffice
@@ -369,3 +395,22 @@ def test_corrupt_docx(tmp_path: Path) -> None:
         z.writestr("[Content_Types].xml", "garbage")
         z.writestr("word/document.xml", "<<<")
     assert_refused(src, tmp_path, "LibreOffice produced no PDF")
+
+
+def test_broken_page_tree_tries_both_renderers(tmp_path: Path) -> None:
+    # /Kids is not an array: pdfium cannot size the page, pdftoppm draws a 1×1 "page". Both must refuse.
+    page = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>"
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids 3 0 R /Count 1 >>",
+        page,
+        _stream(b"", b"0 0 m 100 100 l S"),
+    ]
+    src = tmp_path / "kids.pdf"
+    src.write_bytes(raw_pdf(objects))
+    logged: list[str] = []
+    with pytest.raises(DocumentError) as info:
+        rasterize_document(src, tmp_path / "out", settings(), log=logged.append)
+    message = str(info.value)
+    assert "pypdfium2: page 1:" in message and "pdf2image: page 1: pdftoppm produced no image" in message
+    assert any("pypdfium2 could not render it" in line for line in logged)

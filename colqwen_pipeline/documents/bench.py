@@ -8,6 +8,7 @@ both sides; our worker start-up is included, it is part of our cost). Same PDF, 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -85,28 +86,31 @@ def _table(c: Any, x: float, y: float, rows: int, cols: int) -> None:
 def _tree_rss(proc: psutil.Process) -> int:
     total = 0
     for p in [proc, *proc.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.Error):  # a worker that just exited
             total += p.memory_info().rss
-        except psutil.Error:  # a worker that just exited
-            pass
     return total
 
 
 def _measure(script: str, pdf: Path, out: Path) -> dict[str, float]:
-    proc = subprocess.Popen([sys.executable, "-c", script, str(pdf), str(out), str(DPI)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", script, str(pdf), str(out), str(DPI)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     ps, peak = psutil.Process(proc.pid), 0
     while proc.poll() is None:
-        try:
+        with contextlib.suppress(psutil.Error):
             peak = max(peak, _tree_rss(ps))
-        except psutil.Error:
-            pass
         time.sleep(SAMPLE_S)
     stdout, stderr = proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"benchmark child failed: {stderr.strip().splitlines()[-1:]}")
     result = json.loads(stdout.strip().splitlines()[-1])
-    return {"pages_per_s": round(result["pages"] / result["seconds"], 2), "peak_rss_mb": round(peak / 2**20, 1)}
+    return {
+        "pages_per_s": round(result["pages"] / result["seconds"], 2),
+        "peak_rss_mb": round(peak / 2**20, 1),
+    }
 
 
 def bench_rasterize(pages: int = 100) -> dict[str, Any]:

@@ -65,7 +65,7 @@ def run_workers(
     """
     procs = [_spawn(job, memory_mb) for job in jobs]
     try:
-        _pump(procs, deadline, memory_mb, on_line)
+        _pump(procs, deadline, on_line)
     finally:
         for proc, stderr in procs:
             kill_group(proc)
@@ -85,15 +85,15 @@ def _spawn(job: dict[str, Any], memory_mb: int) -> tuple[subprocess.Popen, IO[by
         preexec_fn=limits(memory_mb),
         start_new_session=True,
     )
-    proc.stdin.write(json.dumps(job).encode())
-    proc.stdin.close()
+    with contextlib.suppress(BrokenPipeError):  # a worker that died at once is reported by _finish
+        proc.stdin.write(json.dumps(job).encode())
+        proc.stdin.close()
     return proc, stderr
 
 
 def _pump(
     procs: list[tuple[subprocess.Popen, IO[bytes]]],
     deadline: float,
-    memory_mb: int,
     on_line: Callable[[dict[str, Any]], None],
 ) -> None:
     sel = selectors.DefaultSelector()
@@ -110,20 +110,24 @@ def _pump(
             chunk = os.read(key.fd, 1 << 16)
             if not chunk:
                 sel.unregister(key.fileobj)
-                _finish(procs[i], buffers[i], deadline, memory_mb)
+                _finish(procs[i], buffers[i], deadline)
                 continue
             *lines, buffers[i] = (buffers[i] + chunk).split(b"\n")
             for line in lines:
-                _dispatch(json.loads(line), on_line)
+                _dispatch(line, on_line)
 
 
-def _dispatch(obj: dict[str, Any], on_line: Callable[[dict[str, Any]], None]) -> None:
+def _dispatch(line: bytes, on_line: Callable[[dict[str, Any]], None]) -> None:
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return  # not ours: the worker routes stray prints to stderr, but be tolerant anyway
     if "error" in obj:
         raise WorkerError(obj["error"], obj["message"])
     on_line(obj)
 
 
-def _finish(entry: tuple[subprocess.Popen, IO[bytes]], rest: bytes, deadline: float, memory_mb: int) -> None:
+def _finish(entry: tuple[subprocess.Popen, IO[bytes]], rest: bytes, deadline: float) -> None:
     """The worker closed stdout: collect its exit status and turn a bad one into a WorkerError."""
     proc, stderr = entry
     try:
@@ -131,7 +135,7 @@ def _finish(entry: tuple[subprocess.Popen, IO[bytes]], rest: bytes, deadline: fl
     except subprocess.TimeoutExpired:
         raise WorkerError("timeout", "time limit") from None
     if rest.strip():
-        _dispatch(json.loads(rest), lambda _: None)
+        _dispatch(rest, lambda _: None)
     if rc == 0:
         return
     stderr.seek(0)

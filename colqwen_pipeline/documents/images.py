@@ -2,6 +2,8 @@
 
 Image pages are not resampled to a DPI: their pixels are the page. ``dpi`` records the file's own
 resolution when it declares one (else 0), scaled down with the image if the pixel cap shrank it.
+Pixel cap: a frame up to DECODE_FACTOR × max_page_pixels is decoded and scaled down to fit the cap;
+a larger one is refused before its pixels are decoded (and Pillow's own bomb check backs that up).
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from colqwen_pipeline.documents.pages import RenderFailure
 
 MULTI_PAGE_FORMATS = {"TIFF"}  # GIF/APNG/WebP animations: the first frame is the page
 SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
+DECODE_FACTOR = 4  # 4 × 40 Mpx as RGBA is 640 MB: well inside the worker's default memory cap
 
 
 def set_bomb_limit(max_page_pixels: int) -> None:
-    """Pillow refuses to decode above 2×MAX_IMAGE_PIXELS; we accept up to 4× the page cap and downscale."""
-    Image.MAX_IMAGE_PIXELS = max_page_pixels * 2
+    """Pillow warns above MAX_IMAGE_PIXELS and raises above twice that; our own check is stricter."""
+    Image.MAX_IMAGE_PIXELS = max_page_pixels * DECODE_FACTOR
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 
@@ -32,12 +35,16 @@ def decode_pages(path: Path, max_page_pixels: int, max_pages: int) -> Iterator[t
         with Image.open(path) as im:
             n = getattr(im, "n_frames", 1) if im.format in MULTI_PAGE_FORMATS else 1
             if n > max_pages:
-                raise RenderFailure("pages", f"{n} pages, over the cap of {max_pages}")
+                cap = f"over the cap of {max_pages} (COLQWEN_MAX_PAGES)"
+                raise RenderFailure("pages", f"image has {n} pages, {cap}")
             frames = ImageSequence.Iterator(im) if n > 1 else [im]
-            for _, frame in zip(range(n), frames, strict=False):
+            for page, frame in zip(range(1, n + 1), frames, strict=False):
+                w, h = frame.size  # known from the header: nothing decoded yet
+                if w * h > max_page_pixels * DECODE_FACTOR:
+                    raise RenderFailure("pixels", f"page {page} is {w}×{h} px, over the cap")
                 yield _to_page(frame, max_page_pixels)
     except Image.DecompressionBombError as e:
-        raise RenderFailure("pixels", f"image too large to decode safely ({e})") from e
+        raise RenderFailure("pixels", f"image over the pixel cap: {e}") from e
     except (OSError, SyntaxError, ValueError) as e:  # Pillow's ways of saying "corrupt"
         raise RenderFailure("open", f"cannot decode image: {e}") from e
 

@@ -55,11 +55,19 @@ def _open_pdfium(path: Path, password: str):  # -> pypdfium2.PdfDocument
 
 
 def _probe_pdfium(path: Path, password: str) -> list[tuple[float, float]]:
+    import pypdfium2 as pdfium
+
     pdf = _open_pdfium(path, password)
+    sizes = []
     try:
-        return [tuple(pdf.get_page_size(i)) for i in range(len(pdf))]
+        for i in range(len(pdf)):
+            try:
+                sizes.append(tuple(pdf.get_page_size(i)))
+            except pdfium.PdfiumError as e:  # a broken page tree: pdftoppm may still cope
+                raise RenderFailure("open", f"page {i + 1}: {e}".rstrip(".")) from e
     finally:
         pdf.close()
+    return sizes
 
 
 def _render_pdfium(
@@ -71,13 +79,14 @@ def _render_pdfium(
     try:
         pdf.init_forms()  # without it, filled-in form fields are not drawn
         for page_no, dpi in jobs:
-            page = pdf[page_no - 1]
             try:
-                img = page.render(scale=dpi / 72).to_pil()
+                page = pdf[page_no - 1]
+                try:
+                    img = page.render(scale=dpi / 72).to_pil()
+                finally:
+                    page.close()
             except pdfium.PdfiumError as e:
                 raise RenderFailure("open", f"page {page_no}: {e}".rstrip(".")) from e
-            finally:
-                page.close()
             yield page_no, dpi, img
     finally:
         pdf.close()
@@ -101,9 +110,8 @@ def _probe_poppler(path: Path, password: str) -> list[tuple[float, float]]:
     n = int(m.group(1))
     if n == 0:
         raise RenderFailure("nopages", "PDF has no pages")
-    info = subprocess.run(
-        ["pdfinfo", *pw, "-f", "1", "-l", str(n), str(path)], capture_output=True, text=True
-    )
+    every_page = ["pdfinfo", *pw, "-f", "1", "-l", str(n), str(path)]
+    info = subprocess.run(every_page, capture_output=True, text=True)
     sizes = {int(p): (float(w), float(h)) for p, w, h in _PDFINFO_SIZE.findall(info.stdout)}
     if info.returncode != 0 or len(sizes) != n:
         raise _poppler_error(info.stderr)
@@ -118,11 +126,11 @@ def _render_poppler(
 
     for page_no, dpi in jobs:
         try:
-            images = convert_from_path(
-                path, dpi=dpi, first_page=page_no, last_page=page_no, userpw=password or None
-            )
+            pw = password or None
+            images = convert_from_path(path, dpi=dpi, first_page=page_no, last_page=page_no, userpw=pw)
         except (PDFPageCountError, PDFSyntaxError) as e:
             raise _poppler_error(str(e)) from e
-        if not images:
+        # pdftoppm answers a page it cannot draw (or an absurd one) with a 1×1 image and exit 0.
+        if not images or min(images[0].size) <= 1:
             raise RenderFailure("open", f"page {page_no}: pdftoppm produced no image")
         yield page_no, dpi, images[0]

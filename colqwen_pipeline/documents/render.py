@@ -153,9 +153,8 @@ def _render_pdf_with(renderer: str, path: Path, job: _Job, dpi: int | None, pref
             job.log(f"{job.name}: {len(lines)}/{len(jobs)} pages")
 
     # Page i goes to worker i % N: neighbouring pages cost alike, so the workers finish together.
-    specs = [
-        {"op": "pdf", **common, "out_dir": str(job.out), "jobs": jobs[k::n_workers]} for k in range(n_workers)
-    ]
+    spec = {"op": "pdf", **common, "out_dir": str(job.out)}
+    specs = [{**spec, "jobs": jobs[k::n_workers]} for k in range(n_workers)]
     run_workers(specs, job.settings.render_memory_mb, job.deadline, collect)
     lines.sort(key=lambda line: line["page"])
     return [PageRecord(renderer=prefix + renderer, **line) for line in lines]

@@ -9,6 +9,7 @@ before exiting with EXIT_FAILED. Imports stay light (PIL, pypdfium2): no torch, 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,18 +34,31 @@ def run(job: dict[str, Any]) -> None:
     elif job["op"] == "image":
         from colqwen_pipeline.documents.images import decode_pages
 
-        for i, (img, dpi) in enumerate(decode_pages(path, job["max_page_pixels"], job["max_pages"]), 1):
+        pages = decode_pages(path, job["max_page_pixels"], job["max_pages"])
+        for i, (img, dpi) in enumerate(pages, 1):
             _emit(save_page(img, Path(job["out_dir"]), i, dpi))
     else:
         raise ValueError(f"unknown op {job['op']!r}")
 
 
+_protocol = sys.stdout
+
+
 def _emit(obj: dict[str, Any]) -> None:
-    sys.stdout.write(json.dumps(obj) + "\n")
-    sys.stdout.flush()  # the parent streams progress from these lines
+    _protocol.write(json.dumps(obj) + "\n")
+    _protocol.flush()  # the parent streams progress from these lines
+
+
+def _reserve_stdout() -> None:
+    """Keep the real stdout for the protocol; anything a library prints goes to stderr instead."""
+    global _protocol
+    _protocol = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
 
 
 def main() -> int:
+    _reserve_stdout()
     job = json.loads(sys.stdin.read())
     try:
         run(job)
