@@ -1,0 +1,164 @@
+"""HTTP routes of the model server (FastAPI on uvicorn). OpenAPI: /openapi.json and /docs.
+
+Endpoints keep the original model server's contract (/embed_text, /embed_image, the three
+health checks, JSON float lists) and add /search, /info and a compact base64 fp16 encoding.
+Handlers are plain functions: FastAPI runs them in its thread pool, the model lock in
+``ModelHolder`` serialises forwards, and cache look-ups and Milvus reads run beside them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from typing import Any
+
+from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from colqwen_pipeline.embedding.remote import Encoding, encode_vectors
+from colqwen_pipeline.service.limits import (
+    BodySizeLimit,
+    Refused,
+    check_image_count,
+    check_queries,
+    check_query,
+    check_top_k,
+    decode_image,
+)
+from colqwen_pipeline.service.model import Embedded, ModelHolder, NotReady
+from colqwen_pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+ENCODING_HELP = "float: JSON float lists (default); base64_fp16: little-endian float16, tokens x dim, row-major"
+
+
+class TextRequest(BaseModel):
+    queries: list[str] = Field(description="Queries to embed; one list of 128-d token vectors comes back per query.")
+
+
+class SearchRequest(BaseModel):
+    query: str
+    top_k: int = 5
+    doc_ids: list[str] | None = Field(None, description="Restrict to these document ids.")
+
+
+def create_app(settings: Settings | None = None, load_gate: threading.Event | None = None) -> FastAPI:
+    """The app; the model starts loading in the background when the app starts (``load_gate``
+    lets a test hold the load to observe the not-ready state)."""
+    settings = settings or Settings()
+    holder = ModelHolder(settings, load_gate)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI):
+        holder.start()
+        yield
+
+    app = FastAPI(title="colqwen-pipeline model server", version="1", lifespan=lifespan)
+    app.state.holder = holder
+    app.add_middleware(BodySizeLimit, max_bytes=settings.server_max_request_mb * 2**20)
+    _add_error_handlers(app)
+    _add_health_routes(app, holder)
+    _add_model_routes(app, holder, settings)
+    return app
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(Refused)
+    async def refused(_: Request, error: Refused) -> JSONResponse:
+        return JSONResponse({"detail": error.detail}, status_code=error.status)
+
+    @app.exception_handler(NotReady)
+    async def not_ready(_: Request, error: NotReady) -> JSONResponse:
+        return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": "5"})
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_: Request, error: RequestValidationError) -> JSONResponse:
+        """One readable line instead of FastAPI's list of error objects."""
+        problems = ["{}: {}".format(".".join(str(p) for p in e["loc"]), e["msg"]) for e in error.errors()]
+        return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
+
+
+def _add_health_routes(app: FastAPI, holder: ModelHolder) -> None:
+    @app.get("/health/live", tags=["health"])
+    def live() -> dict[str, str]:
+        return {"status": "ALIVE"}
+
+    @app.get("/health/ready", tags=["health"], responses={503: {"description": "LOADING or FAILED"}})
+    def ready() -> JSONResponse:
+        body = {"status": holder.status} | ({"detail": holder.error} if holder.error else {})
+        return JSONResponse(body, status_code=200 if holder.status == "READY" else 503)
+
+    @app.get("/healthy-check", tags=["health"])
+    def healthy_check() -> dict[str, str]:
+        return {"status": "UP"}
+
+
+def _add_model_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> None:
+    @app.get("/info", tags=["model"])
+    def info() -> dict[str, Any]:
+        """The loaded model (fingerprint, dim, device, precision), the limits, and counters."""
+        return holder.info()
+
+    @app.post("/embed_text", tags=["model"])
+    def embed_text(request: TextRequest, encoding: Encoding = Query("float", description=ENCODING_HELP)) -> dict:
+        check_queries(request.queries, settings)
+        return _embeddings(holder.embed_queries(request.queries), encoding, holder)
+
+    @app.post("/embed_image", tags=["model"])
+    def embed_image(
+        images: list[UploadFile] = File(description="Page images (PNG, JPEG, ...), one multipart file each."),
+        encoding: Encoding = Query("float", description=ENCODING_HELP),
+    ) -> dict:
+        check_image_count(len(images), settings)
+        pages = [
+            decode_image(upload.file.read(), _name(upload, i), settings.server_max_image_pixels)
+            for i, upload in enumerate(images)
+        ]
+        return _embeddings(holder.embed_images(pages), encoding, holder)
+
+    @app.post("/search", tags=["search"])
+    def search(request: SearchRequest) -> dict:
+        """Ranked pages, as ``colqwen-pipeline search --json`` prints them."""
+        check_query(request.query, settings)
+        check_top_k(request.top_k, settings)
+        from colqwen_pipeline.stages import make_index
+
+        vectors = holder.embed_queries([request.query]).vectors[0]
+        hits = make_index(holder.settings).search([vectors], top_k=request.top_k, doc_ids=request.doc_ids)[0]
+        results = [
+            {
+                "doc_id": h.doc_id,
+                "document": h.document,
+                "page": h.page,
+                "score": round(h.score, 4),
+                "image_path": h.image_path,
+            }
+            for h in hits
+        ]
+        return {"query": request.query, "results": results}
+
+
+def _embeddings(embedded: Embedded, encoding: Encoding, holder: ModelHolder) -> dict[str, Any]:
+    return {
+        "embeddings": [encode_vectors(vectors, encoding) for vectors in embedded.vectors],
+        "encoding": encoding,
+        "dim": holder.embedder.dim,
+        "model": holder.embedder.fingerprint,
+        "forward_calls": embedded.forward_calls,
+        "batch_size_used": embedded.batch_size_used,
+        "cache_hits": embedded.cache_hits,
+    }
+
+
+def _name(upload: UploadFile, index: int) -> str:
+    return f"images[{index}] ({upload.filename})" if upload.filename else f"images[{index}]"
+
+
+def serve(settings: Settings, host: str, port: int) -> None:
+    import uvicorn
+
+    log.info("model server on http://%s:%d (OpenAPI at /docs); loading the model in the background", host, port)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=10)

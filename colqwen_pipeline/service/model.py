@@ -1,0 +1,125 @@
+"""The model held by the server: loaded once in a background thread (so the server answers
+liveness at once and readiness when the model is warm), forwards serialised by a lock (one
+model, one accelerator), and the Redis embedding cache in front of it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from colqwen_pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class NotReady(Exception):
+    """The model is still loading, or failed to load."""
+
+
+@dataclass
+class Embedded:
+    vectors: list[np.ndarray]
+    forward_calls: int
+    batch_size_used: int
+    cache_hits: int
+
+
+class ModelHolder:
+    def __init__(self, settings: Settings, load_gate: threading.Event | None = None):
+        # The server loads the model itself, whatever the environment says about a model server.
+        self.settings = settings.model_copy(update={"model_server_url": ""})
+        self.load_gate = load_gate  # tests hold the load here to observe "not ready"
+        self.status = "LOADING"
+        self.error = ""
+        self.embedder: Any = None
+        self.cache: Any = None
+        self.served = {"images": 0, "queries": 0, "cache_hits": 0}
+        self._forward_lock = threading.Lock()
+
+    def start(self) -> threading.Thread:
+        thread = threading.Thread(target=self._load, name="model-load", daemon=True)
+        thread.start()
+        return thread
+
+    def _load(self) -> None:
+        if self.load_gate is not None:
+            self.load_gate.wait()
+        try:
+            from colqwen_pipeline.embedding.service import get_embedder, open_cache
+
+            embedder = get_embedder(self.settings)  # loads and warms up
+            self.cache = open_cache(self.settings, embedder.identity)
+        except Exception as error:  # any load failure must show in /health/ready, not kill the thread silently
+            log.exception("model load failed")
+            self.error = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
+            self.status = "FAILED"
+            return
+        self.embedder = embedder
+        self.status = "READY"
+        log.info("model server ready: %s on %s", embedder.fingerprint, embedder.info["device"])
+
+    def require(self) -> Any:
+        if self.status == "FAILED":
+            raise NotReady(f"model failed to load: {self.error}")
+        if self.status != "READY":
+            raise NotReady("model is loading; retry when GET /health/ready answers READY")
+        return self.embedder
+
+    def info(self) -> dict[str, Any]:
+        embedder = self.require()
+        settings = self.settings
+        return {
+            "model": embedder.info | {"batch_size": embedder.batch_size},
+            "limits": {
+                "max_images": settings.server_max_images,
+                "max_queries": settings.server_max_queries,
+                "max_query_chars": settings.server_max_query_chars,
+                "max_request_mb": settings.server_max_request_mb,
+                "max_image_pixels": settings.server_max_image_pixels,
+                "max_top_k": settings.server_max_top_k,
+            },
+            "cache_enabled": bool(self.cache and self.cache.enabled),
+            "served": dict(self.served),
+        }
+
+    def embed_images(self, images: Sequence[Image.Image]) -> Embedded:
+        from colqwen_pipeline.documents.pages import pixel_sha256
+
+        embedder = self.require()
+        keys = [self.cache.image_key(pixel_sha256(image)) for image in images]  # the pipeline's page keys
+        result = self._cached(keys, lambda missing: embedder.embed_images([images[i] for i in missing]))
+        self.served["images"] += len(images)
+        return result
+
+    def embed_queries(self, queries: Sequence[str]) -> Embedded:
+        embedder = self.require()
+        keys = [self.cache.text_key(query) for query in queries]
+        result = self._cached(keys, lambda missing: embedder.embed_queries([queries[i] for i in missing]))
+        # through fp16 either way (as the CLI's cached queries): a cache hit answers exactly like a fresh query
+        result.vectors = [np.asarray(v, dtype=np.float16).astype(np.float32) for v in result.vectors]
+        self.served["queries"] += len(queries)
+        return result
+
+    def _cached(self, keys: list[str], embed: Callable[[list[int]], list[np.ndarray]]) -> Embedded:
+        found = self.cache.get_many(keys) if self.cache.enabled else [None] * len(keys)
+        missing = [i for i, vectors in enumerate(found) if vectors is None]
+        forwards = batch_used = 0
+        if missing:
+            with self._forward_lock:
+                stats = self.embedder.stats
+                before = stats.forward_calls
+                stats.batch_size_used = 0
+                fresh = embed(missing)
+                forwards, batch_used = stats.forward_calls - before, stats.batch_size_used
+            for i, vectors in zip(missing, fresh, strict=True):
+                found[i] = vectors
+            self.cache.set_many({keys[i]: found[i] for i in missing})
+        hits = len(keys) - len(missing)
+        self.served["cache_hits"] += hits
+        return Embedded(found, forwards, batch_used, hits)  # type: ignore[arg-type]

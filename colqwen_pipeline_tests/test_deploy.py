@@ -1,0 +1,162 @@
+"""The deployment files, checked without a Docker engine (none runs here): the compose file and
+the production dagster.yaml parsed and validated, the Dockerfile read instruction by instruction,
+and every cross-reference between them and the code checked."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from colqwen_pipeline_tests.conftest import REPO
+
+DEPLOY = REPO / "deploy"
+SECRET = re.compile(r"PASSWORD|TOKEN|SECRET", re.IGNORECASE)
+REQUIRED_VARIABLE = re.compile(r"\$\{(\w+):\?[^}]*\}")
+PG_ENV = {
+    "DAGSTER_PG_HOST": "db",
+    "DAGSTER_PG_PORT": "5433",
+    "DAGSTER_PG_USERNAME": "dagster",
+    "DAGSTER_PG_PASSWORD": "not-a-real-password",
+    "DAGSTER_PG_DB": "dagster",
+}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+
+
+def dockerfile_instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    text = re.sub(r"\\\n", " ", (REPO / "Dockerfile").read_text())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+# -- compose -------------------------------------------------------------------------------------
+def test_compose_runs_every_service_of_the_deployment_with_a_health_check(compose: dict) -> None:
+    services = compose["services"]
+
+    assert set(services) == {"milvus", "redis", "postgres", "model-server", "dagster-webserver", "dagster-daemon"}
+    assert all("healthcheck" in s and s["healthcheck"]["test"] for s in services.values())
+    for name, service in services.items():
+        assert set(service.get("depends_on", {})) <= set(services), name
+        named = [v.split(":")[0] for v in service.get("volumes", []) if not v.startswith(("$", ".", "/"))]
+        assert set(named) <= set(compose["volumes"]), name
+
+
+def test_compose_holds_no_secret_and_requires_each_from_the_environment(compose: dict) -> None:
+    required = set(REQUIRED_VARIABLE.findall((DEPLOY / "compose.yaml").read_text()))
+    example = (DEPLOY / ".env.example").read_text()
+
+    assert {"REDIS_PASSWORD", "POSTGRES_PASSWORD"} <= required
+    for name, service in compose["services"].items():
+        for key, value in service.get("environment", {}).items():
+            if SECRET.search(key):
+                assert REQUIRED_VARIABLE.fullmatch(str(value)), f"{name}.{key} must come from the environment"
+        assert "requirepass" not in str(service.get("command", "")) or "$$REDIS_PASSWORD" in str(service["command"])
+    for variable in required:
+        assert re.search(rf"^{variable}=$", example, re.MULTILINE), f"{variable} missing (or filled in) in .env.example"
+
+
+def test_pipeline_services_reach_the_model_server_milvus_redis_and_postgres(compose: dict) -> None:
+    services = compose["services"]
+    server = services["model-server"]
+    port = server["command"][server["command"].index("--port") + 1]
+
+    for name in ("dagster-webserver", "dagster-daemon"):
+        env = services[name]["environment"]
+        assert env["COLQWEN_MODEL_SERVER_URL"] == f"http://model-server:{port}"
+        assert env["COLQWEN_MILVUS_URI"].startswith("http://milvus:")
+        assert env["COLQWEN_REDIS_URL"].startswith("redis://redis:")
+        assert env["DAGSTER_PG_HOST"] == "postgres"
+        assert set(PG_ENV) <= set(env)
+    assert "COLQWEN_MODEL_SERVER_URL" not in server["environment"]  # the server loads the model itself
+    assert server["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    assert "/health/ready" in " ".join(server["healthcheck"]["test"])
+    assert all(p.startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", []))
+
+
+def test_compose_builds_this_repository(compose: dict) -> None:
+    build = compose["services"]["model-server"]["build"]
+
+    assert ((DEPLOY / build["context"]).resolve() / build["dockerfile"]) == REPO / "Dockerfile"
+
+
+def test_docker_compose_accepts_the_file_when_a_client_is_installed(tmp_path: Path) -> None:
+    docker = shutil.which("docker")
+    if docker is None or subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
+        pytest.skip("no `docker compose` client here: the PyYAML checks above stand in for it")
+    env = tmp_path / ".env"
+    env.write_text("REDIS_PASSWORD=x\nPOSTGRES_PASSWORD=y\n")
+    command = [docker, "compose", "-f", str(DEPLOY / "compose.yaml"), "--env-file", str(env), "config", "-q"]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+# -- Dockerfile ----------------------------------------------------------------------------------
+def test_dockerfile_builds_a_cuda_image_run_by_a_non_root_user() -> None:
+    instructions = dockerfile_instructions()
+    kinds = [kind for kind, _ in instructions]
+    args = dict(arg.split("=", 1) for kind, arg in instructions if kind == "ARG" and "=" in arg)
+    base = next(arg for kind, arg in instructions if kind == "FROM")
+    env = " ".join(arg for kind, arg in instructions if kind == "ENV")
+    user = [arg for kind, arg in instructions if kind == "USER"]
+
+    assert "cuda" in args.get(base.strip("${}"), base)
+    assert user and user[-1] not in {"root", "0"}
+    assert kinds.index("USER") > max(i for i, kind in enumerate(kinds) if kind == "RUN")  # no root step after
+    assert "DAGSTER_HOME=/opt/dagster/home" in env
+    assert any(kind == "COPY" and arg.endswith("${DAGSTER_HOME}/dagster.yaml") for kind, arg in instructions)
+
+
+def test_dockerfile_health_check_and_command_use_the_model_server() -> None:
+    from colqwen_pipeline.service.app import create_app
+
+    instructions = dict(dockerfile_instructions())
+    routes = {route.path for route in create_app().routes}
+
+    health_path = re.search(r"http://127\.0\.0\.1:\S+?(/[\w/-]+)", instructions["HEALTHCHECK"]).group(1)
+    assert health_path in routes
+    assert instructions["CMD"] == '["colqwen-pipeline", "serve"]'
+
+
+def test_dockerfile_copies_files_that_exist_and_installs_the_deploy_extra() -> None:
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+
+    for kind, arg in dockerfile_instructions():
+        if kind == "COPY":
+            *sources, _ = arg.split()
+            assert all((REPO / source).exists() for source in sources), arg
+    assert any(kind == "RUN" and 'pip install ".[deploy]"' in arg for kind, arg in dockerfile_instructions())
+    assert any(dependency.startswith("dagster-postgres==0.29.") for dependency in extras["deploy"])
+
+
+# -- production dagster.yaml ---------------------------------------------------------------------
+def test_production_instance_keeps_all_storage_in_postgres_from_the_environment(tmp_path, monkeypatch) -> None:
+    import dagster as dg
+    from dagster._config import process_config
+    from dagster._core.instance.config import dagster_instance_config
+    from dagster._core.storage.config import pg_config
+    from sqlalchemy.engine import make_url
+
+    shutil.copy(DEPLOY / "dagster.prod.yaml", tmp_path / "dagster.yaml")
+    for name, value in PG_ENV.items():
+        monkeypatch.setenv(name, value)
+
+    config, _ = dagster_instance_config(str(tmp_path))  # the instance schema, as `dagster` checks it
+    postgres = config["storage"]["postgres"]
+    resolved = process_config(dg.Shape(pg_config()), postgres)
+
+    assert resolved.success, resolved.errors
+    db = resolved.value["postgres_db"]
+    assert (db["hostname"], db["port"], db["password"]) == ("db", 5433, "not-a-real-password")
+    assert all(set(v) == {"env"} for k, v in postgres["postgres_db"].items() if k != "scheme")
+    url = f"{db['scheme']}://{db['username']}:{db['password']}@{db['hostname']}:{db['port']}/{db['db_name']}"
+    assert make_url(url).get_dialect().driver == "psycopg2"  # the driver dagster-postgres installs

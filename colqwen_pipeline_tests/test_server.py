@@ -1,0 +1,335 @@
+"""The model server, for real: `colqwen-pipeline serve` in a subprocess with the tiny model and a
+real Redis, called over HTTP with httpx; readiness and load failure on uvicorn in a thread (so a
+test can hold the model load on an Event); the Dagster pipeline embedding through the server."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import dagster as dg
+import httpx
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+from colqwen_pipeline.embedding.remote import ModelServerError, RemoteEmbedder, decode_vectors
+from colqwen_pipeline.inbox import document_key
+from colqwen_pipeline.settings import Settings
+from colqwen_pipeline_tests.conftest import SAMPLES, free_port
+
+LIMITS = {
+    "MAX_IMAGES": "3",
+    "MAX_QUERIES": "4",
+    "MAX_QUERY_CHARS": "100",
+    "MAX_REQUEST_MB": "1",
+    "MAX_IMAGE_PIXELS": "4000000",
+    "MAX_TOP_K": "20",
+}
+SAMPLE = "pump_maintenance_manual.pdf"
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, redis_url: str) -> dict[str, str]:
+    """The server's environment: its own state directory and an inbox holding one document."""
+    root = tmp_path_factory.mktemp("deployment")
+    (root / "inbox").mkdir()
+    (root / "inbox" / SAMPLE).write_bytes((SAMPLES / SAMPLE).read_bytes())
+    env = {
+        "COLQWEN_HOME": str(root / "var"),
+        "COLQWEN_INBOX": str(root / "inbox"),
+        "COLQWEN_MODEL": str(tiny_model_dir),
+        "COLQWEN_REDIS_URL": redis_url,
+    }
+    return env | {f"COLQWEN_SERVER_{name}": value for name, value in LIMITS.items()}
+
+
+@pytest.fixture(scope="module")
+def server(deployment: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """`colqwen-pipeline serve` as a user starts it, on a free port; yields its URL once READY."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COLQWEN_")} | deployment
+    log_path = tmp_path_factory.mktemp("server-log") / "serve.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "colqwen_pipeline.cli", "serve", "--port", str(port)],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, log_path)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def wait_ready(url: str, process: subprocess.Popen | None = None, log_path: Path | None = None) -> None:
+    for _ in range(600):
+        if process is not None and process.poll() is not None:
+            pytest.fail(f"server exited with {process.returncode}:\n{log_path.read_text()[-3000:]}")
+        with contextlib.suppress(httpx.TransportError):
+            ready = httpx.get(f"{url}/health/ready")
+            if ready.status_code == 200:
+                return
+            if ready.json()["status"] == "FAILED":
+                pytest.fail(f"model server at {url} failed to load its model: {ready.json()['detail']}")
+        time.sleep(0.2)
+    pytest.fail(f"server at {url} not READY after 120 s")
+
+
+@contextlib.contextmanager
+def server_in_thread(app) -> Iterator[str]:
+    """The same uvicorn server in a thread, for tests that control the app object."""
+    import uvicorn
+
+    port = free_port()
+    uvicorn_server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=uvicorn_server.run, daemon=True)
+    thread.start()
+    while not uvicorn_server.started:
+        assert thread.is_alive(), "uvicorn stopped during start-up"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        uvicorn_server.should_exit = True
+        thread.join(timeout=30)
+
+
+def page_png(width: int = 320, height: int = 420, label: str = "page") -> bytes:
+    image = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((20, 20, width - 20, 80), fill="navy")
+    draw.text((30, 120), label, fill="black")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def files(*blobs: bytes) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("images", (f"p{i}.png", blob, "image/png")) for i, blob in enumerate(blobs)]
+
+
+@pytest.fixture(scope="module")
+def local_embedder(deployment: dict[str, str]):
+    """The same tiny model loaded in the test process: what the server must reproduce."""
+    from colqwen_pipeline.embedding.service import get_embedder
+
+    home = Path(deployment["COLQWEN_HOME"]).parent / "local"
+    return get_embedder(Settings(home=home, model=deployment["COLQWEN_MODEL"], redis_url=""))
+
+
+# -- health, info, schema ------------------------------------------------------------------------
+def test_health_endpoints_answer_like_the_original_server(server: str) -> None:
+    assert httpx.get(f"{server}/health/live").json() == {"status": "ALIVE"}
+    assert httpx.get(f"{server}/health/ready").json() == {"status": "READY"}
+    assert httpx.get(f"{server}/healthy-check").json() == {"status": "UP"}
+
+
+def test_info_names_the_loaded_model_and_the_limits(server: str) -> None:
+    info = httpx.get(f"{server}/info").json()
+
+    assert info["model"]["fingerprint"].startswith("tiny-colqwen2.5@")
+    assert (info["model"]["dim"], info["model"]["random_weights"]) == (128, True)
+    assert info["limits"]["max_images"] == 3 and info["limits"]["max_request_mb"] == 1
+    assert info["cache_enabled"] is True
+
+
+def test_openapi_schema_lists_every_endpoint(server: str) -> None:
+    paths = httpx.get(f"{server}/openapi.json").json()["paths"]
+
+    expected = {"/health/live", "/health/ready", "/healthy-check", "/info", "/embed_text", "/embed_image", "/search"}
+    assert expected <= set(paths)
+    assert "multipart/form-data" in paths["/embed_image"]["post"]["requestBody"]["content"]
+
+
+# -- embedding -----------------------------------------------------------------------------------
+def test_embed_text_matches_the_in_process_model(server: str, local_embedder) -> None:
+    queries = ["where is the filter cartridge", "pump pressure table"]
+
+    body = httpx.post(f"{server}/embed_text", json={"queries": queries}).json()
+
+    expected = local_embedder.embed_queries(queries)
+    assert len(body["embeddings"]) == 2
+    for served, local in zip(body["embeddings"], expected, strict=True):
+        assert np.asarray(served).shape == local.shape and local.shape[1] == 128
+        np.testing.assert_allclose(np.asarray(served), local, atol=1e-3)
+
+
+def test_embed_image_in_both_encodings_matches_the_in_process_model(server: str, local_embedder) -> None:
+    blobs = [page_png(label="first"), page_png(400, 300, label="second")]
+
+    as_floats = httpx.post(f"{server}/embed_image", files=files(*blobs), timeout=60).json()
+    compact = httpx.post(f"{server}/embed_image", params={"encoding": "base64_fp16"}, files=files(*blobs)).json()
+
+    expected = local_embedder.embed_images([Image.open(io.BytesIO(b)).convert("RGB") for b in blobs])
+    assert compact["encoding"] == "base64_fp16" and compact["dim"] == 128
+    for floats, packed, local in zip(as_floats["embeddings"], compact["embeddings"], expected, strict=True):
+        np.testing.assert_allclose(np.asarray(floats), local, atol=1e-2)  # fp16 once a cache hit serves it
+        np.testing.assert_allclose(decode_vectors(packed, 128), local, atol=1e-2)
+        assert len(packed) < len(str(floats)) / 4  # the point of the compact encoding
+
+
+def test_repeated_request_is_served_from_the_pipelines_cache_keys(server: str, deployment, redis_url: str) -> None:
+    from colqwen_pipeline.documents.pages import pixel_sha256
+    from colqwen_pipeline.embedding.cache import EmbeddingCache
+
+    blob = page_png(label=f"cache {time.time_ns()}")
+    first = httpx.post(f"{server}/embed_image", files=files(blob)).json()
+    second = httpx.post(f"{server}/embed_image", files=files(blob)).json()
+
+    assert (first["cache_hits"], first["forward_calls"]) == (0, 1)
+    assert (second["cache_hits"], second["forward_calls"]) == (1, 0)
+    cache = EmbeddingCache(redis_url, first["model"], 128)
+    cached = cache.get_many([cache.image_key(pixel_sha256(Image.open(io.BytesIO(blob)).convert("RGB")))])[0]
+    np.testing.assert_allclose(cached, np.asarray(second["embeddings"][0]), atol=1e-6)
+
+
+# -- bad requests and limits ---------------------------------------------------------------------
+def huge_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("L", (2100, 2000), 255).save(buffer, format="PNG")  # 4.2 Mpx in a few KB
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("path", "request_kwargs", "status", "message"),
+    [
+        ("/embed_text", {"json": {"queries": ["q"] * 5}}, 413, "COLQWEN_SERVER_MAX_QUERIES"),
+        ("/embed_text", {"json": {"queries": ["x" * 101]}}, 422, "COLQWEN_SERVER_MAX_QUERY_CHARS"),
+        ("/embed_text", {"json": {"queries": []}}, 422, "queries is empty"),
+        ("/embed_text", {"json": {"queries": ["ok", "  "]}}, 422, "queries[1] is empty"),
+        ("/embed_text", {"json": {"query": "a"}}, 422, "body.queries: Field required"),
+        ("/embed_text", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422, "JSON"),
+        ("/embed_text", {"json": {"queries": ["a"]}, "params": {"encoding": "hex"}}, 422, "base64_fp16"),
+        ("/embed_image", {"files": files(*[page_png()] * 4)}, 413, "COLQWEN_SERVER_MAX_IMAGES"),
+        ("/embed_image", {"files": files(os.urandom(1_100_000))}, 413, "COLQWEN_SERVER_MAX_REQUEST_MB"),
+        ("/embed_image", {"files": files(huge_png())}, 413, "COLQWEN_SERVER_MAX_IMAGE_PIXELS"),
+        ("/embed_image", {"files": files(b"%PDF-1.7 not an image")}, 400, "images[0] (p0.png): not a readable image"),
+        ("/embed_image", {"files": files(page_png()[:300])}, 400, "broken image"),
+        ("/embed_image", {"data": {"other": "x"}}, 422, "body.images: Field required"),
+        ("/search", {"json": {"query": "pump", "top_k": 21}}, 422, "COLQWEN_SERVER_MAX_TOP_K"),
+        ("/search", {"json": {"query": "pump", "top_k": 0}}, 422, "top_k=0"),
+        ("/search", {"json": {"query": ""}}, 422, "query is empty"),
+    ],
+)
+def test_bad_requests_get_a_4xx_naming_the_cause(server: str, path, request_kwargs, status, message) -> None:
+    response = httpx.post(f"{server}{path}", **request_kwargs)
+
+    assert response.status_code == status, response.text
+    assert message in response.json()["detail"]
+
+
+def test_chunked_upload_over_the_byte_limit_is_cut_off(server: str) -> None:
+    """No Content-Length to check up front: the limit applies while the body streams in."""
+    encoded = httpx.Request("POST", f"{server}/embed_image", files=files(os.urandom(1_200_000)))
+    body, content_type = encoded.read(), encoded.headers["content-type"]
+
+    def chunks() -> Iterator[bytes]:
+        for start in range(0, len(body), 65536):
+            yield body[start : start + 65536]
+
+    response = httpx.post(f"{server}/embed_image", content=chunks(), headers={"content-type": content_type})
+
+    assert response.status_code == 413
+    assert "COLQWEN_SERVER_MAX_REQUEST_MB" in response.json()["detail"]
+
+
+# -- readiness -----------------------------------------------------------------------------------
+def test_not_ready_until_the_model_is_loaded_and_warm(state: Settings) -> None:
+    """The load waits on an Event the test holds, so "before warm-up" is observed, not raced."""
+    from colqwen_pipeline.service.app import create_app
+
+    gate = threading.Event()
+    app = create_app(state, load_gate=gate)
+    with server_in_thread(app) as url:
+        try:
+            assert httpx.get(f"{url}/health/live").json() == {"status": "ALIVE"}
+            ready = httpx.get(f"{url}/health/ready")
+            assert (ready.status_code, ready.json()) == (503, {"status": "LOADING"})
+            refused = httpx.post(f"{url}/embed_text", json={"queries": ["too early"]})
+            assert refused.status_code == 503 and "loading" in refused.json()["detail"]
+            assert httpx.get(f"{url}/info").status_code == 503
+        finally:
+            gate.set()
+        wait_ready(url)
+        assert app.state.holder.embedder is not None
+        assert httpx.post(f"{url}/embed_text", json={"queries": ["now"]}).status_code == 200
+
+
+def test_a_model_that_fails_to_load_is_reported_not_ready(state: Settings, tmp_path: Path) -> None:
+    from colqwen_pipeline.service.app import create_app
+
+    app = create_app(state.model_copy(update={"model": str(tmp_path / "no-such-model")}))
+    with server_in_thread(app) as url:
+        for _ in range(200):
+            ready = httpx.get(f"{url}/health/ready")
+            if ready.json()["status"] != "LOADING":
+                break
+            time.sleep(0.05)
+        assert ready.status_code == 503 and ready.json()["status"] == "FAILED"
+        assert "no-such-model does not exist" in ready.json()["detail"]
+        assert httpx.get(f"{url}/health/live").status_code == 200
+        assert "failed to load" in httpx.post(f"{url}/embed_text", json={"queries": ["q"]}).json()["detail"]
+
+
+# -- the pipeline with the model held by the server ----------------------------------------------
+def test_remote_embedder_keeps_to_the_server_limits(server: str) -> None:
+    from colqwen_pipeline.embedding.service import get_embedder
+
+    embedder = get_embedder(Settings(model_server_url=server, model="/nowhere/no-model"))  # never loaded here
+    pages = [Image.open(io.BytesIO(page_png(label=f"limit {i} {time.time_ns()}"))) for i in range(5)]
+    seen: list[tuple[int, int]] = []
+
+    vectors = embedder.embed_images(pages, progress=lambda done, total: seen.append((done, total)))
+
+    assert isinstance(embedder, RemoteEmbedder)
+    assert seen == [(3, 5), (5, 5)]  # 3 images per request at most (COLQWEN_SERVER_MAX_IMAGES=3)
+    assert [v.shape[1] for v in vectors] == [128] * 5 and embedder.stats.forward_calls >= 2
+    assert [q.shape[1] for q in embedder.embed_queries([f"q{i}" for i in range(6)])] == [128] * 6
+
+
+def test_remote_embedder_names_an_unreachable_server() -> None:
+    with pytest.raises(ModelServerError, match="unreachable .*COLQWEN_MODEL_SERVER_URL"):
+        RemoteEmbedder(f"http://127.0.0.1:{free_port()}", wait_s=0)
+
+
+def test_pipeline_runs_with_the_model_held_by_the_server(server: str, deployment, monkeypatch) -> None:
+    """Dagster materialises a document with the resource in remote mode; COLQWEN_MODEL points at
+    nothing, so any in-process load would fail. Then /search finds the document's pages."""
+    from colqwen_pipeline.defs.assets import ASSETS
+    from colqwen_pipeline.defs.resources import ColQwenModel, MilvusResource
+    from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
+
+    for name in ("COLQWEN_HOME", "COLQWEN_INBOX"):
+        monkeypatch.setenv(name, deployment[name])
+    monkeypatch.setenv("COLQWEN_MODEL", "/nowhere/no-model")
+    monkeypatch.delenv("COLQWEN_REDIS_URL", raising=False)
+    key = document_key(SAMPLE)
+    served_before = httpx.get(f"{server}/info").json()["served"]["images"]
+
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("documents", [key])
+        resources = {"model": ColQwenModel(model_server_url=server), "milvus": MilvusResource()}
+        result = dg.materialize(ASSETS, partition_key=key, instance=instance, resources=resources)
+
+    assert result.success
+    info = httpx.get(f"{server}/info").json()
+    assert info["served"]["images"] == served_before + 3
+    artifact = EmbeddingArtifact.read(Settings().embeddings_dir / key)
+    assert artifact.fingerprint == info["model"]["fingerprint"] and len(artifact.pages) == 3
+    found = httpx.post(f"{server}/search", json={"query": "replace the filter cartridge", "top_k": 3}).json()
+    assert found["query"] == "replace the filter cartridge"
+    assert [r["doc_id"] for r in found["results"]] == [key] * 3
+    assert sorted(r["page"] for r in found["results"]) == [1, 2, 3]
+    assert set(found["results"][0]) == {"doc_id", "document", "page", "score", "image_path"}
