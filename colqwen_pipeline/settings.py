@@ -44,10 +44,23 @@ class Settings(BaseSettings):
     milvus_uri: str = Field("", description="Milvus URI; empty = Milvus Lite file under home.")
     milvus_token: str = Field("", description="Milvus token/password (server only).")
     collection: str = "colqwen_pages"
+    # Index and search (Milvus index area): strategy, first-stage size, vector index types
+    index_strategy: Literal["centroids", "native"] = Field(
+        "centroids", description="centroids: portable (Lite/server); native: MAX_SIM struct arrays, Milvus >= 2.6.4."
+    )
+    index_centroids_per_page: int = Field(16, ge=1, le=255, description="k-means centroids per page (first stage).")
+    index_hits_per_token: int = Field(64, ge=1, le=16384, description="First-stage ANN hits per query token.")
+    index_candidates: int = Field(32, ge=1, description="Pages scored by exact MaxSim per query.")
+    index_page_index_type: str = Field("auto", description="Centroid index: auto (FLAT on Lite, HNSW on servers).")
+    index_token_index_type: str = Field("FLAT", description="Token-row vector index (not searched by centroids).")
 
     # Cache
     redis_url: str = Field("", description="redis://[:password@]host:port/db; empty = no cache.")
     cache_ttl_s: int = Field(24 * 3600, ge=1)
+    # Embedding engine: a Redis password kept out of the URL (env COLQWEN_REDIS_PASSWORD only), and
+    # whether a batch may mix page sizes (padding: faster on odd-sized scans, vectors depend on batch-mates)
+    redis_password: str = Field("", description="Redis password, when not in COLQWEN_REDIS_URL.")
+    embed_mix_page_sizes: bool = Field(False, description="Batch pages of different visual-token counts together.")
 
     # Model server (`colqwen-pipeline serve`) and the pipeline's remote mode
     model_server_url: str = Field("", description="http://host:8005 of a model server; empty = load in-process.")
@@ -66,6 +79,19 @@ class Settings(BaseSettings):
     sensor_interval_s: int = Field(15, ge=1, description="Seconds between inbox sensor ticks.")
     settle_s: float = Field(5.0, ge=0, description="A file untouched this long counts as fully written.")
     reindex_cron: str = Field("0 2 * * *", description="Bulk reindex schedule (cron).")
+
+    # Asset checks and evaluation (area: checks/evaluation; see docs/evaluation.md)
+    eval_set: Path = Field(Path("data/eval/queries.jsonl"), description="Eval JSONL file or BEIR/ViDoRe directory.")
+    eval_split: str = Field("test", description="qrels/<split>.tsv of a BEIR directory.")
+    embedding_dim: int = Field(128, ge=1, description="Token vector dimension the embedding check expects.")
+    norm_tolerance: float = Field(0.01, gt=0, description="Allowed |norm - 1| of a stored (fp16) token vector.")
+    quality_min_ndcg_at_5: float = Field(0.5, ge=0, le=1)
+    quality_min_recall_at_5: float = Field(0.7, ge=0, le=1)
+    quality_severity: Literal["WARN", "ERROR"] = Field("WARN", description="Severity of a failed retrieval_quality.")
+    fidelity_k: int = Field(5, ge=1, description="Top-k compared with exact MaxSim by index_fidelity.")
+    fidelity_min_recall: float = Field(0.99, ge=0, le=1)
+    min_pages_per_s_cpu: float = Field(0.02, ge=0, description="Throughput floor on CPU (and other devices).")
+    min_pages_per_s_cuda: float = Field(1.0, ge=0, description="Throughput floor on a CUDA GPU.")
 
     @cached_property
     def home_dir(self) -> Path:

@@ -23,7 +23,11 @@ Log = Callable[[str], None]
 
 
 def make_index(settings: Settings) -> MilvusIndex:
-    return MilvusIndex(settings.resolved_milvus_uri, settings.collection, settings.milvus_token)
+    if settings.index_strategy == "native":
+        from colqwen_pipeline.index.native import NativeMaxSimIndex
+
+        return NativeMaxSimIndex.from_settings(settings)
+    return MilvusIndex.from_settings(settings)
 
 
 def describe_source(settings: Settings, key: str) -> dict[str, Any]:
@@ -48,13 +52,15 @@ def rasterize_stage(settings: Settings, key: str, log: Log = log.info) -> Manife
 
 
 def embed_stage(settings: Settings, key: str, log: Log = log.info) -> tuple[EmbeddingArtifact, dict[str, Any]]:
-    from colqwen_pipeline.embedding.cache import EmbeddingCache
+    """The model loads only if a page is in neither the Redis cache nor the previous artifact."""
     from colqwen_pipeline.embedding.document import embed_document
-    from colqwen_pipeline.embedding.service import get_embedder
+    from colqwen_pipeline.embedding.service import get_embedder, model_identity, open_cache
 
-    embedder = get_embedder(settings)
-    cache = EmbeddingCache(settings.redis_url, embedder.fingerprint, embedder.dim, settings.cache_ttl_s)
-    return embed_document(settings.pages_dir / key, settings.embeddings_dir / key, embedder, cache, log)
+    identity = model_identity(settings)
+    cache = open_cache(settings, identity)
+    return embed_document(
+        settings.pages_dir / key, settings.embeddings_dir / key, identity, lambda: get_embedder(settings), cache, log
+    )
 
 
 def index_stage(settings: Settings, key: str, index: MilvusIndex | None = None) -> int:
@@ -78,8 +84,7 @@ def remove_document(settings: Settings, key: str, index: MilvusIndex | None = No
 def search(query: str, top_k: int = 5, settings: Settings | None = None, doc_ids: list[str] | None = None) -> list[Hit]:
     """Rank indexed pages for ``query`` by MaxSim. The Python API behind ``colqwen-pipeline search``."""
     settings = settings or Settings()
-    from colqwen_pipeline.embedding.service import get_embedder
+    from colqwen_pipeline.embedding.service import embed_queries_cached
 
-    embedder = get_embedder(settings)
-    vectors = embedder.embed_queries([query])[0]
+    vectors = embed_queries_cached(settings, [query])[0][0]  # cache:embed:text:...; loads the model on a miss
     return make_index(settings).search([vectors], top_k=top_k, doc_ids=doc_ids)[0]

@@ -7,7 +7,10 @@ from colqwen_pipeline.settings import Settings
 
 
 class ColQwenModel(dg.ConfigurableResource):
-    """ColQwen2.5 loaded once per process (module-level cache), shared by all documents of a run."""
+    """ColQwen2.5 loaded once per process (module-level cache), shared by all documents of a run.
+
+    Remote mode: with ``model_server_url`` (or COLQWEN_MODEL_SERVER_URL) set, nothing is loaded in
+    the run; pages go to that `colqwen-pipeline serve`, so every run shares its one loaded model."""
 
     model: str = ""
     base_model: str = ""
@@ -15,6 +18,7 @@ class ColQwenModel(dg.ConfigurableResource):
     precision: str = ""
     batch_size: int = 0
     max_visual_tokens: int = 0
+    model_server_url: str = ""
 
     def settings(self) -> Settings:
         overrides = {name: value for name, value in self.model_dump().items() if value}

@@ -11,6 +11,7 @@ import json
 import shutil
 import tempfile
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +26,9 @@ class EmbeddingArtifact:
     pages: list[dict[str, Any]]
     random_weights: bool = False
 
-    @property
+    @cached_property
     def vectors(self) -> np.ndarray:
-        """Memory-mapped: no copy of the whole document in RAM."""
+        """Memory-mapped once: no copy of the whole document in RAM, no re-open per page."""
         return np.load(self.directory / "vectors.npy", mmap_mode="r")
 
     def page_vectors(self, index: int) -> np.ndarray:
@@ -55,7 +56,7 @@ def write_artifact(
     """Write atomically: a crash leaves either the old artifact or the new one, never half."""
     counts = [len(v) for v in page_vectors]
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(int).tolist() if counts else []
-    records = [p | {"offset": o, "count": c} for p, o, c in zip(pages, offsets, counts)]
+    records = [p | {"offset": o, "count": c} for p, o, c in zip(pages, offsets, counts, strict=True)]
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:

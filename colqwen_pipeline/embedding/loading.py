@@ -1,6 +1,7 @@
 """Load ColQwen2.5 the way users have it: a local model directory, a LoRA adapter directory
-over a local base, or a hub id when online. Records a fingerprint that names exactly which
-weights, precision and visual-token cap produced an embedding (the cache and index key on it).
+over a local base, or a hub id when online. ``identify`` names exactly which weights, precision
+and visual-token cap would produce an embedding (the cache and the index key on that
+fingerprint) without loading any weights, so a fully cached document never loads the model.
 """
 
 from __future__ import annotations
@@ -9,13 +10,16 @@ import hashlib
 import json
 import logging
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from colqwen_pipeline.embedding.tiny import is_tiny_model
 
 log = logging.getLogger(__name__)
+COLQWEN_DIM = 128  # ColQwen2_5.dim is fixed by the architecture (custom_text_proj)
+PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
+_TRUE = {"1", "true", "yes", "on"}
 
 
 class ModelLoadError(Exception):
@@ -31,13 +35,41 @@ class ModelSpec:
     max_visual_tokens: int = 768
 
 
+@dataclass(frozen=True)
+class ModelIdentity:
+    """What produced an embedding; every field is known before the weights are read."""
+
+    model: str
+    base_model: str | None
+    revision: str
+    device: str
+    precision: str
+    attention: str
+    max_visual_tokens: int
+    dim: int
+    random_weights: bool
+    fingerprint: str
+    load_from: str  # what from_pretrained receives (an adapter's base is resolved separately)
+    local: bool
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def hub_offline() -> bool:
+    """Read at call time: huggingface_hub reads HF_HUB_OFFLINE only once, at import."""
+    return any(os.environ.get(name, "").lower() in _TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
 def resolve_device(requested: str) -> str:
     import torch
 
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested.startswith("cuda") and not torch.cuda.is_available():
-        log.warning("COLQWEN_DEVICE=%s but CUDA is not available: falling back to CPU (slow)", requested)
+    available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+    kind = requested.split(":")[0]
+    if kind in available and not available[kind]:
+        log.warning("COLQWEN_DEVICE=%s but %s is not available: falling back to CPU (slow)", requested, kind)
         return "cpu"
     return requested
 
@@ -48,8 +80,20 @@ def resolve_precision(requested: str, device: str) -> str:
     return requested
 
 
-def _weights_revision(directory: Path) -> str:
-    """Cheap content revision of a local model: config files in full, weights by header + edges.
+def attention_implementation(device: str, precision: str) -> str:
+    """flash_attention_2 needs the package, an Ampere+ GPU and a 16-bit compute dtype; else sdpa."""
+    if not device.startswith("cuda") or precision == "fp32":
+        return "sdpa"
+    import torch
+    from transformers.utils import is_flash_attn_2_available
+
+    if is_flash_attn_2_available() and torch.cuda.get_device_capability(device)[0] >= 8:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def weights_revision(directory: Path) -> str:
+    """Cheap content revision of a local model: config files in full, weights by size + edges.
 
     Hashing 7 GB of weights on every start would cost seconds; a safetensors header plus the
     first and last MiB of tensor data tells different checkpoints apart.
@@ -67,25 +111,120 @@ def _weights_revision(directory: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _hub_revision(source: str) -> str:
+def _cached_snapshot(repo_id: str) -> Path | None:
+    """The local HF-cache snapshot of a hub id, if one was downloaded before (no network)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except Exception:  # not a valid repo id
+        return None
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def _hub_revision(repo_id: str) -> str:
+    snapshot = _cached_snapshot(repo_id)
+    if snapshot is not None:
+        return snapshot.name  # snapshots/<commit sha>
+    if hub_offline():
+        return "unknown"
     try:
         from huggingface_hub import HfApi
 
-        return HfApi().model_info(source).sha or "unknown"
-    except Exception:  # offline or unknown: the id alone still separates models
+        return HfApi().model_info(repo_id, timeout=10).sha or "unknown"
+    except Exception:  # unreachable hub: the id alone still separates models
         return "unknown"
 
 
-def fingerprint(spec: ModelSpec, revision: str, precision: str) -> str:
-    name = Path(spec.source).name if Path(spec.source).exists() else spec.source
-    return f"{name}@{revision[:12]}/{precision}/vt{spec.max_visual_tokens}"
+def _looks_local(source: str) -> bool:
+    return Path(source).expanduser().exists() or source.startswith((".", "/", "~")) or source.count("/") > 1
+
+
+def check_source(spec: ModelSpec) -> tuple[Path | None, bool]:
+    """Return (local directory or None for a hub id, is_adapter); raise ModelLoadError early."""
+    if not spec.source:
+        raise ModelLoadError("no model configured: set COLQWEN_MODEL to a model or adapter directory or a hub id")
+    if not _looks_local(spec.source):
+        if hub_offline() and _cached_snapshot(spec.source) is None:
+            raise ModelLoadError(
+                f"model {spec.source!r} is a hub id, HF_HUB_OFFLINE is set and it is not in the local HF cache: "
+                "set COLQWEN_MODEL to a local model directory (or unset HF_HUB_OFFLINE to download it)"
+            )
+        return None, False
+    path = Path(spec.source).expanduser()
+    if not path.is_dir():
+        raise ModelLoadError(
+            f"model directory {path} does not exist: set COLQWEN_MODEL to a model or adapter directory"
+        )
+    if (path / "adapter_config.json").is_file():
+        return path, True
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(
+            f"{path} has neither config.json nor adapter_config.json: set COLQWEN_MODEL to a model or adapter directory"
+        )
+    return path, False
+
+
+def adapter_base(adapter: Path, override: str) -> Path:
+    """The local base directory of an adapter: COLQWEN_BASE_MODEL, the recorded path, or the HF cache."""
+    if override:
+        base = Path(override).expanduser()
+        if not (base / "config.json").is_file():
+            raise ModelLoadError(f"COLQWEN_BASE_MODEL={override} is not a model directory (no config.json)")
+        return base.resolve()
+    try:
+        recorded = json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"]
+    except (ValueError, KeyError) as error:
+        raise ModelLoadError(f"{adapter}/adapter_config.json is unreadable or names no base model ({error})") from error
+    if (Path(recorded).expanduser() / "config.json").is_file():
+        return Path(recorded).expanduser().resolve()
+    cached = _cached_snapshot(recorded)
+    if cached is not None:
+        return cached
+    raise ModelLoadError(
+        f"adapter {adapter} needs its base model {recorded!r}, which is not on this machine: "
+        f"set COLQWEN_BASE_MODEL to a local copy (huggingface-cli download {recorded} --local-dir DIR)"
+    )
+
+
+def fingerprint(name: str, revision: str, precision: str, max_visual_tokens: int) -> str:
+    return f"{name}@{revision[:12]}/{precision}/vt{max_visual_tokens}"
+
+
+def identify(spec: ModelSpec) -> ModelIdentity:
+    """Everything about the model except its weights; raises ModelLoadError for a bad source."""
+    local, is_adapter = check_source(spec)
+    device = resolve_device(spec.device)
+    precision = resolve_precision(spec.precision, device)
+    base: Path | None = adapter_base(local, spec.base_model) if is_adapter and local else None
+    if local is None:
+        revision, name = _hub_revision(spec.source), spec.source
+    else:
+        revision = weights_revision(local)
+        if base is not None:  # another base under the same adapter gives other vectors
+            revision = hashlib.sha256(f"{revision}+{weights_revision(base)}".encode()).hexdigest()[:16]
+        name = local.resolve().name
+    return ModelIdentity(
+        model=spec.source,
+        base_model=str(base) if base else None,
+        revision=revision,
+        device=device,
+        precision=precision,
+        attention=attention_implementation(device, precision),
+        max_visual_tokens=spec.max_visual_tokens,
+        dim=COLQWEN_DIM,
+        random_weights=bool(local and (is_tiny_model(local) or (base is not None and is_tiny_model(base)))),
+        fingerprint=fingerprint(name, revision, precision, spec.max_visual_tokens),
+        load_from=str(local.resolve()) if local else spec.source,
+        local=local is not None,
+    )
 
 
 def _patched_adapter_dir(adapter: Path, base: str, scratch: Path) -> Path:
     """A view of ``adapter`` whose adapter_config points at ``base`` (offline base override)."""
     config = json.loads((adapter / "adapter_config.json").read_text())
-    config["base_model_name_or_path"] = str(Path(base).resolve()) if Path(base).exists() else base
-    key = hashlib.sha256(f"{adapter.resolve()}|{config['base_model_name_or_path']}".encode()).hexdigest()[:12]
+    config["base_model_name_or_path"] = base
+    key = hashlib.sha256(f"{adapter.resolve()}|{base}".encode()).hexdigest()[:12]
     view = scratch / f"adapter-{key}"
     view.mkdir(parents=True, exist_ok=True)
     for item in adapter.iterdir():
@@ -96,7 +235,7 @@ def _patched_adapter_dir(adapter: Path, base: str, scratch: Path) -> Path:
     return view
 
 
-def _quantization(precision: str) -> dict[str, Any]:
+def _dtype_arguments(precision: str, device: str) -> dict[str, Any]:
     import torch
     from transformers import BitsAndBytesConfig
 
@@ -109,96 +248,65 @@ def _quantization(precision: str) -> dict[str, Any]:
         )
         return {"quantization_config": config, "dtype": torch.bfloat16}
     if precision == "8bit":
-        return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True)}
-    return {"dtype": {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[precision]}
+        # the modules bitsandbytes leaves unquantised: bf16 on a GPU, fp32 on CPU (its int8 path casts anyway)
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        return {"quantization_config": BitsAndBytesConfig(load_in_8bit=True), "dtype": dtype}
+    dtypes = {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}
+    if precision not in dtypes:
+        raise ModelLoadError(f"COLQWEN_PRECISION={precision} is not one of auto, bf16, fp32, 4bit, 8bit")
+    return {"dtype": dtypes[precision]}
 
 
-def _attention(device: str) -> str:
-    if device.startswith("cuda"):
-        try:
-            import flash_attn  # noqa: F401
-
-            return "flash_attention_2"
-        except ImportError:
-            pass
-    return "sdpa"
-
-
-PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
-
-
-def _processor_source(local: Path | None, base_model: str, load_from: str) -> str:
+def _processor_source(identity: ModelIdentity) -> str:
     """An adapter directory may lack the processor files; its base has them."""
-    for candidate in (local, Path(base_model) if base_model else None):
-        if candidate and any((candidate / name).exists() for name in PROCESSOR_FILES):
-            return str(candidate)
-    return load_from
+    for candidate in (identity.load_from, identity.base_model):
+        if candidate and any((Path(candidate) / name).exists() for name in PROCESSOR_FILES):
+            return candidate
+    return identity.load_from
 
 
-def check_source(spec: ModelSpec) -> tuple[Path | None, bool]:
-    """Return (local directory or None for a hub id, is_adapter); raise ModelLoadError early."""
-    path = Path(spec.source).expanduser()
-    looks_local = path.exists() or spec.source.startswith((".", "/", "~")) or spec.source.count("/") > 1
-    if not looks_local:
-        if os.environ.get("HF_HUB_OFFLINE") == "1":
-            raise ModelLoadError(
-                f"model {spec.source!r} is a hub id but HF_HUB_OFFLINE=1: set COLQWEN_MODEL to a local directory"
-            )
-        return None, False
-    if not path.is_dir():
-        raise ModelLoadError(f"model directory {path} does not exist: set COLQWEN_MODEL to a model or adapter directory")
-    if (path / "adapter_config.json").is_file():
-        return path, True
-    if not (path / "config.json").is_file():
-        raise ModelLoadError(f"{path} has neither config.json nor adapter_config.json: not a model directory")
-    return path, False
+def enable_tf32() -> None:
+    import torch
+
+    torch.set_float32_matmul_precision("high")  # TF32 matmuls on Ampere+; no effect on bf16 compute
+    torch.backends.cudnn.allow_tf32 = True
 
 
-def load_model(spec: ModelSpec, scratch: Path) -> tuple[Any, Any, dict[str, Any]]:
-    """Load (model, processor, info). ``scratch`` holds adapter views for base overrides."""
+def load_model(spec: ModelSpec, scratch: Path) -> tuple[Any, Any, ModelIdentity]:
+    """Load (model, processor, identity). ``scratch`` holds adapter views for base overrides."""
+    identity = identify(spec)
     from colqwen_pipeline.embedding.compat import ensure_torchvision
 
     ensure_torchvision()
-    import torch
     from colpali_engine.models import ColQwen2_5, ColQwen2_5_Processor
 
-    local, is_adapter = check_source(spec)
-    device = resolve_device(spec.device)
-    precision = resolve_precision(spec.precision, device)
-    if precision in {"4bit", "8bit"} and not device.startswith("cuda"):
-        log.warning("%s quantisation on CPU works but is slow; use a GPU for real throughput", precision)
-    if local is not None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a missing local base fails at once, not after 23 s
-    load_from = str(local) if local else spec.source
-    if is_adapter and spec.base_model:
-        load_from = str(_patched_adapter_dir(local, spec.base_model, scratch))
-    if device.startswith("cuda"):
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    if identity.precision in {"4bit", "8bit"} and not identity.device.startswith("cuda"):
+        log.warning("%s quantisation on CPU works but is slow; use a GPU for real throughput", identity.precision)
+    if identity.device.startswith("cuda"):
+        enable_tf32()
+    load_from = identity.load_from
+    if identity.base_model:  # always through a view, so no hub id is ever looked up for a local adapter
+        load_from = str(_patched_adapter_dir(Path(identity.load_from), identity.base_model, scratch))
+    offline = identity.local or hub_offline()
     try:
         model = ColQwen2_5.from_pretrained(
             load_from,
-            device_map=device,
-            attn_implementation=_attention(device),
-            **_quantization(precision),
+            device_map=identity.device,
+            attn_implementation=identity.attention,
+            local_files_only=offline,
+            **_dtype_arguments(identity.precision, identity.device),
         ).eval()
         processor = ColQwen2_5_Processor.from_pretrained(
-            _processor_source(local, spec.base_model, load_from), max_num_visual_tokens=spec.max_visual_tokens)
-    except (OSError, ValueError) as error:
-        hint = "set COLQWEN_BASE_MODEL to the local base directory" if is_adapter else "check COLQWEN_MODEL"
+            _processor_source(identity), max_num_visual_tokens=spec.max_visual_tokens, local_files_only=offline
+        )
+    except Exception as error:  # OSError, ValueError, SafetensorError, KeyError...: all mean broken weights
+        if isinstance(error, ModelLoadError):
+            raise
+        hint = "check COLQWEN_BASE_MODEL and COLQWEN_MODEL" if identity.base_model else "check COLQWEN_MODEL"
+        if "out of memory" in str(error).lower():
+            hint = "not enough device memory: try COLQWEN_PRECISION=4bit or another COLQWEN_DEVICE"
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelLoadError(f"cannot load model from {load_from}: {first_line} ({hint})") from error
-    revision = _weights_revision(local) if local else _hub_revision(spec.source)
-    info = {
-        "model": spec.source,
-        "base_model": spec.base_model or None,
-        "revision": revision,
-        "device": device,
-        "precision": precision,
-        "attention": _attention(device),
-        "max_visual_tokens": spec.max_visual_tokens,
-        "dim": int(model.dim),
-        "random_weights": bool(local and is_tiny_model(local)),
-        "fingerprint": fingerprint(spec, revision, precision),
-    }
-    return model, processor, info
+        raise ModelLoadError(f"cannot load model from {identity.model}: {first_line} ({hint})") from error
+    if int(model.dim) != identity.dim:
+        raise ModelLoadError(f"{identity.model} produces {model.dim}-d vectors, expected {identity.dim}")
+    return model, processor, identity

@@ -1,13 +1,21 @@
-"""One loaded model per process, shared by every document that process embeds."""
+"""One loaded model per process, shared by every document and query that process embeds.
+
+The model is loaded lazily: ``model_identity`` (the cache key) needs no weights, so a document
+or query served entirely from the cache never pays for a load.
+"""
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
+from colqwen_pipeline.embedding.cache import EmbeddingCache
 from colqwen_pipeline.embedding.embedder import Embedder, warm_up
-from colqwen_pipeline.embedding.loading import ModelSpec, load_model
+from colqwen_pipeline.embedding.loading import ModelIdentity, ModelSpec, identify, load_model
 from colqwen_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -17,7 +25,9 @@ RANDOM_WEIGHTS_WARNING = (
 )
 
 _lock = threading.Lock()
-_loaded: dict[tuple, Embedder] = {}
+_identities: dict[ModelSpec, ModelIdentity] = {}
+_loaded: dict[ModelSpec, Embedder] = {}  # at most one: a second model would double GPU memory
+_load_count = 0
 
 
 def model_spec(settings: Settings) -> ModelSpec:
@@ -40,24 +50,87 @@ def ensure_tiny_model(directory: Path) -> Path:
     return directory
 
 
-def get_embedder(settings: Settings, batch_size: int | None = None) -> Embedder:
-    """Load once per process and spec; later calls (other documents, other runs) reuse it."""
+def model_identity(settings: Settings) -> ModelIdentity:
+    """The fingerprint and facts of the configured model, without loading it (memoised)."""
+    if settings.model_server_url:  # the model lives in `colqwen-pipeline serve`: its identity is the server's
+        from colqwen_pipeline.embedding.remote import remote_embedder
+
+        return remote_embedder(settings).identity
     spec = model_spec(settings)
-    key = (spec, str(settings.home_dir))
     with _lock:
-        if key not in _loaded:
-            model, processor, info = load_model(spec, settings.home_dir / "models" / "views")
-            if info["random_weights"]:
+        if spec not in _identities:
+            _identities[spec] = identify(spec)
+        return _identities[spec]
+
+
+def get_embedder(settings: Settings, batch_size: int | None = None) -> Embedder:
+    """Load once per process and spec (warm-up included); later documents, runs and queries reuse it."""
+    global _load_count
+    if settings.model_server_url:  # remote mode: same interface, nothing loaded in this process
+        from colqwen_pipeline.embedding.remote import remote_embedder
+
+        return remote_embedder(settings)  # type: ignore[return-value]
+    spec = model_spec(settings)
+    with _lock:
+        if spec not in _loaded:
+            unload_locked()
+            model, processor, identity = load_model(spec, settings.home_dir / "models" / "views")
+            _identities[spec] = identity
+            if identity.random_weights:
                 log.warning(RANDOM_WEIGHTS_WARNING)
-            embedder = Embedder(model, processor, info, batch_size or settings.batch_size)
+            embedder = Embedder(model, processor, identity, batch_size or settings.batch_size)
             warm_up(embedder)
-            _loaded[key] = embedder
-            log.info("model loaded: %s on %s (%s)", info["fingerprint"], info["device"], info["precision"])
-        embedder = _loaded[key]
+            _loaded[spec] = embedder
+            _load_count += 1
+            log.info("model loaded: %s on %s (%s)", identity.fingerprint, identity.device, identity.precision)
+        embedder = _loaded[spec]
     embedder.batch_size = batch_size or settings.batch_size
+    embedder.mix_sizes = settings.embed_mix_page_sizes
     return embedder
 
 
+def unload() -> None:
+    """Forget the loaded model (tests; a long-lived server switching models)."""
+    with _lock:
+        unload_locked()
+
+
+def unload_locked() -> None:
+    _loaded.clear()
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+
+
 def loads_so_far() -> int:
-    """How many models this process has loaded (tests pin 'one load for many documents')."""
-    return len(_loaded)
+    """How many times this process has loaded a model (tests pin 'one load for many documents')."""
+    return _load_count
+
+
+def open_cache(settings: Settings, identity: ModelIdentity) -> EmbeddingCache:
+    return EmbeddingCache(
+        settings.redis_url, identity.fingerprint, identity.dim, settings.cache_ttl_s, settings.redis_password
+    )
+
+
+def embed_queries_cached(settings: Settings, queries: Sequence[str]) -> tuple[list[np.ndarray], EmbeddingCache]:
+    """Query multi-vectors (float32), from ``cache:embed:text:...`` when present; the model loads only on a miss."""
+    identity = model_identity(settings)
+    cache = open_cache(settings, identity)
+    keys = [cache.text_key(q) for q in queries]
+    found = cache.get_many(keys)
+    missing = [i for i, vectors in enumerate(found) if vectors is None]
+    if missing:
+        fresh = get_embedder(settings).embed_queries([queries[i] for i in missing])
+        cache.set_many({keys[i]: v for i, v in zip(missing, fresh, strict=True)})
+        for i, vectors in zip(missing, fresh, strict=True):
+            found[i] = vectors
+    # through fp16 either way, so a cached query scores exactly like a fresh one
+    return [np.asarray(v, dtype=np.float16).astype(np.float32) for v in found], cache

@@ -65,9 +65,9 @@ def _config(tokenizer, text: dict, vision: dict):
 
     ids = {t: tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS}
     return Qwen2_5_VLConfig(
-        text_config=text
+        text_config={"vocab_size": len(tokenizer)}
+        | text
         | {
-            "vocab_size": len(tokenizer),
             "tie_word_embeddings": True,
             "bos_token_id": None,
             "eos_token_id": ids["<|endoftext|>"],
@@ -108,6 +108,7 @@ def tiny_config(tokenizer):
 def full_random_config(tokenizer):
     """The published Qwen2.5-VL-3B geometry (ColQwen2.5's backbone)."""
     text = {
+        "vocab_size": 151936,  # the tiny tokenizer uses the first ids only; the table's memory is real
         "hidden_size": 2048,
         "intermediate_size": 11008,
         "num_hidden_layers": 36,
@@ -149,6 +150,16 @@ def build_processor(tokenizer):
 
 def build_tiny_model(directory: Path, seed: int = 0) -> Path:
     """Write the tiny model to ``directory`` (~2.4 MB) and return it. Deterministic per seed."""
+    return build_random_model(directory, tiny_config, seed=seed)
+
+
+def build_random_model(directory: Path, geometry=tiny_config, seed: int = 0, dtype: str = "fp32",
+                       device: str = "cpu") -> Path:
+    """A random-weight ColQwen2.5 of the given geometry, saved like the published one.
+
+    ``full_random_config`` in bf16 on a GPU is how throughput is measured without the weights
+    (~7.5 GB written once); in fp32 on a CPU it needs ~15 GB of RAM, so callers keep it off CPUs.
+    """
     from colqwen_pipeline.embedding.compat import ensure_torchvision
 
     ensure_torchvision()
@@ -159,12 +170,16 @@ def build_tiny_model(directory: Path, seed: int = 0) -> Path:
     tokenizer = _train_tokenizer()
     processor = build_processor(tokenizer)
     torch.manual_seed(seed)
-    model = ColQwen2_5(tiny_config(tokenizer)).eval()
+    torch_dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype]
+    with torch.device(device):
+        model = ColQwen2_5._from_config(geometry(tokenizer), dtype=torch_dtype).eval()
     tmp = directory.with_name(directory.name + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(tmp)
     processor.save_pretrained(tmp)
-    (tmp / TINY_MARKER).write_text(json.dumps({"random_weights": True, "seed": seed}))
+    del model
+    marker = {"random_weights": True, "seed": seed, "geometry": geometry.__name__, "dtype": dtype}
+    (tmp / TINY_MARKER).write_text(json.dumps(marker))
     if directory.exists():
         import shutil
 
