@@ -14,6 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from colqwen_pipeline.errors import PipelineError
 from colqwen_pipeline.settings import Settings
 
 
@@ -41,7 +42,13 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     hits = search(args.query, top_k=args.top_k, doc_ids=args.doc or None)
     results = [
-        {"doc_id": h.doc_id, "document": h.document, "page": h.page, "score": round(h.score, 4), "image_path": h.image_path}
+        {
+            "doc_id": h.doc_id,
+            "document": h.document,
+            "page": h.page,
+            "score": round(h.score, 4),
+            "image_path": h.image_path,
+        }
         for h in hits
     ]
     if args.json:
@@ -50,6 +57,24 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"top {len(results)} pages for {args.query!r}:")
         for rank, r in enumerate(results, 1):
             print(f"{rank:>3}. {r['score']:8.3f}  {r['document']} page {r['page']}  ({r['image_path']})")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """The eval set scored on the live collection: metric table and top pages per query."""
+    from colqwen_pipeline.evaluation.collection import evaluate
+    from colqwen_pipeline.evaluation.evalset import EvalSetError
+    from colqwen_pipeline.evaluation.report import report_json, report_text
+
+    settings = Settings()
+    if args.eval_set:
+        settings = settings.model_copy(update={"eval_set": Path(args.eval_set)})
+    try:
+        report = evaluate(settings)
+    except EvalSetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(report_json(report, args.top_k), indent=1) if args.json else report_text(report, args.top_k))
     return 0
 
 
@@ -76,6 +101,14 @@ def cmd_build_tiny_model(args: argparse.Namespace) -> int:
 
     path = build_tiny_model(Path(args.directory))
     print(f"tiny random-weight ColQwen2.5 written to {path} (for tests and demos: scores are meaningless)")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from colqwen_pipeline.service.app import serve
+
+    settings = Settings()
+    serve(settings, args.host or settings.server_host, args.port or settings.server_port)
     return 0
 
 
@@ -115,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--json", action="store_true")
     search.set_defaults(func=cmd_search)
 
+    evaluate = commands.add_parser("evaluate", help="score the eval set on the live collection (nDCG@5, recall@k, MRR)")
+    evaluate.add_argument("--eval-set", help="JSONL file or BEIR directory (default: COLQWEN_EVAL_SET)")
+    evaluate.add_argument("--top-k", type=int, default=5, help="pages shown per query")
+    evaluate.add_argument("--json", action="store_true")
+    evaluate.set_defaults(func=cmd_evaluate)
+
     rasterize = commands.add_parser("rasterize", help="render a document's pages to PNG")
     rasterize.add_argument("file")
     rasterize.add_argument("--out", required=True)
@@ -134,6 +173,11 @@ def build_parser() -> argparse.ArgumentParser:
     tiny = commands.add_parser("build-tiny-model", help="write the tiny random-weight test model")
     tiny.add_argument("directory")
     tiny.set_defaults(func=cmd_build_tiny_model)
+
+    serve = commands.add_parser("serve", help="HTTP model server: embed, search, health (OpenAPI at /docs)")
+    serve.add_argument("--host", help="bind address (default COLQWEN_SERVER_HOST or 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default COLQWEN_SERVER_PORT or 8005)")
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 
@@ -151,8 +195,14 @@ def quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    return args.func(args)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return args.func(args)
+    except PipelineError as error:  # a user-facing cause: one line, no traceback
+        print(f"error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from typing import Any
 from colqwen_pipeline import stages
 from colqwen_pipeline.documents.manifest import DocumentError
 from colqwen_pipeline.inbox import inbox_files
+from colqwen_pipeline.index.milvus import MilvusIndex
 from colqwen_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,14 +32,16 @@ class DocumentOutcome:
         return not self.error
 
 
-def index_document(settings: Settings, key: str, say: Callable[[str], None] = log.info) -> DocumentOutcome:
+def index_document(
+    settings: Settings, key: str, say: Callable[[str], None] = log.info, index: MilvusIndex | None = None
+) -> DocumentOutcome:
     """Rasterise, embed and index one document; any failure becomes the outcome's one-line error."""
     document = stages.describe_source(settings, key)["relative_path"]
     started = time.perf_counter()
     try:
         manifest = stages.rasterize_stage(settings, key, log=say)
         _, metrics = stages.embed_stage(settings, key, log=say)
-        rows = stages.index_stage(settings, key)
+        rows = stages.index_stage(settings, key, index)
     except DocumentError as error:
         return DocumentOutcome(key, document, error=str(error))
     except Exception as error:  # noqa: BLE001 - one document must not take down the others
@@ -49,7 +52,34 @@ def index_document(settings: Settings, key: str, say: Callable[[str], None] = lo
 
 
 def reindex_all(settings: Settings, say: Callable[[str], None] = log.info) -> Iterator[DocumentOutcome]:
+    """Yield each document's outcome. When the model changed since the live collection was built,
+    everything goes into a new collection and search switches over only once it is complete, so
+    the index is never empty or mixed during the rebuild."""
+    from colqwen_pipeline.embedding.service import model_identity
+
+    live = stages.make_index(settings)
+    fingerprint = model_identity(settings).fingerprint
+    previous = live.live_fingerprint() if isinstance(live, MilvusIndex) else None
+    rebuilding = previous is not None and previous != fingerprint
+    target = live.rebuild_target(fingerprint) if rebuilding else live
+    if rebuilding:
+        say(f"model changed ({previous} -> {fingerprint}): rebuilding into {target.collection}")
     documents = inbox_files(settings.inbox)
+    failed = []
     for number, key in enumerate(documents, 1):
         say(f"[{number}/{len(documents)}] {documents[key].relative_to(settings.inbox)}")
-        yield index_document(settings, key, say)
+        outcome = index_document(settings, key, say, target)
+        failed += [] if outcome.ok else [key]
+        yield outcome
+    if rebuilding:
+        _switch_if_complete(live, fingerprint, set(failed), say)
+
+
+def _switch_if_complete(live: MilvusIndex, fingerprint: str, failed: set[str], say: Callable[[str], None]) -> None:
+    """Switch unless a document that the live index serves failed: better stale than missing."""
+    lost = failed & live.document_ids()
+    if lost:
+        say(f"not switching to {fingerprint}: {len(lost)} indexed document(s) failed to rebuild: {sorted(lost)[:5]}")
+        return
+    live.switch_to(fingerprint)
+    say(f"search now uses {fingerprint}")

@@ -31,6 +31,7 @@ class IngestSummary:
     removed: int = 0
     seconds: float = 0.0
     failed: dict[str, str] = field(default_factory=dict)  # partition key -> one-line reason
+    checks: dict[str, str] = field(default_factory=dict)  # collection check -> "passed" or "WARN/ERROR: why"
 
 
 def dagster_instance(settings: Settings) -> dg.DagsterInstance:
@@ -71,6 +72,7 @@ def ingest(
     """Materialise the selected documents (all of the inbox by default); prune vanished ones."""
     from colqwen_pipeline.definitions import RESOURCES
     from colqwen_pipeline.defs.assets import ASSETS
+    from colqwen_pipeline.defs.checks import DOCUMENT_CHECKS
 
     started = time.perf_counter()
     instance = instance or dagster_instance(settings)
@@ -83,7 +85,7 @@ def ingest(
     for number, (key, path) in enumerate(documents.items(), 1):
         echo(f"[{number}/{len(documents)}] {path.relative_to(settings.inbox)}")
         result = dg.materialize(
-            ASSETS,
+            [*ASSETS, *DOCUMENT_CHECKS],
             partition_key=key,
             instance=instance,
             resources=RESOURCES,
@@ -100,6 +102,9 @@ def ingest(
         else:
             summary.failed[key] = _failure(result) or "failed (see the run in the Dagster UI)"
             echo(f"    FAILED: {summary.failed[key]}")
+        for line in _check_lines(result):
+            echo(f"    {line}")
+    summary.checks = collection_checks(instance, echo)
     summary.seconds = round(time.perf_counter() - started, 2)
     return summary
 
@@ -114,6 +119,37 @@ def prune(settings: Settings, instance: dg.DagsterInstance, present: set[str], k
         stages.remove_document(settings, key)
         instance.delete_dynamic_partition(PARTITIONS, key)
     return len(gone)
+
+
+def collection_checks(instance: dg.DagsterInstance, echo: Callable[[str], None]) -> dict[str, str]:
+    """Once per ingest, after every document: the checks that judge the whole collection."""
+    from colqwen_pipeline.definitions import RESOURCES
+    from colqwen_pipeline.defs.assets import ASSETS
+    from colqwen_pipeline.defs.checks import COLLECTION_CHECKS
+
+    result = dg.materialize(
+        [*ASSETS, *COLLECTION_CHECKS],
+        selection=dg.AssetSelection.checks(*COLLECTION_CHECKS),
+        instance=instance,
+        resources=RESOURCES,
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+    )
+    outcomes = {e.check_name: _check_line(e) for e in result.get_asset_check_evaluations()}
+    for name, outcome in outcomes.items():
+        echo(f"check {name}: {outcome}")
+    return outcomes
+
+
+def _check_line(evaluation) -> str:
+    if evaluation.passed:
+        return "passed"
+    return f"{evaluation.severity.value}: {evaluation.description or 'did not pass'}"
+
+
+def _check_lines(result: dg.ExecuteInProcessResult) -> list[str]:
+    """One line per document check that did not pass (the run's metadata has the details)."""
+    return [f"check {e.check_name}: {_check_line(e)}" for e in result.get_asset_check_evaluations() if not e.passed]
 
 
 def _metadata(result: dg.ExecuteInProcessResult, asset: str, name: str) -> int:

@@ -152,3 +152,32 @@ def test_gpu_steps_share_a_pool_of_one_and_runs_are_queued():
     assert graph.get(dg.AssetKey("page_embeddings")).pools == {"gpu"}
     reindex_op = defs.resolve_job_def("reindex_job").graph.node_defs[0]
     assert reindex_op.pool == "gpu"
+
+
+def test_model_change_rebuilds_into_a_new_collection_and_switches_when_complete(
+    state, instance, tmp_path, monkeypatch
+):
+    from colqwen_pipeline.embedding.tiny import build_tiny_model
+    from colqwen_pipeline.reindex import reindex_all
+    from colqwen_pipeline.settings import Settings
+
+    add_sample(state, "pump_maintenance_manual.pdf")
+    add_sample(state, "scanned_invoice.jpg")
+    ingest(state, instance=instance, echo=lambda _: None)
+    index = stages.make_index(state)
+    old_fingerprint, old_rows = index.live_fingerprint(), index.count_rows()
+    monkeypatch.setenv("COLQWEN_MODEL", str(build_tiny_model(tmp_path / "other-model", seed=1)))
+    settings = Settings()
+
+    rebuild = reindex_all(settings, say=lambda _: None)
+    next(rebuild)  # one document rebuilt, one to go: search still serves the complete old index
+    assert index.live_fingerprint() == old_fingerprint and index.count_rows() == old_rows
+    assert len(stages.search("pump", top_k=5, settings=state)) == 4
+    outcomes = [*rebuild]
+
+    assert all(o.ok for o in outcomes)
+    new_fingerprint = index.live_fingerprint()
+    assert new_fingerprint != old_fingerprint
+    assert index.document_ids() == {document_key("pump_maintenance_manual.pdf"), document_key("scanned_invoice.jpg")}
+    with index.client() as client:
+        assert index.rebuild_target(old_fingerprint).collection_info(client)["fingerprint"] == old_fingerprint

@@ -6,10 +6,12 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from colqwen_pipeline.errors import PipelineError
+
 MANIFEST_NAME = "manifest.json"
 
 
-class DocumentError(Exception):
+class DocumentError(PipelineError):
     """A document that cannot be rasterised. ``str(error)`` is one line naming file and cause."""
 
 

@@ -28,13 +28,14 @@ from PIL import Image, ImageDraw
 
 from colqwen_pipeline.embedding.embedder import Embedder, group_batches, warm_up
 from colqwen_pipeline.embedding.loading import ModelSpec, load_model
+from colqwen_pipeline.errors import PipelineError
 from colqwen_pipeline.settings import Settings
 
 LETTER_150_DPI = (1275, 1650)
 FULL_ON_CPU_ENV = "COLQWEN_BENCH_FULL_ON_CPU"
 
 
-class BenchError(Exception):
+class BenchError(PipelineError):
     """A benchmark that cannot run here; the message says why and what to do."""
 
 

@@ -25,13 +25,14 @@ import numpy as np
 from PIL import Image
 
 from colqwen_pipeline.embedding.loading import ModelIdentity
+from colqwen_pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 PageImage = Image.Image | Path
 Progress = Callable[[int, int], None]
 
 
-class EmbeddingError(Exception):
+class EmbeddingError(PipelineError):
     """A page or query that cannot be embedded; the message says what to change."""
 
 

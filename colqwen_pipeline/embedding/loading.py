@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from colqwen_pipeline.embedding.tiny import is_tiny_model
+from colqwen_pipeline.errors import PipelineError
 
 log = logging.getLogger(__name__)
 COLQWEN_DIM = 128  # ColQwen2_5.dim is fixed by the architecture (custom_text_proj)
@@ -22,7 +23,7 @@ PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 _TRUE = {"1", "true", "yes", "on"}
 
 
-class ModelLoadError(Exception):
+class ModelLoadError(PipelineError):
     """Missing or broken weights; the message says what to set."""
 
 

@@ -24,6 +24,7 @@ import numpy as np
 
 from colqwen_pipeline.embedding.embedder import EmbedStats, PageImage, Progress
 from colqwen_pipeline.embedding.loading import ModelIdentity
+from colqwen_pipeline.errors import PipelineError
 from colqwen_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ _clients: dict[str, RemoteEmbedder] = {}
 _lock = threading.Lock()
 
 
-class ModelServerError(Exception):
+class ModelServerError(PipelineError):
     """The model server is unreachable, not ready, or refused a request; one clear line."""
 
 

@@ -1,30 +1,47 @@
-"""The Milvus index: one row per token vector (the portable multi-vector schema, which Milvus
-Lite, standalone and cluster all accept) plus a small summary collection of per-page centroids
-for candidate generation.
+"""The Milvus index: two collections with a portable schema (Milvus Lite, standalone and cluster
+accept it unchanged, chosen by URI).
 
-Writes are idempotent per document: rows of a new generation are inserted first, then every
-other generation of that document is deleted, so a crash at any point followed by a re-run
-converges to exactly one copy. Search is exact MaxSim over candidate pages whose token vectors
-are paged in with ``query_iterator`` (a plain ``query`` silently truncates at its limit).
+``<name>``        one row per token vector (the canonical multi-vector store: counts, checks,
+                  token-level ANN for other strategies);
+``<name>_pages``  per page, ``centroids_per_page`` rows whose vectors are spherical k-means
+                  centroids of its tokens (the cheap, scalable first stage) and whose ``tokens``
+                  VARCHAR carries the page's fp16 token vectors in a few base64 chunks (the exact
+                  stage reads a page in a handful of rows instead of 780).
+
+Search: all query tokens of all queries go to one ANN call over the centroids; pages are ranked
+by the approximate MaxSim those hits give; the best ``candidates`` pages are fetched by primary
+key (the key encodes page and row, so no filter scan and no 16384-row query cap) and scored by
+exact MaxSim. Writes are idempotent per document: a new generation is written (pages rows first,
+then token rows), then older generations are deleted (token rows first); a crash anywhere
+followed by a re-run converges to exactly one copy, and search hides an older generation.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import hashlib
 import json
 import logging
+import secrets
+import threading
 import time
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from colqwen_pipeline.index.maxsim import maxsim, page_centroids
+from colqwen_pipeline.index.maxsim import maxsim, pack_tokens, page_centroids, unpack_tokens
 
 log = logging.getLogger(__name__)
-INSERT_CHUNK = 4096
+
+SCHEMA_VERSION = "2"
+MAX_REQUEST_ROWS = 16_384  # a Milvus server's default cap on query/get/search result rows
+INSERT_BYTES = 16 << 20  # payload per insert call: few round trips, far below gRPC's limits
+ROW_BITS = 8  # pages-collection key = page_uid << ROW_BITS | row
+MAX_QUERY_VECTORS = 1024  # query tokens per first-stage call
 
 
 class IndexError_(Exception):
@@ -50,12 +67,39 @@ class Hit:
     image_path: str
 
 
-def _page_key(doc_id: str, page: int) -> str:
-    return f"{doc_id}#{page}"
+@dataclass
+class StoredPage:
+    """One page as the exact stage reads it back."""
+
+    uid: int
+    doc_id: str
+    document: str
+    page: int
+    sha256: str
+    generation: str
+    image: str
+    vectors: np.ndarray
 
 
 def _quote(values: Sequence[str]) -> str:
     return "[" + ", ".join(json.dumps(v) for v in values) + "]"
+
+
+# A Lite file is served by an in-process gRPC server that holds the file's lock until released;
+# closing the client does not release it, so count this process's users and release at zero.
+_lite_users: dict[str, int] = {}
+_lite_guard = threading.Lock()
+
+
+def _release_lite(path: str) -> None:
+    with _lite_guard:
+        _lite_users[path] -= 1
+        if _lite_users[path]:
+            return
+        del _lite_users[path]
+    from milvus_lite.server_manager import server_manager_instance
+
+    server_manager_instance.release_server(path)
 
 
 class MilvusIndex:
@@ -64,144 +108,369 @@ class MilvusIndex:
         uri: str,
         collection: str = "colqwen_pages",
         token: str = "",
+        *,
         centroids_per_page: int = 16,
+        hits_per_token: int = 64,
+        candidates: int = 32,
+        page_index_type: str = "auto",
+        token_index_type: str = "FLAT",
         lock_wait_s: float = 120.0,
+        aliased: bool = True,
     ):
         self.uri, self.collection, self.token = uri, collection, token
-        self.summary = f"{collection}_summary"
+        # The configured name is an alias over a physical collection per model fingerprint, so a
+        # reindex with a new model fills a new collection and switches the alias when complete.
+        self.aliased = aliased
+        self.pages = f"{collection}_pages"
         self.centroids_per_page = centroids_per_page
+        self.hits_per_token = hits_per_token
+        self.candidates = candidates
+        self.page_index_type = page_index_type
+        self.token_index_type = token_index_type
         self.lock_wait_s = lock_wait_s
+        self._held: Any = None
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> MilvusIndex:
+        return cls(
+            settings.resolved_milvus_uri,
+            settings.collection,
+            settings.milvus_token,
+            centroids_per_page=settings.index_centroids_per_page,
+            hits_per_token=settings.index_hits_per_token,
+            candidates=settings.index_candidates,
+            page_index_type=settings.index_page_index_type,
+            token_index_type=settings.index_token_index_type,
+        )
+
+    @property
+    def is_lite(self) -> bool:
+        return "://" not in self.uri
 
     # -- connection ------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def client(self) -> Iterator[object]:
+    def client(self) -> Iterator[Any]:
         """Open briefly and close: a Milvus Lite file admits one process at a time, so hold it
-        only for the operation, and wait for another process's operation to finish."""
-        from pymilvus import MilvusClient
-
-        if "://" not in self.uri:
-            Path(self.uri).parent.mkdir(parents=True, exist_ok=True)
-        deadline = time.monotonic() + self.lock_wait_s
-        while True:
-            try:
-                client = MilvusClient(uri=self.uri, token=self.token) if self.token else MilvusClient(uri=self.uri)
-                break
-            except Exception as error:  # noqa: BLE001 - pymilvus wraps the lock error in several types
-                locked = "lock" in str(error).lower()
-                if not locked or time.monotonic() > deadline:
-                    raise IndexError_(f"cannot open Milvus at {self.uri}: {str(error).splitlines()[0]}") from error
-                time.sleep(0.25)
+        only for the operation, and wait for another process's operation to finish. Inside
+        ``session()`` the held client is reused."""
+        if self._held is not None:
+            yield self._held
+            return
+        client = self._open()
         try:
             yield client
         finally:
             client.close()
+            if self.is_lite:
+                _release_lite(str(Path(self.uri).resolve()))
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[MilvusIndex]:
+        """Keep one connection (and a Lite file's lock) across calls: for a long-lived searcher
+        or a benchmark; other processes wait until the session ends."""
+        with self.client() as client:
+            self._held = client
+            try:
+                yield self
+            finally:
+                self._held = None
+
+    def _open(self) -> Any:
+        from pymilvus import MilvusClient
+
+        if self.is_lite:
+            path = Path(self.uri).resolve()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with _lite_guard:
+                _lite_users[str(path)] = _lite_users.get(str(path), 0) + 1
+        deadline = time.monotonic() + self.lock_wait_s
+        while True:
+            try:
+                return MilvusClient(uri=self.uri, token=self.token) if self.token else MilvusClient(uri=self.uri)
+            except Exception as error:  # noqa: BLE001 - pymilvus wraps the lock error in several types
+                # Lite reports another process's lock only as "Open local milvus failed".
+                message = str(error).lower()
+                locked = self.is_lite and ("lock" in message or "open local milvus failed" in message)
+                if not locked or time.monotonic() > deadline:
+                    if self.is_lite:
+                        _release_lite(str(Path(self.uri).resolve()))
+                    raise IndexError_(f"cannot open Milvus at {self.uri}: {str(error).splitlines()[0]}") from error
+                time.sleep(0.25)
 
     # -- schema ----------------------------------------------------------------------------------
-    def _create(self, client, fingerprint: str, dim: int) -> None:
+    def _vector_index(self, client: Any, index_type: str) -> Any:
+        index = client.prepare_index_params()
+        if index_type == "auto":
+            index_type = "FLAT" if self.is_lite else "HNSW"
+        params = {"M": 16, "efConstruction": 200} if index_type == "HNSW" else {}
+        index.add_index(field_name="vector", index_type=index_type, metric_type="IP", params=params)
+        return index
+
+    def _create(self, client: Any, fingerprint: str, dim: int) -> None:
+        if self.aliased:
+            target = self.rebuild_target(fingerprint)
+            if target.collection_info(client) is None:
+                target._create(client, fingerprint, dim)
+            target._point_aliases(client, self)
+            return
         from pymilvus import DataType
 
-        for name, extra in ((self.collection, []), (self.summary, [("document", 1024), ("image", 2048)])):
-            schema = client.create_schema(auto_id=True)
-            schema.add_field("id", DataType.INT64, is_primary=True)
+        properties = {
+            "colqwen.schema": SCHEMA_VERSION,
+            "colqwen.fingerprint": fingerprint,
+            "colqwen.dim": str(dim),
+            "colqwen.centroids": str(self.centroids_per_page),
+        }
+        if not client.has_collection(self.pages):
+            schema = client.create_schema(auto_id=False)
+            schema.add_field("id", DataType.INT64, is_primary=True)  # page_uid << ROW_BITS | row
+            schema.add_field("page_uid", DataType.INT64)
+            schema.add_field("row", DataType.INT32)
+            schema.add_field("n_rows", DataType.INT32)
+            schema.add_field("n_tokens", DataType.INT32)
             schema.add_field("doc_id", DataType.VARCHAR, max_length=512)
+            schema.add_field("document", DataType.VARCHAR, max_length=1024)
             schema.add_field("page", DataType.INT32)
-            schema.add_field("page_key", DataType.VARCHAR, max_length=600)
             schema.add_field("page_sha256", DataType.VARCHAR, max_length=64)
             schema.add_field("generation", DataType.VARCHAR, max_length=40)
-            for field, length in extra:
-                schema.add_field(field, DataType.VARCHAR, max_length=length)
+            schema.add_field("image", DataType.VARCHAR, max_length=2048)
+            schema.add_field("tokens", DataType.VARCHAR, max_length=65_535)
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
-            index = client.prepare_index_params()
-            index.add_index(field_name="vector", index_type="FLAT", metric_type="IP")
-            for scalar in ("doc_id", "page_key"):
-                index.add_index(field_name=scalar, index_type="INVERTED")
-            client.create_collection(name, schema=schema, index_params=index)
-            client.alter_collection_properties(name, {"colqwen.fingerprint": fingerprint, "colqwen.dim": str(dim)})
-        log.info("created Milvus collections %s and %s (dim %d, %s)", self.collection, self.summary, dim, fingerprint)
+            index = self._vector_index(client, self.page_index_type)
+            index.add_index(field_name="doc_id", index_type="INVERTED")
+            client.create_collection(self.pages, schema=schema, index_params=index)
+            client.alter_collection_properties(self.pages, properties)
+        schema = client.create_schema(auto_id=True)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("page_uid", DataType.INT64)
+        schema.add_field("doc_id", DataType.VARCHAR, max_length=512)
+        schema.add_field("page", DataType.INT32)
+        schema.add_field("page_sha256", DataType.VARCHAR, max_length=64)
+        schema.add_field("generation", DataType.VARCHAR, max_length=40)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        index = self._vector_index(client, self.token_index_type)
+        for scalar in ("doc_id", "page_uid"):
+            index.add_index(field_name=scalar, index_type="INVERTED")
+        client.create_collection(self.collection, schema=schema, index_params=index)
+        client.alter_collection_properties(self.collection, properties)  # last: marks the pair complete
+        log.info("created Milvus collections %s and %s (dim %d, %s)", self.collection, self.pages, dim, fingerprint)
 
-    def collection_info(self, client) -> dict | None:
+    # -- model changes: one physical collection pair per fingerprint behind the alias -------------
+    def rebuild_target(self, fingerprint: str) -> MilvusIndex:
+        """The same index over the physical collections of ``fingerprint`` (not via the alias)."""
+        digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:10]
+        target = copy.copy(self)
+        target.collection, target.pages = f"{self.collection}__{digest}", f"{self.collection}__{digest}_pages"
+        target.aliased, target._held = False, self._held
+        return target
+
+    def live_fingerprint(self) -> str | None:
+        with self.client() as client:
+            info = self.collection_info(client)
+        return info["fingerprint"] if info else None
+
+    def switch_to(self, fingerprint: str) -> None:
+        """Point the alias at ``fingerprint``'s collections: searches move over in one step. The
+        previous collections are kept (never dropped implicitly)."""
+        with self.client() as client:
+            self.rebuild_target(fingerprint)._point_aliases(client, self)
+
+    def _point_aliases(self, client: Any, alias: MilvusIndex) -> None:
+        for physical, name in ((self.pages, alias.pages), (self.collection, alias.collection)):
+            if name in client.list_collections():
+                raise IndexError_(f"{name!r} is a collection, not an alias: set COLQWEN_COLLECTION to a new name")
+            try:
+                current = client.describe_alias(name).get("collection_name")
+            except Exception:  # noqa: BLE001 - pymilvus raises when the alias does not exist
+                current = None
+            if current is None:
+                client.create_alias(physical, name)
+            elif current != physical:
+                client.alter_alias(physical, name)
+        log.info("alias %s now points at %s", alias.collection, self.collection)
+
+    def collection_info(self, client: Any) -> dict | None:
         if not client.has_collection(self.collection):
             return None
         properties = client.describe_collection(self.collection).get("properties") or {}
         dim = properties.get("colqwen.dim")
-        return {"fingerprint": properties.get("colqwen.fingerprint"), "dim": int(dim) if dim else None}
+        return {
+            "schema": properties.get("colqwen.schema"),
+            "fingerprint": properties.get("colqwen.fingerprint"),
+            "dim": int(dim) if dim else None,
+            "centroids": int(properties.get("colqwen.centroids") or self.centroids_per_page),
+        }
 
-    def _ensure(self, client, fingerprint: str, dim: int) -> None:
+    def _ensure(self, client: Any, fingerprint: str, dim: int) -> None:
+        """Create the collections if absent; never drop or alter existing ones; refuse a mismatch."""
         info = self.collection_info(client)
         if info is None:
             self._create(client, fingerprint, dim)
             return
-        if info.get("dim") != dim or info.get("fingerprint") != fingerprint:
+        if info["schema"] != SCHEMA_VERSION or not client.has_collection(self.pages):
             raise IndexError_(
-                f"collection {self.collection!r} holds embeddings of {info.get('fingerprint')} (dim {info.get('dim')}); "
-                f"refusing to add {fingerprint} (dim {dim}): set COLQWEN_COLLECTION to a new collection or reindex"
+                f"collection {self.collection!r} was not created by this version of colqwen-pipeline "
+                f"(schema {info['schema']}, expected {SCHEMA_VERSION}): "
+                "set COLQWEN_COLLECTION to a new name and reindex"
+            )
+        if info["dim"] != dim or info["fingerprint"] != fingerprint:
+            raise IndexError_(
+                f"collection {self.collection!r} holds embeddings of {info['fingerprint']} (dim {info['dim']}); "
+                f"refusing to add {fingerprint} (dim {dim}): run reindex_job (it rebuilds into a new collection "
+                "and switches over when complete) or set COLQWEN_COLLECTION to a new name"
             )
 
     # -- writes ----------------------------------------------------------------------------------
     def replace_document(
         self, doc_id: str, document: str, pages: Sequence[PageRows], fingerprint: str, dim: int
     ) -> int:
-        """Insert the document's new rows, then delete every older generation. Returns rows written."""
+        """Write the document's new generation, then delete every older one. Returns token rows written."""
         for page in pages:
             if page.vectors.ndim != 2 or page.vectors.shape[1] != dim:
-                raise IndexError_(f"{doc_id} page {page.page}: vectors of shape {page.vectors.shape}, expected (n, {dim})")
-        generation = uuid.uuid4().hex
+                raise IndexError_(_shape_error(doc_id, page, dim))
+        generation = f"{time.time_ns():020d}-{secrets.token_hex(8)}"  # sorts by time: newest wins in search
         with self.client() as client:
             self._ensure(client, fingerprint, dim)
-            rows = 0
-            for page in pages:
-                base = {
-                    "doc_id": doc_id,
-                    "page": page.page,
-                    "page_key": _page_key(doc_id, page.page),
-                    "page_sha256": page.sha256,
-                    "generation": generation,
-                }
-                rows += self._insert(client, self.collection, base, page.vectors)
-                summary = base | {"document": document, "image": page.image}
-                self._insert(client, self.summary, summary, page_centroids(page.vectors, self.centroids_per_page))
-            self._delete(client, f'doc_id == "{doc_id}" and generation != "{generation}"')
+            self._load(client, self.pages)
+            uids = self._new_page_uids(client, len(pages))
+            page_rows = [
+                row
+                for uid, page in zip(uids, pages, strict=True)
+                for row in self._page_rows(uid, doc_id, document, page, generation, dim)
+            ]
+            self._insert(client, self.pages, page_rows, bytes_per_row=lambda r: len(r["tokens"]) + 4 * dim + 512)
+            rows = self._insert_tokens(client, doc_id, uids, pages, generation)
+            self._delete_generations(client, doc_id, keep=generation)
         return rows
 
     def delete_document(self, doc_id: str) -> None:
         with self.client() as client:
             if client.has_collection(self.collection):
-                self._delete(client, f'doc_id == "{doc_id}"')
+                self._delete_generations(client, doc_id, keep=None)
 
-    def _insert(self, client, name: str, base: dict, vectors: np.ndarray) -> int:
-        vectors = np.asarray(vectors, dtype=np.float32)
-        for start in range(0, len(vectors), INSERT_CHUNK):
-            chunk = vectors[start : start + INSERT_CHUNK]
-            client.insert(name, [base | {"vector": v} for v in chunk.tolist()])
-        return len(vectors)
+    def _new_page_uids(self, client: Any, count: int) -> list[int]:
+        """Random 54-bit page ids, re-drawn if taken (random ids need no coordination between writers)."""
+        uids = [secrets.randbits(54) for _ in range(count)]
+        taken = self._get(client, self.pages, [uid << ROW_BITS for uid in uids], ["page_uid"]) if uids else []
+        if not taken:
+            return uids
+        clashes = {row["page_uid"] for row in taken}
+        fresh = iter(self._new_page_uids(client, len(clashes)))
+        return [next(fresh) if uid in clashes else uid for uid in uids]
 
-    def _delete(self, client, expression: str) -> None:
-        for name in (self.collection, self.summary):
-            client.delete(name, filter=expression)
+    def _page_rows(self, uid: int, doc_id: str, document: str, page: PageRows, generation: str, dim: int) -> list[dict]:
+        centroids = page_centroids(page.vectors, self.centroids_per_page)
+        if not len(centroids):
+            centroids = np.zeros((1, dim), dtype=np.float32)
+        chunks = pack_tokens(page.vectors)
+        n_rows = max(len(centroids), len(chunks))
+        if n_rows >= 1 << ROW_BITS:
+            raise IndexError_(f"{doc_id} page {page.page}: {len(page.vectors)} tokens is more than a page can hold")
+        base = {
+            "page_uid": uid,
+            "n_rows": n_rows,
+            "n_tokens": len(page.vectors),
+            "doc_id": doc_id,
+            "document": document,
+            "page": page.page,
+            "page_sha256": page.sha256,
+            "generation": generation,
+            "image": page.image,
+        }
+        return [
+            base
+            | {
+                "id": uid << ROW_BITS | row,
+                "row": row,
+                "tokens": chunks[row] if row < len(chunks) else "",
+                "vector": np.asarray(centroids[row % len(centroids)], dtype=np.float32),
+            }
+            for row in range(n_rows)
+        ]
+
+    def _insert_tokens(
+        self, client: Any, doc_id: str, uids: list[int], pages: Sequence[PageRows], generation: str
+    ) -> int:
+        rows = [
+            {"page_uid": uid, "doc_id": doc_id, "page": page.page, "page_sha256": page.sha256,
+             "generation": generation, "vector": vector}
+            for uid, page in zip(uids, pages, strict=True)
+            for vector in np.asarray(page.vectors, dtype=np.float32)
+        ]
+        self._insert(client, self.collection, rows, bytes_per_row=lambda r: 4 * len(r["vector"]) + 200)
+        return len(rows)
+
+    def _insert(self, client: Any, name: str, rows: list[dict], bytes_per_row: Any) -> None:
+        """Insert in as few calls as the payload allows (rows of many pages per call)."""
+        batch: list[dict] = []
+        size = 0
+        for row in rows:
+            batch.append(row)
+            size += bytes_per_row(row)
+            if size >= INSERT_BYTES or len(batch) >= MAX_REQUEST_ROWS:
+                client.insert(name, batch)
+                batch, size = [], 0
+        if batch:
+            client.insert(name, batch)
+
+    def _delete_generations(self, client: Any, doc_id: str, keep: str | None) -> None:
+        """Token rows first, then pages rows: token rows never outlive their pages rows, so a
+        re-run always finds (through the small pages collection) what it still has to delete."""
+        self._load(client, self.pages)
+        stale = self._page_generations(client, doc_id) - {keep}
+        if not stale:
+            return
+        expression = f"doc_id == {json.dumps(doc_id)} and generation in {_quote(sorted(stale))}"
+        client.delete(self.collection, filter=expression)
+        client.delete(self.pages, filter=expression)
+
+    def _page_generations(self, client: Any, doc_id: str) -> set[str]:
+        expression = f"doc_id == {json.dumps(doc_id)} and row == 0"
+        rows = client.query(self.pages, filter=expression, output_fields=["generation"], limit=MAX_REQUEST_ROWS)
+        if len(rows) == MAX_REQUEST_ROWS:  # a huge document: page through all of it
+            rows = list(self._iterate(client, self.pages, expression, ["generation"]))
+        return {row["generation"] for row in rows}
 
     # -- reads -----------------------------------------------------------------------------------
     def count_rows(self, doc_id: str | None = None) -> int:
+        """Token rows stored (all documents, or one)."""
         with self.client() as client:
             if not client.has_collection(self.collection):
                 return 0
-            self._load(client)
-            expression = f'doc_id == "{doc_id}"' if doc_id else ""
-            result = client.query(self.collection, filter=expression or "id >= 0", output_fields=["count(*)"])
+            self._load(client, self.collection)
+            expression = f"doc_id == {json.dumps(doc_id)}" if doc_id else "id >= 0"
+            result = client.query(self.collection, filter=expression, output_fields=["count(*)"])
             return int(result[0]["count(*)"])
+
+    def token_counts_by_document(self) -> dict[str, int]:
+        """Token rows per document as stored in the token collection (for fidelity checks)."""
+        doc_ids = self.document_ids()
+        return {doc_id: self.count_rows(doc_id) for doc_id in sorted(doc_ids)}
 
     def document_ids(self) -> set[str]:
         with self.client() as client:
-            if not client.has_collection(self.summary):
+            if not client.has_collection(self.pages):
                 return set()
-            self._load(client)
-            return {row["doc_id"] for row in self._iterate(client, self.summary, "id >= 0", ["doc_id"])}
+            self._load(client, self.pages)
+            return {row["doc_id"] for row in self._iterate(client, self.pages, "row == 0", ["doc_id"])}
 
-    def _load(self, client) -> None:
-        """A reopened collection starts released; loading is idempotent."""
-        for name in (self.collection, self.summary):
+    def page_rows(self, doc_id: str) -> list[dict]:
+        """One dict per stored page of the document: page, page_sha256, n_tokens, generation (sorted)."""
+        with self.client() as client:
+            if not client.has_collection(self.pages):
+                return []
+            self._load(client, self.pages)
+            fields = ["page", "page_sha256", "n_tokens", "generation"]
+            rows = self._iterate(client, self.pages, f"doc_id == {json.dumps(doc_id)} and row == 0", fields)
+            return sorted(({k: row[k] for k in fields} for row in rows), key=lambda r: (r["page"], r["generation"]))
+
+    def _load(self, client: Any, *names: str) -> None:
+        """A reopened collection starts released; loading is idempotent. Load only what a call
+        needs: loading the token collection of a large Lite file costs seconds."""
+        for name in names:
             client.load_collection(name)
 
-    def _iterate(self, client, name: str, expression: str, fields: list[str]) -> Iterator[dict]:
+    def _iterate(self, client: Any, name: str, expression: str, fields: list[str]) -> Iterator[dict]:
         iterator = client.query_iterator(name, batch_size=4096, filter=expression, output_fields=fields)
         try:
             while batch := iterator.next():
@@ -209,6 +478,14 @@ class MilvusIndex:
         finally:
             iterator.close()
 
+    def _get(self, client: Any, name: str, ids: list[int], fields: list[str]) -> list[dict]:
+        """Rows by primary key, in requests under the server's result cap."""
+        rows: list[dict] = []
+        for start in range(0, len(ids), MAX_REQUEST_ROWS):
+            rows += client.get(name, ids=ids[start : start + MAX_REQUEST_ROWS], output_fields=fields)
+        return rows
+
+    # -- search ----------------------------------------------------------------------------------
     def search(
         self,
         queries: Sequence[np.ndarray],
@@ -216,55 +493,129 @@ class MilvusIndex:
         doc_ids: Sequence[str] | None = None,
         candidates: int | None = None,
     ) -> list[list[Hit]]:
-        """Top-k pages per query by exact MaxSim over candidates from the centroid first stage."""
+        """Top-k pages per query by exact MaxSim over candidates from the centroid first stage.
+        All queries share one first-stage call and one fetch of candidate pages."""
+        queries = [np.asarray(q, dtype=np.float32).reshape(len(q), -1) for q in queries]
         with self.client() as client:
-            if not client.has_collection(self.collection):
+            if not client.has_collection(self.pages) or not queries:
                 return [[] for _ in queries]
-            self._load(client)
-            return [self._search_one(client, q, top_k, doc_ids, candidates) for q in queries]
-
-    def _search_one(self, client, query: np.ndarray, top_k: int, doc_ids, candidates: int | None) -> list[Hit]:
-        query = np.asarray(query, dtype=np.float32)
-        wanted = candidates or max(4 * top_k, 32)
-        expression = f"doc_id in {_quote(doc_ids)}" if doc_ids else ""
-        results = client.search(
-            self.summary,
-            data=query.tolist(),
-            limit=min(16384, wanted * self.centroids_per_page),
-            filter=expression,
-            output_fields=["page_key", "doc_id", "page", "document", "image"],
-            search_params={"metric_type": "IP"},
-        )
-        approx, meta = _approximate_scores(results)
-        ranked = sorted(approx, key=approx.get, reverse=True)[:wanted]
-        if not ranked:
-            return []
-        vectors = {key: [] for key in ranked}
-        for row in self._iterate(client, self.collection, f"page_key in {_quote(ranked)}", ["page_key", "vector"]):
-            vectors[row["page_key"]].append(row["vector"])
-        pages = [np.asarray(vectors[k], dtype=np.float32).reshape(-1, query.shape[1]) for k in ranked]
-        scores = maxsim(query, pages)
-        best = np.argsort(-scores, kind="stable")[:top_k]
+            self._load(client, self.pages)
+            wanted = max(candidates or self.candidates, top_k)
+            ranked = self._first_stage(client, queries, doc_ids, wanted)
+            stored = self._fetch_pages(client, sorted({uid for uids in ranked for uid in uids}))
         return [
-            Hit(meta[ranked[i]]["doc_id"], meta[ranked[i]]["document"], int(meta[ranked[i]]["page"]),
-                float(scores[i]), meta[ranked[i]]["image"])
-            for i in best
+            _exact_top_k(q, [stored[uid] for uid in uids if uid in stored], top_k)
+            for q, uids in zip(queries, ranked, strict=True)
         ]
 
+    def exact_search(
+        self, queries: Sequence[np.ndarray], top_k: int = 5, doc_ids: Sequence[str] | None = None
+    ) -> list[list[Hit]]:
+        """Brute force: exact MaxSim over every stored page (for fidelity checks; slow at scale)."""
+        with self.client() as client:
+            if not client.has_collection(self.pages):
+                return [[] for _ in queries]
+            self._load(client, self.pages)
+            expression = "row == 0" + (f" and doc_id in {_quote(doc_ids)}" if doc_ids else "")
+            uids = [row["page_uid"] for row in self._iterate(client, self.pages, expression, ["page_uid"])]
+            stored = self._fetch_pages(client, uids)
+        pages = list(stored.values())
+        return [_exact_top_k(np.asarray(q, dtype=np.float32), pages, top_k) for q in queries]
 
-def _approximate_scores(results: list[list[dict]]) -> tuple[dict[str, float], dict[str, dict]]:
+    def _first_stage(
+        self, client: Any, queries: list[np.ndarray], doc_ids: Sequence[str] | None, wanted: int
+    ) -> list[list[int]]:
+        """Per query, the ``wanted`` pages with the best approximate MaxSim over centroid hits."""
+        tokens = np.concatenate(queries)
+        expression = f"doc_id in {_quote(doc_ids)}" if doc_ids else ""
+        limit = min(self.hits_per_token, MAX_REQUEST_ROWS)
+        hits: list[list[dict]] = []
+        for start in range(0, len(tokens), MAX_QUERY_VECTORS):
+            hits += client.search(
+                self.pages,
+                data=tokens[start : start + MAX_QUERY_VECTORS].tolist(),
+                limit=limit,
+                filter=expression,
+                output_fields=["row"],  # the key already encodes the page; ask for the smallest field
+                search_params={"metric_type": "IP", "params": {"ef": max(limit, 64)}},
+            )
+        ranked, offset = [], 0
+        for query in queries:
+            scores = _approximate_scores(hits[offset : offset + len(query)])
+            offset += len(query)
+            ranked.append(sorted(scores, key=scores.get, reverse=True)[:wanted])
+        return ranked
+
+    def _fetch_pages(self, client: Any, uids: list[int]) -> dict[int, StoredPage]:
+        """Pages' token vectors by primary key; a page whose rows come back incomplete is an error,
+        never a silently wrong score. Of two generations of one page, only the newest is kept."""
+        if not uids:
+            return {}
+        fields = ["page_uid", "row", "n_rows", "n_tokens", "tokens", "doc_id", "document", "page", "page_sha256",
+                  "generation", "image"]
+        first = self._collection_centroids(client)
+        rows = self._get(client, self.pages, [uid << ROW_BITS | r for uid in uids for r in range(first)], fields)
+        by_page: dict[int, list[dict]] = {}
+        for row in rows:
+            by_page.setdefault(row["page_uid"], []).append(row)
+        rest = [uid << ROW_BITS | r for uid, got in by_page.items() for r in range(first, got[0]["n_rows"])]
+        for row in self._get(client, self.pages, rest, fields):
+            by_page[row["page_uid"]].append(row)
+        dim = self._dim(client)
+        stored = {uid: _stored_page(uid, got, dim) for uid, got in by_page.items()}
+        newest: dict[tuple[str, int], StoredPage] = {}
+        for page in stored.values():
+            key = (page.doc_id, page.page)
+            if key not in newest or page.generation > newest[key].generation:
+                newest[key] = page
+        return {page.uid: page for page in newest.values()}
+
+    def _collection_centroids(self, client: Any) -> int:
+        info = self.collection_info(client)
+        return info["centroids"] if info else self.centroids_per_page
+
+    def _dim(self, client: Any) -> int:
+        info = self.collection_info(client)
+        if info and info["dim"]:
+            return info["dim"]
+        description = client.describe_collection(self.pages)
+        return next(f["params"]["dim"] for f in description["fields"] if f["name"] == "vector")
+
+
+def _shape_error(doc_id: str, page: PageRows, dim: int) -> str:
+    return f"{doc_id} page {page.page}: vectors of shape {page.vectors.shape}, expected (n, {dim})"
+
+
+def _stored_page(uid: int, rows: list[dict], dim: int) -> StoredPage:
+    rows.sort(key=lambda r: r["row"])
+    head = rows[0]
+    if len(rows) != head["n_rows"]:
+        raise IndexError_(f"{head['doc_id']} page {head['page']}: {len(rows)} of {head['n_rows']} index rows found")
+    vectors = unpack_tokens([r["tokens"] for r in rows if r["tokens"]], dim)
+    if len(vectors) != head["n_tokens"]:
+        raise IndexError_(f"{head['doc_id']} page {head['page']}: {len(vectors)} of {head['n_tokens']} tokens found")
+    return StoredPage(uid, head["doc_id"], head["document"], int(head["page"]), head["page_sha256"],
+                      head["generation"], head["image"], vectors)
+
+
+def _exact_top_k(query: np.ndarray, pages: list[StoredPage], top_k: int) -> list[Hit]:
+    if not pages:
+        return []
+    scores = maxsim(query, [p.vectors for p in pages])
+    best = np.argsort(-scores, kind="stable")[:top_k]
+    return [Hit(pages[i].doc_id, pages[i].document, pages[i].page, float(scores[i]), pages[i].image) for i in best]
+
+
+def _approximate_scores(results: list[list[dict]]) -> dict[int, float]:
     """Per page: sum over query tokens of its best centroid similarity among the hits; a page
-    missing from a token's hits gets that token's lowest returned similarity (an upper bound)."""
-    best: dict[str, dict[int, float]] = {}
-    meta: dict[str, dict] = {}
+    missing from a token's hits gets that token's lowest returned similarity (an upper bound of
+    its best centroid similarity)."""
+    best: dict[int, dict[int, float]] = {}
     floors = []
     for q, hits in enumerate(results):
         floors.append(min((h["distance"] for h in hits), default=0.0))
         for hit in hits:
-            entity = hit["entity"]
-            key = entity["page_key"]
-            meta.setdefault(key, entity)
-            scores = best.setdefault(key, {})
-            scores[q] = max(scores.get(q, -1.0), hit["distance"])
-    approx = {key: sum(s.get(q, floors[q]) for q in range(len(results))) for key, s in best.items()}
-    return approx, meta
+            scores = best.setdefault(hit["id"] >> ROW_BITS, {})
+            if hit["distance"] > scores.get(q, -2.0):
+                scores[q] = hit["distance"]
+    return {uid: sum(s.get(q, floors[q]) for q in range(len(results))) for uid, s in best.items()}

@@ -1,0 +1,193 @@
+"""The logic of the asset checks, free of Dagster: each returns a ``CheckOutcome`` that
+``defs/checks.py`` turns into an ``AssetCheckResult``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from statistics import fmean
+from typing import Any
+
+import numpy as np
+
+from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
+from colqwen_pipeline.evaluation.retrieval import FidelityReport, RetrievalReport
+
+CHUNK_ROWS = 65536  # token vectors checked at a time: bounded memory for long documents
+
+
+@dataclass
+class CheckOutcome:
+    passed: bool
+    description: str
+    metadata: dict[str, Any] = field(default_factory=dict)  # scalars
+    tables: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # name -> rows
+
+
+# -- embedding_dimension --------------------------------------------------------------------------
+def check_embeddings(directory: Path, expected_dim: int, norm_tolerance: float) -> CheckOutcome:
+    """Every page has tokens; vectors are ``expected_dim``-d, finite and unit-norm within tolerance."""
+    if not (directory / "pages.json").is_file():
+        return CheckOutcome(False, f"no embeddings artifact at {directory}")
+    artifact = EmbeddingArtifact.read(directory)
+    counts = [p["count"] for p in artifact.pages]
+    vectors = artifact.vectors
+    problems = []
+    if not counts:
+        problems.append("the document has no pages")
+    if empty := [p["page"] for p in artifact.pages if p["count"] < 1]:
+        problems.append(f"pages without tokens: {empty[:10]}")
+    if artifact.dim != expected_dim or vectors.shape[1:] != (expected_dim,):
+        problems.append(f"dimension {vectors.shape[1:]} (declared {artifact.dim}), expected {expected_dim}")
+    nonfinite, worst = _scan_vectors(vectors) if vectors.ndim == 2 else (0, 0.0)
+    if nonfinite:
+        problems.append(f"{nonfinite} token vectors hold NaN or infinity")
+    if worst > norm_tolerance:
+        problems.append(f"a token vector's norm is off 1 by {worst:.4f} (tolerance {norm_tolerance})")
+    metadata = {
+        "pages": len(counts),
+        "tokens": int(sum(counts)),
+        "dim": int(vectors.shape[1]) if vectors.ndim == 2 else 0,
+        "tokens_per_page_min": min(counts, default=0),
+        "tokens_per_page_mean": round(fmean(counts), 1) if counts else 0.0,
+        "tokens_per_page_max": max(counts, default=0),
+        "nonfinite_vectors": nonfinite,
+        "max_norm_error": round(worst, 5),
+    }
+    if problems:
+        return CheckOutcome(False, "; ".join(problems), metadata)
+    return CheckOutcome(True, f"{len(counts)} pages, {sum(counts)} unit-norm {expected_dim}-d token vectors", metadata)
+
+
+def _scan_vectors(vectors: np.ndarray) -> tuple[int, float]:
+    """(vectors with a non-finite value, largest |norm - 1| among the finite ones)."""
+    nonfinite, worst = 0, 0.0
+    for start in range(0, len(vectors), CHUNK_ROWS):
+        chunk = np.asarray(vectors[start : start + CHUNK_ROWS], dtype=np.float32)
+        finite = np.isfinite(chunk).all(axis=1)
+        nonfinite += int((~finite).sum())
+        if finite.any():
+            worst = max(worst, float(np.abs(np.linalg.norm(chunk[finite], axis=1) - 1.0).max()))
+    return nonfinite, worst
+
+
+# -- throughput -----------------------------------------------------------------------------------
+def check_throughput(metrics: Mapping[str, Any], floors: Mapping[str, float]) -> CheckOutcome:
+    """Model pages/s of one materialisation against the floor of its device type (cpu, cuda, ...).
+
+    Pages served from the cache are left out: they say nothing about the model's speed."""
+    device = str(metrics.get("device", "cpu"))
+    device_type = device.split(":")[0]
+    floor = floors.get(device_type, floors["cpu"])
+    embedded = int(metrics.get("pages_embedded", metrics.get("pages", 0)))
+    seconds = float(metrics.get("seconds", 0.0))
+    metadata = {
+        "device": device,
+        "device_type": device_type,
+        "batch_size": int(metrics.get("batch_size", 0)),
+        "pages": int(metrics.get("pages", 0)),
+        "pages_embedded": embedded,
+        "seconds": round(seconds, 3),
+        "floor_pages_per_s": floor,
+    }
+    if embedded == 0 or seconds <= 0:
+        return CheckOutcome(True, "every page came from the cache: no model throughput to judge", metadata)
+    pages_per_s = embedded / seconds
+    metadata |= {"pages_per_s": round(pages_per_s, 3), "seconds_per_page": round(seconds / embedded, 4)}
+    verdict = "at or above" if pages_per_s >= floor else "BELOW"
+    description = f"{pages_per_s:.2f} pages/s on {device}: {verdict} the {device_type} floor of {floor} pages/s"
+    return CheckOutcome(pages_per_s >= floor, description, metadata)
+
+
+# -- collection_consistency -----------------------------------------------------------------------
+def check_consistency(
+    artifact_tokens: Mapping[str, int], index_rows: Mapping[str, int], inbox_doc_ids: set[str]
+) -> CheckOutcome:
+    """Rows per document in Milvus equal the tokens in its embeddings artifact; no rows for a
+    document gone from the inbox. ``artifact_tokens`` covers the inbox documents that have one."""
+    table = []
+    for doc_id in sorted(set(artifact_tokens) | {d for d, n in index_rows.items() if n}):
+        expected = artifact_tokens.get(doc_id, 0) if doc_id in inbox_doc_ids else 0
+        rows = index_rows.get(doc_id, 0)
+        if doc_id not in inbox_doc_ids:
+            state = "orphan rows (not in the inbox)"
+        elif doc_id not in artifact_tokens:
+            state = "rows without an embeddings artifact"
+        else:
+            state = "ok" if rows == expected else "row count differs from the artifact"
+        table.append({"doc_id": doc_id, "tokens": expected, "rows": rows, "state": state})
+    bad = [row for row in table if row["state"] != "ok"]
+    metadata = {
+        "documents": len(table),
+        "mismatched": len(bad),
+        "rows": int(sum(index_rows.values())),
+        "tokens": int(sum(artifact_tokens.values())),
+    }
+    if bad:
+        summary = ", ".join(f"{r['doc_id']}: {r['state']} ({r['rows']} rows, {r['tokens']} tokens)" for r in bad[:5])
+        return CheckOutcome(False, f"{len(bad)} inconsistent documents: {summary}", metadata, {"documents": table})
+    return CheckOutcome(True, f"{len(table)} documents, rows match their embeddings", metadata, {"documents": table})
+
+
+# -- retrieval_quality ----------------------------------------------------------------------------
+def check_retrieval_quality(report: RetrievalReport, min_ndcg_at_5: float, min_recall_at_5: float) -> CheckOutcome:
+    metadata: dict[str, Any] = {name: round(value, 4) for name, value in report.metrics.items()}
+    metadata |= {f"chance_{name}": round(value, 4) for name, value in report.chance.items()}
+    metadata |= {
+        "queries": len(report.results),
+        "skipped_queries": len(report.skipped),
+        "pages": report.pages,
+        "random_weights": report.random_weights,
+    }
+    if not report.results:
+        return CheckOutcome(False, "no evaluation query has a relevant document in the collection", metadata)
+    ndcg, recall = report.metrics["ndcg_at_5"], report.metrics["recall_at_5"]
+    passed = ndcg >= min_ndcg_at_5 and recall >= min_recall_at_5
+    description = (
+        f"nDCG@5 {ndcg:.3f} (min {min_ndcg_at_5}), recall@5 {recall:.3f} (min {min_recall_at_5}) over "
+        f"{len(report.results)} queries and {report.pages} pages"
+    )
+    if report.skipped:
+        description += f"; {len(report.skipped)} queries skipped (documents not indexed: {report.skipped[:5]})"
+    if report.random_weights:
+        description += (
+            f". RANDOM-WEIGHT TEST MODEL: quality is near chance by design "
+            f"(a random ranking scores nDCG@5 {report.chance['ndcg_at_5']:.3f})"
+        )
+    table = [per_query_row(r) for r in report.results]
+    return CheckOutcome(passed, description, metadata, {"per_query": table})
+
+
+def per_query_row(result) -> dict[str, Any]:
+    top = result.hits[0] if result.hits else None
+    return {
+        "query_id": result.query.query_id,
+        "query": result.query.query,
+        "relevant": ", ".join(f"{r.document} p{r.page}" for r in result.query.relevant),
+        "top_hit": f"{top.document} p{top.page}" if top else "",
+        **{name: round(value, 4) for name, value in result.scores.items()},
+    }
+
+
+# -- index_fidelity -------------------------------------------------------------------------------
+def check_index_fidelity(report: FidelityReport, min_recall: float) -> CheckOutcome:
+    metadata = {
+        "k": report.k,
+        "recall_at_k": round(report.recall, 4),
+        "min_recall": min_recall,
+        "queries": len(report.per_query),
+        "pages": report.pages,
+        "worst_query_recall": round(min(report.per_query.values(), default=1.0), 4),
+    }
+    table = [{"query_id": q, "recall_at_k": round(r, 4)} for q, r in report.per_query.items()]
+    if not report.per_query:
+        return CheckOutcome(True, "nothing to compare: no evaluation queries or no indexed pages", metadata)
+    passed = report.recall >= min_recall
+    description = (
+        f"collection top-{report.k} vs exact MaxSim over {report.pages} stored pages: "
+        f"recall {report.recall:.4f} ({'>=' if passed else '<'} {min_recall})"
+    )
+    if report.pages <= report.k:
+        description += f"; only {report.pages} pages, so any complete top-{report.k} matches (too few pages to test)"
+    return CheckOutcome(passed, description, metadata, {"per_query": table})

@@ -1,0 +1,92 @@
+"""The collection-wide checks and ``colqwen-pipeline evaluate`` against the live index: gather
+the state (inbox, embeddings artifacts, Milvus rows, eval queries), then judge it with
+``evaluation.checks``.
+
+The stored embeddings are the artifacts of the documents in the inbox: a document that was
+embedded but is missing from the collection lowers quality and fidelity, as it should; one
+that never got that far (not ingested yet, or refused by the rasteriser) is left out.
+"""
+
+from __future__ import annotations
+
+from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
+from colqwen_pipeline.evaluation.checks import (
+    CheckOutcome,
+    check_consistency,
+    check_index_fidelity,
+    check_retrieval_quality,
+)
+from colqwen_pipeline.evaluation.evalset import EvalSetError, load_eval_set
+from colqwen_pipeline.evaluation.retrieval import (
+    EmbedQueries,
+    RetrievalReport,
+    evaluate_retrieval,
+    index_fidelity,
+    load_artifacts,
+)
+from colqwen_pipeline.inbox import inbox_files
+from colqwen_pipeline.index.milvus import MilvusIndex
+from colqwen_pipeline.settings import Settings
+from colqwen_pipeline.stages import make_index
+
+
+def _lazy_embedder(settings: Settings) -> EmbedQueries:
+    """The pipeline's model (loaded once per process), loaded only when there is a query to embed."""
+
+    def embed(texts: list[str]):
+        from colqwen_pipeline.embedding.service import get_embedder
+
+        return get_embedder(settings).embed_queries(texts)
+
+    return embed
+
+
+def stored_artifacts(settings: Settings) -> dict[str, EmbeddingArtifact]:
+    return load_artifacts(settings.embeddings_dir, inbox_files(settings.inbox))
+
+
+def evaluate(
+    settings: Settings, index: MilvusIndex | None = None, embed: EmbedQueries | None = None
+) -> RetrievalReport:
+    """The eval set scored on the live collection (raises EvalSetError for a bad eval set)."""
+    queries = load_eval_set(settings.eval_set, settings.eval_split)
+    index = index or make_index(settings)
+    return evaluate_retrieval(queries, index, embed or _lazy_embedder(settings), stored_artifacts(settings))
+
+
+def retrieval_quality(
+    settings: Settings, index: MilvusIndex | None = None, embed: EmbedQueries | None = None
+) -> CheckOutcome:
+    try:
+        report = evaluate(settings, index, embed)
+    except EvalSetError as error:
+        return CheckOutcome(False, str(error))
+    return check_retrieval_quality(report, settings.quality_min_ndcg_at_5, settings.quality_min_recall_at_5)
+
+
+def fidelity(settings: Settings, index: MilvusIndex | None = None, embed: EmbedQueries | None = None) -> CheckOutcome:
+    try:
+        queries = load_eval_set(settings.eval_set, settings.eval_split)
+    except EvalSetError as error:
+        return CheckOutcome(True, f"skipped: {error}", {"skipped": True})
+    index = index or make_index(settings)
+    embed = embed or _lazy_embedder(settings)
+    report = index_fidelity(queries, index, embed, stored_artifacts(settings), settings.fidelity_k)
+    return check_index_fidelity(report, settings.fidelity_min_recall)
+
+
+def consistency(settings: Settings, index: MilvusIndex | None = None) -> CheckOutcome:
+    index = index or make_index(settings)
+    inbox = set(inbox_files(settings.inbox))
+    artifact_tokens = {d: a.total_tokens for d, a in load_artifacts(settings.embeddings_dir, inbox).items()}
+    with index.session():  # one connection for every count
+        rows = rows_by_document(index, set(artifact_tokens))
+    return check_consistency(artifact_tokens, rows, inbox)
+
+
+def rows_by_document(index: MilvusIndex, expected: set[str]) -> dict[str, int]:
+    """Milvus token rows per document id: every document the index knows plus ``expected``."""
+    counts = dict(index.token_counts_by_document())
+    for doc_id in expected - counts.keys():
+        counts[doc_id] = index.count_rows(doc_id)
+    return counts

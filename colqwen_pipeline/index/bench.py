@@ -1,0 +1,167 @@
+"""``colqwen-pipeline bench search``: our search vs a LAYRA-style baseline vs brute force, one run.
+
+Synthetic clustered pages (780 unit-norm 128-d tokens, fp16-representable like the embedding
+artifacts) drawn around a few topics per page out of a shared pool, and 25-token queries drawn
+near a target page's tokens and topics (not copies), so other pages compete. Ground truth is exact
+brute-force MaxSim over all pages held in RAM as fp32 numpy (its best case).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from colqwen_pipeline.index.maxsim import maxsim, maxsim_uniform
+from colqwen_pipeline.index.milvus import MilvusIndex, PageRows
+
+TOKENS, DIM, QUERY_TOKENS, TOPICS_PER_PAGE, PAGES_PER_DOC = 780, 128, 25, 8, 10
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
+
+
+def synthetic_pages(pages: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(pages*780, 128) fp32 tokens and the (pages, 8, 128) page-topic centres they were drawn around.
+
+    A document's pages share 4 of its 6 topics (from a common pool), each page adds 4 of its own:
+    relevance is graded (same topic, same document) rather than all-or-nothing."""
+    rng = np.random.default_rng(seed)
+    pool = _unit(rng.standard_normal((max(64, pages // 8), DIM), dtype=np.float32))
+    centres = np.empty((pages, TOPICS_PER_PAGE, DIM), dtype=np.float32)
+    for first in range(0, pages, PAGES_PER_DOC):
+        doc_topics = _unit(pool[rng.choice(len(pool), 6, replace=False)] + 0.5 * _unit(rng.standard_normal((6, DIM))))
+        for p in range(first, min(pages, first + PAGES_PER_DOC)):
+            shared = doc_topics[rng.choice(6, 4, replace=False)]
+            own = _unit(rng.standard_normal((TOPICS_PER_PAGE - 4, DIM), dtype=np.float32))
+            centres[p] = _unit(np.concatenate([shared, own]) + 0.3 * _unit(rng.standard_normal((TOPICS_PER_PAGE, DIM))))
+    tokens = np.empty((pages * TOKENS, DIM), dtype=np.float32)
+    for p in range(pages):
+        assign = rng.integers(0, TOPICS_PER_PAGE, TOKENS)
+        noise = rng.standard_normal((TOKENS, DIM), dtype=np.float32) / np.sqrt(DIM)
+        tokens[p * TOKENS : (p + 1) * TOKENS] = _unit(centres[p, assign] + 0.7 * noise)
+    return tokens.astype(np.float16).astype(np.float32), centres  # exactly what fp16 storage holds
+
+
+def synthetic_queries(tokens: np.ndarray, centres: np.ndarray, count: int, seed: int = 1) -> list[np.ndarray]:
+    """Each query: 15 tokens near random tokens of a target page, 10 near its topics (looser)."""
+    rng = np.random.default_rng(seed)
+    queries = []
+    for target in rng.integers(0, len(centres), count):
+        near_tokens = tokens[target * TOKENS + rng.integers(0, TOKENS, 15)]
+        near_topics = centres[target, rng.integers(0, TOPICS_PER_PAGE, QUERY_TOKENS - 15)]
+        noise = rng.standard_normal((QUERY_TOKENS, DIM), dtype=np.float32) / np.sqrt(DIM)
+        base = np.concatenate([near_tokens, near_topics])
+        queries.append(_unit(base + np.where(np.arange(QUERY_TOKENS)[:, None] < 15, 0.5, 0.8) * noise))
+    return queries
+
+
+def _ms(seconds: list[float], q: float) -> float:
+    return round(float(np.percentile(np.asarray(seconds) * 1000, q)), 1)
+
+
+def _disk_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def _ingest(index: MilvusIndex, tokens: np.ndarray, pages: int) -> float:
+    started = time.perf_counter()
+    with index.session():
+        for first in range(0, pages, PAGES_PER_DOC):
+            rows = [
+                PageRows(p - first + 1, f"{p:064x}", tokens[p * TOKENS : (p + 1) * TOKENS], f"page-{p}.png")
+                for p in range(first, min(pages, first + PAGES_PER_DOC))
+            ]
+            doc = first // PAGES_PER_DOC
+            index.replace_document(f"doc-{doc}", f"doc-{doc}.pdf", rows, "bench", DIM)
+    return time.perf_counter() - started
+
+
+def _page_number(hit: Any) -> int:
+    return int(hit.doc_id.split("-")[1]) * PAGES_PER_DOC + hit.page - 1
+
+
+def _layra_search(client: Any, index: MilvusIndex, query: np.ndarray) -> list[int]:
+    """LAYRA: ANN per query token (limit 50), then one query per candidate page, then MaxSim."""
+    hits = client.search(index.collection, data=query.tolist(), limit=50, output_fields=["page_uid"],
+                         search_params={"metric_type": "IP"})
+    uids = sorted({h["entity"]["page_uid"] for per_token in hits for h in per_token})
+    pages = []
+    for uid in uids:
+        rows = client.query(index.collection, filter=f"page_uid == {uid}", output_fields=["vector"], limit=16384)
+        pages.append(np.asarray([r["vector"] for r in rows], dtype=np.float32))
+    scores = maxsim(query, pages)
+    return [uids[i] for i in np.argsort(-scores)[:5]]
+
+
+def bench_search(pages: int = 1000, queries: int = 50, layra_queries: int = 5, workdir: str | None = None) -> dict:
+    root = Path(workdir or tempfile.mkdtemp(prefix="colqwen-bench-"))
+    db = root / "milvus.db"
+    try:
+        tokens, centres = synthetic_pages(pages)
+        query_set = synthetic_queries(tokens, centres, queries)
+        index = MilvusIndex(str(db), "bench")
+        ingest_s = _ingest(index, tokens, pages)
+        bytes_per_page = _disk_bytes(db) / pages
+
+        truth, brute_s = [], []
+        for query in query_set:
+            started = time.perf_counter()
+            scores = maxsim_uniform(query, tokens, TOKENS)
+            truth.append(set(np.argsort(-scores)[:5].tolist()))
+            brute_s.append(time.perf_counter() - started)
+
+        ours_s, recall = [], []
+        open_started = time.perf_counter()
+        with index.session():
+            index.search(query_set[:1], top_k=5)  # opens the file and loads the pages collection
+            first_query_s = time.perf_counter() - open_started
+            for query, expected in zip(query_set, truth, strict=True):
+                started = time.perf_counter()
+                hits = index.search([query], top_k=5)[0]
+                ours_s.append(time.perf_counter() - started)
+                recall.append(len({_page_number(h) for h in hits} & expected) / 5)
+            batch_started = time.perf_counter()
+            index.search(query_set, top_k=5)
+            batch_s = time.perf_counter() - batch_started
+
+            layra_s, layra_recall = [], []
+            with index.client() as client:
+                client.load_collection(index.collection)
+                uid_to_page = _uid_to_page(client, index)
+                for query, expected in list(zip(query_set, truth, strict=True))[:layra_queries]:
+                    started = time.perf_counter()
+                    top = _layra_search(client, index, query)
+                    layra_s.append(time.perf_counter() - started)
+                    layra_recall.append(len({uid_to_page[u] for u in top} & expected) / 5)
+        return {
+            "pages": pages,
+            "ours": {
+                "p50_ms": _ms(ours_s, 50),
+                "p95_ms": _ms(ours_s, 95),
+                "recall_at_5": round(float(np.mean(recall)), 4),
+                "bytes_per_page": round(bytes_per_page),
+                "ingest_rows_per_s": round(pages * TOKENS / ingest_s),
+                "open_and_first_query_ms": round(first_query_s * 1000, 1),
+                "batch_of_queries_ms_per_query": round(batch_s * 1000 / len(query_set), 1),
+                "candidates": index.candidates,
+                "hits_per_token": index.hits_per_token,
+                "centroids_per_page": index.centroids_per_page,
+            },
+            "layra_baseline": {"p50_ms": _ms(layra_s, 50), "recall_at_5": round(float(np.mean(layra_recall)), 4),
+                               "queries": len(layra_s)},
+            "brute_force": {"p50_ms": _ms(brute_s, 50), "queries": len(brute_s)},
+        }
+    finally:
+        if workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _uid_to_page(client: Any, index: MilvusIndex) -> dict[int, int]:
+    rows = index._iterate(client, index.pages, "row == 0", ["page_uid", "doc_id", "page"])
+    return {r["page_uid"]: int(r["doc_id"].split("-")[1]) * PAGES_PER_DOC + r["page"] - 1 for r in rows}
