@@ -41,16 +41,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from colqwen_pipeline.stages import search
 
     hits = search(args.query, top_k=args.top_k, doc_ids=args.doc or None)
-    results = [
-        {
-            "doc_id": h.doc_id,
-            "document": h.document,
-            "page": h.page,
-            "score": round(h.score, 4),
-            "image_path": h.image_path,
-        }
-        for h in hits
-    ]
+    results = [hit.as_dict() for hit in hits]
     if args.json:
         print(json.dumps({"query": args.query, "results": results}, indent=1))
     else:

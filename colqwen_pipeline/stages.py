@@ -9,13 +9,12 @@ import hashlib
 import logging
 import shutil
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from colqwen_pipeline.documents.manifest import Manifest
 from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
-from colqwen_pipeline.index.milvus import Hit, MilvusIndex, PageRows
 from colqwen_pipeline.inbox import find_document
+from colqwen_pipeline.index.milvus import Hit, MilvusIndex, PageRows
 from colqwen_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ import pytest
 import yaml
 
 from colqwen_pipeline import inbox_watch, stages
-from colqwen_pipeline.defs.automation import inbox_sensor, reindex_job, reindex_schedule, remove_documents_job
 from colqwen_pipeline.definitions import RESOURCES, defs
+from colqwen_pipeline.defs.automation import inbox_sensor, reindex_job, reindex_schedule, remove_documents_job
 from colqwen_pipeline.embedding import service
 from colqwen_pipeline.inbox import document_key
 from colqwen_pipeline.runner import ingest
@@ -122,9 +122,7 @@ def test_reindex_indexes_good_documents_and_fails_the_broken_one_alone(state, in
     assert index.count_rows(document_key("pump_maintenance_manual.pdf")) > 0
     assert index.count_rows(document_key("scanned_invoice.jpg")) > 0
     assert index.count_rows(document_key("broken.pdf")) == 0
-    materialized = {
-        e.event_specific_data.materialization.partition for e in result.get_asset_materialization_events()
-    }
+    materialized = {e.event_specific_data.materialization.partition for e in result.get_asset_materialization_events()}
     assert materialized == {document_key("pump_maintenance_manual.pdf"), document_key("scanned_invoice.jpg")}
     assert service.loads_so_far() - loads_before <= 1  # one model load for the whole run
     failure = next(e for e in result.all_events if e.is_step_failure)
@@ -154,9 +152,7 @@ def test_gpu_steps_share_a_pool_of_one_and_runs_are_queued():
     assert reindex_op.pool == "gpu"
 
 
-def test_model_change_rebuilds_into_a_new_collection_and_switches_when_complete(
-    state, instance, tmp_path, monkeypatch
-):
+def test_model_change_rebuilds_into_a_new_collection_and_switches_when_complete(state, instance, tmp_path, monkeypatch):
     from colqwen_pipeline.embedding.tiny import build_tiny_model
     from colqwen_pipeline.reindex import reindex_all
     from colqwen_pipeline.settings import Settings

@@ -32,7 +32,7 @@ def test_two_ingests_and_a_search_at_once_share_the_lite_file(state):
     processes = [cli("ingest", str(first)), cli("ingest", str(second)), cli("search", "invoice", "--json")]
     outputs = [p.communicate(timeout=600) for p in processes]
 
-    for process, (_, stderr) in zip(processes, outputs):
+    for process, (_, stderr) in zip(processes, outputs, strict=True):
         assert process.returncode == 0, stderr[-2000:]
     assert json.loads(outputs[2][0])["results"], "the search saw the document indexed before"
     index = stages.make_index(state)

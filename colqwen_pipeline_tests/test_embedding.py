@@ -65,8 +65,13 @@ def adapter_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) 
     from peft import LoraConfig, get_peft_model
 
     base = ColQwen2_5.from_pretrained(tiny_model_dir)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], modules_to_save=["custom_text_proj"],
-                        init_lora_weights=False)
+    config = LoraConfig(
+        r=4,
+        lora_alpha=8,
+        target_modules=["q_proj", "v_proj"],
+        modules_to_save=["custom_text_proj"],
+        init_lora_weights=False,
+    )
     directory = tmp_path_factory.mktemp("adapter") / "colqwen-adapter"
     get_peft_model(base, config).save_pretrained(directory)
     adapter_config = json.loads((directory / "adapter_config.json").read_text())
@@ -89,8 +94,9 @@ def test_local_directory_loads_with_fingerprint_and_normalised_vectors(tiny_mode
     assert np.allclose(np.linalg.norm(vectors.astype(np.float32), axis=1), 1.0, atol=1e-2)  # no zero padding rows
 
 
-def test_adapter_loads_over_a_local_base_copy_and_changes_the_vectors(tiny_model_dir, adapter_dir, tmp_path,
-                                                                      page_images):
+def test_adapter_loads_over_a_local_base_copy_and_changes_the_vectors(
+    tiny_model_dir, adapter_dir, tmp_path, page_images
+):
     base_copy = shutil.copytree(tiny_model_dir, tmp_path / "elsewhere" / "colqwen2.5-base")
     plain = load(tiny_model_dir, tmp_path, precision="fp32")
 
@@ -264,8 +270,10 @@ def test_query_embeddings_are_cached_under_text_keys(state, empty_redis, monkeyp
 
 
 def test_many_documents_share_one_model_load(state):
-    keys = [rasterized(state, n) for n in ("pump_maintenance_manual.pdf", "scanned_invoice.jpg",
-                                           "acme_annual_report_2025.pdf")]
+    keys = [
+        rasterized(state, n)
+        for n in ("pump_maintenance_manual.pdf", "scanned_invoice.jpg", "acme_annual_report_2025.pdf")
+    ]
     service.unload()
     loads = service.loads_so_far()
 
@@ -317,8 +325,16 @@ def test_bench_embed_reports_throughput_for_tiny_and_4bit(state):
 
     for precision in ("auto", "4bit"):
         result = bench_embed("tiny", precision=precision, batch_size=2, pages=2)
-        assert {"model", "device", "precision", "batch_size", "visual_tokens", "pages", "pages_per_s",
-                "peak_mem_mb"} <= set(result)
+        assert {
+            "model",
+            "device",
+            "precision",
+            "batch_size",
+            "visual_tokens",
+            "pages",
+            "pages_per_s",
+            "peak_mem_mb",
+        } <= set(result)
         assert result["pages_per_s"] > 0 and 0 < result["visual_tokens"] <= 768
         assert result["precision"] == ("fp32" if precision == "auto" else "4bit")
 

@@ -39,8 +39,12 @@ def bench_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[MilvusIndex, 
     index = MilvusIndex(str(tmp_path_factory.mktemp("bench") / "milvus.db"), "bench")
     with index.session():
         for doc in range(4):
-            pages = [PageRows(p + 1, f"{doc}-{p}", tokens[(doc * 10 + p) * TOKENS : (doc * 10 + p + 1) * TOKENS],
-                              f"page-{p}.png") for p in range(10)]
+            pages = [
+                PageRows(
+                    p + 1, f"{doc}-{p}", tokens[(doc * 10 + p) * TOKENS : (doc * 10 + p + 1) * TOKENS], f"page-{p}.png"
+                )
+                for p in range(10)
+            ]
             index.replace_document(f"doc-{doc}", f"doc-{doc}.pdf", pages, "bench", DIM)
     return index, tokens, synthetic_queries(tokens, centres, 8)
 

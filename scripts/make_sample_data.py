@@ -94,9 +94,7 @@ QUERIES: tuple[tuple[str, str, int], ...] = (
 
 def pdf_styles() -> StyleSheet1:
     styles = getSampleStyleSheet()
-    styles.add(
-        ParagraphStyle("Cover", parent=styles["Title"], fontSize=34, leading=40, textColor=NAVY, alignment=0)
-    )
+    styles.add(ParagraphStyle("Cover", parent=styles["Title"], fontSize=34, leading=40, textColor=NAVY, alignment=0))
     styles.add(ParagraphStyle("CoverSub", parent=styles["Heading2"], fontSize=18, textColor=TEAL))
     styles.add(ParagraphStyle("Body", parent=styles["BodyText"], fontSize=10.5, leading=15, spaceAfter=6))
     styles.add(ParagraphStyle("Caption", parent=styles["Italic"], fontSize=9, textColor=colors.grey))
@@ -172,11 +170,7 @@ def acme_logo() -> Drawing:
     logo = Drawing(80, 80)
     logo.add(Circle(40, 40, 36, fillColor=NAVY, strokeColor=None))
     logo.add(Circle(40, 40, 24, fillColor=TEAL, strokeColor=None))
-    logo.add(
-        String(
-            40, 31, "A", fontName="Helvetica-Bold", fontSize=28, fillColor=colors.white, textAnchor="middle"
-        )
-    )
+    logo.add(String(40, 31, "A", fontName="Helvetica-Bold", fontSize=28, fillColor=colors.white, textAnchor="middle"))
     return logo
 
 
@@ -288,9 +282,7 @@ def report_financials(styles: StyleSheet1) -> list[Flowable]:
         ),
         Spacer(1, 0.15 * inch),
         table,
-        Paragraph(
-            "Table 1. Acme Robotics revenue by quarter, fiscal years 2025 and 2024.", styles["Caption"]
-        ),
+        Paragraph("Table 1. Acme Robotics revenue by quarter, fiscal years 2025 and 2024.", styles["Caption"]),
         Spacer(1, 0.25 * inch),
         Paragraph("Margin commentary", styles["Heading2"]),
         Paragraph(
@@ -595,17 +587,9 @@ def manual_diagram(styles: StyleSheet1) -> list[Flowable]:
 def make_pump_manual(path: Path) -> None:
     styles = pdf_styles()
     styles["Cover"].fontSize, styles["Cover"].leading = 26, 32
-    story = (
-        manual_overview(styles)
-        + [PageBreak()]
-        + manual_procedure(styles)
-        + [PageBreak()]
-        + manual_diagram(styles)
-    )
+    story = manual_overview(styles) + [PageBreak()] + manual_procedure(styles) + [PageBreak()] + manual_diagram(styles)
     title = "HP-400 Hydraulic Pump Maintenance Manual"
-    build_pdf(
-        path, story, title, "Hydra-Flow GmbH", "Hydra-Flow HP-400 \u2014 Maintenance Manual MM-HP400 Rev. C"
-    )
+    build_pdf(path, story, title, "Hydra-Flow GmbH", "Hydra-Flow HP-400 \u2014 Maintenance Manual MM-HP400 Rev. C")
 
 
 # --------------------------------------------------------------------------- scanned invoice
@@ -645,9 +629,7 @@ def draw_invoice_header(draw: ImageDraw.ImageDraw) -> None:
         draw.text((880, 170 + 26 * i), line, font=small, fill=INK)
     draw.line((110, 300, 1165, 300), fill=INK, width=3)
     draw.text((110, 325), "BILL TO", font=vera_font(18, bold=True), fill=INK)
-    for i, line in enumerate(
-        ["Acme Robotics Inc. - Accounts Payable", "400 Liberty Avenue", "Pittsburgh, PA 15222"]
-    ):
+    for i, line in enumerate(["Acme Robotics Inc. - Accounts Payable", "400 Liberty Avenue", "Pittsburgh, PA 15222"]):
         draw.text((110, 355 + 26 * i), line, font=small, fill=INK)
 
 
@@ -830,9 +812,7 @@ def write_queries(path: Path) -> None:
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--inbox", type=Path, default=ROOT / "data" / "inbox", help="Output folder for documents."
-    )
+    parser.add_argument("--inbox", type=Path, default=ROOT / "data" / "inbox", help="Output folder for documents.")
     parser.add_argument(
         "--eval-file",
         type=Path,

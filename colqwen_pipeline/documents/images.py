@@ -28,8 +28,11 @@ def set_bomb_limit(max_page_pixels: int) -> None:
     warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
 
-def decode_pages(path: Path, max_page_pixels: int, max_pages: int) -> Iterator[tuple[Image.Image, float]]:
-    """Yield (RGB page, dpi) per page: every TIFF frame, the first frame of anything else."""
+def decode_pages(
+    path: Path, max_page_pixels: int, max_pages: int, page_limit: int | None = None
+) -> Iterator[tuple[Image.Image, float]]:
+    """Yield (RGB page, dpi) per page: every TIFF frame (the first ``page_limit`` if given), the first
+    frame of anything else."""
     set_bomb_limit(max_page_pixels)
     try:
         with Image.open(path) as im:
@@ -37,6 +40,7 @@ def decode_pages(path: Path, max_page_pixels: int, max_pages: int) -> Iterator[t
             if n > max_pages:
                 cap = f"over the cap of {max_pages} (COLQWEN_MAX_PAGES)"
                 raise RenderFailure("pages", f"image has {n} pages, {cap}")
+            n = min(n, page_limit or n)
             frames = ImageSequence.Iterator(im) if n > 1 else [im]
             for page, frame in zip(range(1, n + 1), frames, strict=False):
                 w, h = frame.size  # known from the header: nothing decoded yet

@@ -36,7 +36,10 @@ Log = Callable[[str], None]
 MIN_SCALE = 0.2  # below this fraction of the requested DPI a page is refused, not shrunk
 MIN_PAGES_PER_WORKER = 4  # a worker costs ~0.1 s to start: only split documents worth it
 PROGRESS_EVERY = 10
-FALLBACK_CODES = {"open", "nopages"}  # failures the other renderer may not share
+# Failures the other renderer may not share. "password": a PDF encrypted with an empty *owner*
+# password opens in poppler without one, in pdfium only with the user password (2 of 13 such files
+# in the corpus check, see docs/rasterization.md).
+FALLBACK_CODES = {"open", "nopages", "password"}
 
 
 @dataclass
@@ -48,15 +51,26 @@ class _Job:
     out: Path
     deadline: float
     log: Log
+    page_limit: int | None = None
 
 
 def rasterize_document(
-    path: Path, out_dir: Path, settings: Settings, dpi: int | None = None, log: Log | None = None
+    path: Path,
+    out_dir: Path,
+    settings: Settings,
+    dpi: int | None = None,
+    log: Log | None = None,
+    *,
+    page_limit: int | None = None,
 ) -> Manifest:
     """Render ``path`` to ``out_dir``/page-NNNN.png + manifest.json; raise DocumentError on failure.
 
     ``out_dir`` is replaced only when the whole document rendered; on failure it is left as it was.
+    ``page_limit`` renders only the first N pages (previews, corpus checks); the DPI policy and the
+    page-count cap still look at the whole document.
     """
+    if page_limit is not None and page_limit < 1:
+        raise ValueError(f"page_limit must be at least 1, not {page_limit}")
     path = Path(path).resolve()
     out_dir = Path(out_dir).resolve()
     _check_file(path, settings)
@@ -64,7 +78,7 @@ def rasterize_document(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     deadline = time.monotonic() + settings.render_timeout_s
-    job = _Job(path.name, settings, tmp, deadline, log or (lambda _: None))
+    job = _Job(path.name, settings, tmp, deadline, log or (lambda _: None), page_limit)
     try:
         records = _render(kind, path, job, dpi)
         manifest = Manifest(str(path), _file_sha256(path), kind, records)
@@ -107,6 +121,7 @@ def _render_image(path: Path, job: _Job) -> list[PageRecord]:
         "out_dir": str(job.out),
         "max_page_pixels": job.settings.max_page_pixels,
         "max_pages": job.settings.max_pages,
+        "page_limit": job.page_limit,
     }
     lines: list[dict[str, Any]] = []
     run_workers([spec], job.settings.render_memory_mb, job.deadline, lines.append)
@@ -126,6 +141,9 @@ def _render_pdf(path: Path, job: _Job, dpi: int | None, prefix: str) -> list[Pag
             failures.append(e)
             _clear_pages(job.out)
             job.log(f"{job.name}: {renderer} could not render it ({e}); trying the next renderer")
+    for failure in failures:  # the clearest cause wins over "cannot render PDF: a; b"
+        if failure.code == "password":
+            raise failure
     if all(f.code == "nopages" for f in failures):
         raise failures[0]
     tried = "; ".join(f"{r}: {f}" for r, f in zip(order, failures, strict=True))
@@ -141,7 +159,7 @@ def _render_pdf_with(renderer: str, path: Path, job: _Job, dpi: int | None, pref
         job.deadline,
         lambda line: sizes.extend(line["sizes"]),
     )
-    jobs = _plan_pages(sizes, dpi, job.settings)
+    jobs = _plan_pages(sizes, dpi, job.settings, job.page_limit)
     n_workers = max(1, min(os.cpu_count() or 1, len(jobs) // MIN_PAGES_PER_WORKER))
     if len(jobs) >= PROGRESS_EVERY:
         job.log(f"{job.name}: rendering {len(jobs)} pages with {renderer} in {n_workers} worker(s)")
@@ -160,14 +178,17 @@ def _render_pdf_with(renderer: str, path: Path, job: _Job, dpi: int | None, pref
     return [PageRecord(renderer=prefix + renderer, **line) for line in lines]
 
 
-def _plan_pages(sizes: list[list[float]], dpi: int | None, settings: Settings) -> list[tuple[int, float]]:
-    """(page, dpi) per page: the DPI policy, shrunk per page to fit the pixel cap."""
+def _plan_pages(
+    sizes: list[list[float]], dpi: int | None, settings: Settings, page_limit: int | None = None
+) -> list[tuple[int, float]]:
+    """(page, dpi) per page to render: the DPI policy, shrunk per page to fit the pixel cap."""
     if len(sizes) > settings.max_pages:
         raise WorkerError(
             "pages", f"PDF has {len(sizes)} pages, over the cap of {settings.max_pages} (COLQWEN_MAX_PAGES)"
         )
     base = dpi or (settings.dpi if len(sizes) < settings.long_document_pages else settings.long_document_dpi)
-    return [(i, _page_dpi(i, w, h, base, settings.max_page_pixels)) for i, (w, h) in enumerate(sizes, 1)]
+    pages = enumerate(sizes[:page_limit], 1)
+    return [(i, _page_dpi(i, w, h, base, settings.max_page_pixels)) for i, (w, h) in pages]
 
 
 def _page_dpi(page: int, w_pt: float, h_pt: float, dpi: float, cap: int) -> float:

@@ -35,15 +35,20 @@ def sniff(path: Path) -> Kind:
         return "pdf"
     if head.startswith(IMAGE_MAGICS) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
         return "image"
-    if head.startswith(OLE_MAGIC) or (head.startswith(b"PK\x03\x04") and _is_office_zip(path)):
+    if head.startswith(OLE_MAGIC):
+        return "office"
+    if head.startswith(b"PK\x03\x04"):
+        _check_office_zip(path)
         return "office"
     raise DocumentError(f"{path.name}: not a supported document: file starts with {head[:16]!r}")
 
 
-def _is_office_zip(path: Path) -> bool:
+def _check_office_zip(path: Path) -> None:
+    """A zip is an office document only with OOXML/ODF members; say which way it falls short."""
     try:
         with zipfile.ZipFile(path) as z:
             names = set(z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
-    return any(m in names for m in OFFICE_ZIP_MEMBERS)
+    except (zipfile.BadZipFile, OSError) as e:  # typically a truncated upload or copy
+        raise DocumentError(f"{path.name}: corrupt zip archive (a damaged DOCX/XLSX/PPTX?): {e}") from None
+    if not any(m in names for m in OFFICE_ZIP_MEMBERS):
+        raise DocumentError(f"{path.name}: not a supported document: a zip archive without office document parts")

@@ -34,7 +34,7 @@ def run(job: dict[str, Any]) -> None:
     elif job["op"] == "image":
         from colqwen_pipeline.documents.images import decode_pages
 
-        pages = decode_pages(path, job["max_page_pixels"], job["max_pages"])
+        pages = decode_pages(path, job["max_page_pixels"], job["max_pages"], job.get("page_limit"))
         for i, (img, dpi) in enumerate(pages, 1):
             _emit(save_page(img, Path(job["out_dir"]), i, dpi))
     else:

@@ -163,8 +163,9 @@ def _difference(reference: list[np.ndarray], other: list[np.ndarray]) -> dict[st
 
 def _embed_fp32(embedder: Embedder, images: list[Image.Image], batches: list[list[int]]) -> list[np.ndarray]:
     """Float32 vectors (no fp16 rounding hiding small differences) for explicit batches."""
-    return embedder._run(batches, lambda idx: embedder.processor.process_images([images[i] for i in idx]), None,
-                         np.float32)
+    return embedder._run(
+        batches, lambda idx: embedder.processor.process_images([images[i] for i in idx]), None, np.float32
+    )
 
 
 def _batchings(embedder: Embedder, images: list[Image.Image], size: int) -> dict[str, list[list[int]]]:
@@ -192,8 +193,9 @@ def measure_batch_invariance(
     queries = ["revenue by quarter", "pump", "what does figure three show about the wiring of the valve", "total due"]
     report: dict[str, Any] = {"pages": len(images), "batch_size": batch_size}
     for precision in precisions:
-        model, processor, identity = load_model(ModelSpec(str(model_dir), device="cpu", precision=precision),
-                                                Path(tempfile.gettempdir()))
+        model, processor, identity = load_model(
+            ModelSpec(str(model_dir), device="cpu", precision=precision), Path(tempfile.gettempdir())
+        )
         embedder = Embedder(model, processor, identity, batch_size=1)
         runs = {name: _embed_fp32(embedder, images, b) for name, b in _batchings(embedder, images, batch_size).items()}
         queries_one = embedder.embed_queries(queries)

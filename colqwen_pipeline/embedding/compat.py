@@ -31,7 +31,5 @@ def ensure_torchvision() -> None:
 
     _library = torch.library.Library("torchvision", "DEF")
     _library.define("nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-    _library.define(
-        "qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor"
-    )
+    _library.define("qnms(Tensor qdets, Tensor scores, float iou_threshold) -> Tensor")
     importlib.import_module("torchvision")

@@ -135,8 +135,9 @@ class Embedder:
         self.stats.queries += len(queries)
         return vectors
 
-    def _run(self, batches: list[list[int]], prepare: Callable[[list[int]], Any], progress: Progress | None,
-             dtype: type) -> list[np.ndarray]:
+    def _run(
+        self, batches: list[list[int]], prepare: Callable[[list[int]], Any], progress: Progress | None, dtype: type
+    ) -> list[np.ndarray]:
         results: dict[int, np.ndarray] = {}
         total, started = sum(len(b) for b in batches), time.perf_counter()
         queue = list(batches)

@@ -153,8 +153,9 @@ def build_tiny_model(directory: Path, seed: int = 0) -> Path:
     return build_random_model(directory, tiny_config, seed=seed)
 
 
-def build_random_model(directory: Path, geometry=tiny_config, seed: int = 0, dtype: str = "fp32",
-                       device: str = "cpu") -> Path:
+def build_random_model(
+    directory: Path, geometry=tiny_config, seed: int = 0, dtype: str = "fp32", device: str = "cpu"
+) -> Path:
     """A random-weight ColQwen2.5 of the given geometry, saved like the published one.
 
     ``full_random_config`` in bf16 on a GPU is how throughput is measured without the weights

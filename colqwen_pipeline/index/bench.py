@@ -88,8 +88,9 @@ def _page_number(hit: Any) -> int:
 
 def _layra_search(client: Any, index: MilvusIndex, query: np.ndarray) -> list[int]:
     """LAYRA: ANN per query token (limit 50), then one query per candidate page, then MaxSim."""
-    hits = client.search(index.collection, data=query.tolist(), limit=50, output_fields=["page_uid"],
-                         search_params={"metric_type": "IP"})
+    hits = client.search(
+        index.collection, data=query.tolist(), limit=50, output_fields=["page_uid"], search_params={"metric_type": "IP"}
+    )
     uids = sorted({h["entity"]["page_uid"] for per_token in hits for h in per_token})
     pages = []
     for uid in uids:
@@ -153,8 +154,11 @@ def bench_search(pages: int = 1000, queries: int = 50, layra_queries: int = 5, w
                 "hits_per_token": index.hits_per_token,
                 "centroids_per_page": index.centroids_per_page,
             },
-            "layra_baseline": {"p50_ms": _ms(layra_s, 50), "recall_at_5": round(float(np.mean(layra_recall)), 4),
-                               "queries": len(layra_s)},
+            "layra_baseline": {
+                "p50_ms": _ms(layra_s, 50),
+                "recall_at_5": round(float(np.mean(layra_recall)), 4),
+                "queries": len(layra_s),
+            },
             "brute_force": {"p50_ms": _ms(brute_s, 50), "queries": len(brute_s)},
         }
     finally:

@@ -66,6 +66,16 @@ class Hit:
     score: float
     image_path: str
 
+    def as_dict(self) -> dict[str, Any]:
+        """The result format of `search --json` and the HTTP /search."""
+        return {
+            "doc_id": self.doc_id,
+            "document": self.document,
+            "page": self.page,
+            "score": round(self.score, 4),
+            "image_path": self.image_path,
+        }
+
 
 @dataclass
 class StoredPage:
@@ -392,8 +402,14 @@ class MilvusIndex:
         self, client: Any, doc_id: str, uids: list[int], pages: Sequence[PageRows], generation: str
     ) -> int:
         rows = [
-            {"page_uid": uid, "doc_id": doc_id, "page": page.page, "page_sha256": page.sha256,
-             "generation": generation, "vector": vector}
+            {
+                "page_uid": uid,
+                "doc_id": doc_id,
+                "page": page.page,
+                "page_sha256": page.sha256,
+                "generation": generation,
+                "vector": vector,
+            }
             for uid, page in zip(uids, pages, strict=True)
             for vector in np.asarray(page.vectors, dtype=np.float32)
         ]
@@ -551,8 +567,19 @@ class MilvusIndex:
         never a silently wrong score. Of two generations of one page, only the newest is kept."""
         if not uids:
             return {}
-        fields = ["page_uid", "row", "n_rows", "n_tokens", "tokens", "doc_id", "document", "page", "page_sha256",
-                  "generation", "image"]
+        fields = [
+            "page_uid",
+            "row",
+            "n_rows",
+            "n_tokens",
+            "tokens",
+            "doc_id",
+            "document",
+            "page",
+            "page_sha256",
+            "generation",
+            "image",
+        ]
         first = self._collection_centroids(client)
         rows = self._get(client, self.pages, [uid << ROW_BITS | r for uid in uids for r in range(first)], fields)
         by_page: dict[int, list[dict]] = {}
@@ -594,8 +621,16 @@ def _stored_page(uid: int, rows: list[dict], dim: int) -> StoredPage:
     vectors = unpack_tokens([r["tokens"] for r in rows if r["tokens"]], dim)
     if len(vectors) != head["n_tokens"]:
         raise IndexError_(f"{head['doc_id']} page {head['page']}: {len(vectors)} of {head['n_tokens']} tokens found")
-    return StoredPage(uid, head["doc_id"], head["document"], int(head["page"]), head["page_sha256"],
-                      head["generation"], head["image"], vectors)
+    return StoredPage(
+        uid,
+        head["doc_id"],
+        head["document"],
+        int(head["page"]),
+        head["page_sha256"],
+        head["generation"],
+        head["image"],
+        vectors,
+    )
 
 
 def _exact_top_k(query: np.ndarray, pages: list[StoredPage], top_k: int) -> list[Hit]:

@@ -45,11 +45,20 @@ class NativeMaxSimIndex(MilvusIndex):
         schema.add_field("n_tokens", DataType.INT32)
         token = client.create_struct_field_schema()
         token.add_field("vec", DataType.FLOAT_VECTOR, dim=dim)
-        schema.add_field("tokens", DataType.ARRAY, element_type=DataType.STRUCT, struct_schema=token,
-                         max_capacity=MAX_TOKENS_PER_PAGE)
+        schema.add_field(
+            "tokens",
+            DataType.ARRAY,
+            element_type=DataType.STRUCT,
+            struct_schema=token,
+            max_capacity=MAX_TOKENS_PER_PAGE,
+        )
         index = client.prepare_index_params()
-        index.add_index(field_name="tokens[vec]", index_type="HNSW", metric_type="MAX_SIM_IP",
-                        params={"M": 16, "efConstruction": 200})
+        index.add_index(
+            field_name="tokens[vec]",
+            index_type="HNSW",
+            metric_type="MAX_SIM_IP",
+            params={"M": 16, "efConstruction": 200},
+        )
         index.add_index(field_name="doc_id", index_type="INVERTED")
         return schema, index
 
@@ -106,7 +115,10 @@ class NativeMaxSimIndex(MilvusIndex):
             return {r["doc_id"] for r in self._iterate(client, self.collection, "id >= 0", ["doc_id"])}
 
     def search(
-        self, queries: Sequence[np.ndarray], top_k: int = 5, doc_ids: Sequence[str] | None = None,
+        self,
+        queries: Sequence[np.ndarray],
+        top_k: int = 5,
+        doc_ids: Sequence[str] | None = None,
         candidates: int | None = None,
     ) -> list[list[Hit]]:
         from pymilvus import EmbeddingList
@@ -125,8 +137,16 @@ class NativeMaxSimIndex(MilvusIndex):
                 search_params={"metric_type": "MAX_SIM_IP"},
             )
         return [
-            [Hit(h["entity"]["doc_id"], h["entity"]["document"], int(h["entity"]["page"]), float(h["distance"]),
-                 h["entity"]["image"]) for h in hits]
+            [
+                Hit(
+                    h["entity"]["doc_id"],
+                    h["entity"]["document"],
+                    int(h["entity"]["page"]),
+                    float(h["distance"]),
+                    h["entity"]["image"],
+                )
+                for h in hits
+            ]
             for hits in results
         ]
 

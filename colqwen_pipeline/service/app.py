@@ -128,17 +128,7 @@ def _add_model_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> 
 
         vectors = holder.embed_queries([request.query]).vectors[0]
         hits = make_index(holder.settings).search([vectors], top_k=request.top_k, doc_ids=request.doc_ids)[0]
-        results = [
-            {
-                "doc_id": h.doc_id,
-                "document": h.document,
-                "page": h.page,
-                "score": round(h.score, 4),
-                "image_path": h.image_path,
-            }
-            for h in hits
-        ]
-        return {"query": request.query, "results": results}
+        return {"query": request.query, "results": [hit.as_dict() for hit in hits]}
 
 
 def _embeddings(embedded: Embedded, encoding: Encoding, holder: ModelHolder) -> dict[str, Any]:

@@ -1,0 +1,53 @@
+"""scripts/corpus_check.py on a small folder of good and bad PDFs, run as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from colqwen_pipeline_tests.conftest import REPO
+from colqwen_pipeline_tests.test_documents import encrypted_pdf, make_pdf, xobject_bomb
+
+SCRIPT = REPO / "scripts" / "corpus_check.py"
+
+
+def make_corpus(tmp_path: Path) -> Path:
+    folder = tmp_path / "corpus"
+    (folder / "nested").mkdir(parents=True)
+    xobject_bomb(folder / "a_slow.pdf", depth=30, fan=2)  # renders "forever": only a time limit stops it
+    (folder / "bad.pdf").write_bytes(b"%PDF-1.7\nnot really a PDF")
+    make_pdf(folder / "nested" / "good.pdf", pages=5)
+    encrypted_pdf(tmp_path, "s3cret").rename(folder / "secret.pdf")
+    (folder / "notes.txt").write_text("not a PDF: skipped")
+    return folder
+
+
+def corpus_check(folder: Path, *options: str) -> tuple[int, dict]:
+    cmd = [sys.executable, str(SCRIPT), str(folder), "--json", "--pages", "2", *options]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    return done.returncode, json.loads(done.stdout)
+
+
+def test_every_pdf_is_rendered_or_fails_with_a_grouped_clear_cause(tmp_path: Path) -> None:
+    code, summary = corpus_check(make_corpus(tmp_path), "--timeout", "1.5")
+
+    assert code == 0
+    assert (summary["files"], summary["rendered"], summary["rendered_pages"]) == (4, 1, 2)
+    assert (summary["failed_clear"], summary["failed_unclear"], summary["crashed"], summary["hung"]) == (3, 0, 0, 0)
+    causes = summary["causes"]
+    assert causes["renderer exceeded N.N s"] == 1  # numbers are masked so that alike causes group
+    assert causes["encrypted PDF: no password configured (set COLQWEN_PDF_PASSWORD)"] == 1
+    assert any(c.startswith("cannot render PDF: pypdfium2:") for c in causes)
+    # bad.pdf and secret.pdf: pdfium refuses, pdftoppm is tried and refuses too
+    assert summary["fallback"] == {"first_renderer_refused": 2, "rescued_by_fallback": 0}
+
+
+def test_a_file_past_the_watchdog_counts_as_hung_and_the_rest_still_run(tmp_path: Path) -> None:
+    # The watchdog fires before the renderer's own limit: that is what a real hang looks like from outside.
+    code, summary = corpus_check(make_corpus(tmp_path), "--timeout", "30", "--grace", "-28")
+
+    assert code == 1
+    assert summary["hung"] == 1 and summary["problems"][0]["file"].endswith("a_slow.pdf")
+    assert (summary["rendered"], summary["failed_clear"]) == (1, 2)
