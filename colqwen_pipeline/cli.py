@@ -173,22 +173,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def quiet_libraries() -> None:
-    """Keep the terminal for our progress lines: libraries log a lot at INFO."""
+    """Keep the terminal for our progress lines: libraries log a lot at INFO and draw progress bars."""
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     os.environ.setdefault("GLOG_minloglevel", "2")
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
-    for noisy in ("pymilvus", "grpc", "milvus_lite", "alembic", "httpx", "urllib3", "transformers", "filelock"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-    logging.getLogger("grpc._server").setLevel(logging.CRITICAL)  # Milvus Lite lacks AllocTimestamp
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_libraries()
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("colqwen_pipeline").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args)
     except PipelineError as error:  # a user-facing cause: one line, no traceback

@@ -101,6 +101,14 @@ _lite_users: dict[str, int] = {}
 _lite_guard = threading.Lock()
 
 
+def _quiet_pymilvus() -> None:
+    """pymilvus configures its own loggers at import (INFO, with handlers) and logs a traceback for
+    every RPC error, including the ones this module expects and handles (a missing alias); Milvus
+    Lite's in-process server logs Lite's missing AllocTimestamp. This module raises what matters."""
+    for name in ("pymilvus", "pymilvus.milvus_client", "grpc._server"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def _release_lite(path: str) -> None:
     with _lite_guard:
         _lite_users[path] -= 1
@@ -188,6 +196,7 @@ class MilvusIndex:
     def _open(self) -> Any:
         from pymilvus import MilvusClient
 
+        _quiet_pymilvus()
         if self.is_lite:
             path = Path(self.uri).resolve()
             path.parent.mkdir(parents=True, exist_ok=True)
