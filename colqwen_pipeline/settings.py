@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     index_strategy: Literal["centroids", "native"] = Field(
         "centroids", description="centroids: portable (Lite/server); native: MAX_SIM struct arrays, Milvus >= 2.6.4."
     )
-    index_centroids_per_page: int = Field(16, ge=1, le=255, description="k-means centroids per page (first stage).")
+    index_centroids_per_page: int = Field(8, ge=1, le=255, description="k-means centroids per page (first stage).")
     index_hits_per_token: int = Field(64, ge=1, le=16384, description="First-stage ANN hits per query token.")
     index_candidates: int = Field(32, ge=1, description="Pages scored by exact MaxSim per query.")
     index_page_index_type: str = Field("auto", description="Centroid index: auto (FLAT on Lite, HNSW on servers).")

@@ -127,7 +127,7 @@ class MilvusIndex:
         collection: str = "colqwen_pages",
         token: str = "",
         *,
-        centroids_per_page: int = 16,
+        centroids_per_page: int = 8,
         hits_per_token: int = 64,
         candidates: int = 32,
         page_index_type: str = "auto",
