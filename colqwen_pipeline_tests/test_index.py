@@ -12,7 +12,7 @@ import pytest
 
 from colqwen_pipeline.index.bench import TOKENS, bench_search, synthetic_pages, synthetic_queries
 from colqwen_pipeline.index.maxsim import maxsim_uniform, pack_tokens, unpack_tokens
-from colqwen_pipeline.index.milvus import IndexError_, MilvusIndex, PageRows
+from colqwen_pipeline.index.milvus import IndexRefused, MilvusIndex, PageRows
 
 DIM = 128
 
@@ -94,11 +94,11 @@ def test_crash_between_writing_and_deleting_converges_on_rerun(index: MilvusInde
 
 def test_wrong_dimension_or_model_is_refused(index: MilvusIndex):
     index.replace_document("doc-a", "a.pdf", unit_pages(1, 1), "model-x", DIM)
-    with pytest.raises(IndexError_, match="dim 128.*refusing to add model-x \\(dim 64\\)"):
+    with pytest.raises(IndexRefused, match="dim 128.*refusing to add model-x \\(dim 64\\)"):
         index.replace_document("doc-b", "b.pdf", unit_pages(2, 1, dim=64), "model-x", 64)
-    with pytest.raises(IndexError_, match="refusing to add model-y"):
+    with pytest.raises(IndexRefused, match="refusing to add model-y"):
         index.replace_document("doc-b", "b.pdf", unit_pages(2, 1), "model-y", DIM)
-    with pytest.raises(IndexError_, match="expected \\(n, 128\\)"):
+    with pytest.raises(IndexRefused, match="expected \\(n, 128\\)"):
         index.replace_document("doc-b", "b.pdf", unit_pages(2, 1, dim=64), "model-x", DIM)
     assert index.document_ids() == {"doc-a"}
 
@@ -114,7 +114,7 @@ def test_collection_of_another_schema_is_refused_not_dropped(tmp_path: Path):
 
     server_manager_instance.release_server(str(Path(uri).resolve()))
     index = MilvusIndex(uri, "legacy")
-    with pytest.raises(IndexError_, match="not created by this version"):
+    with pytest.raises(IndexRefused, match="not created by this version"):
         index.replace_document("doc-a", "a.pdf", unit_pages(1, 1), "model-x", DIM)
     with index.client() as client:
         assert client.has_collection("legacy")
@@ -167,7 +167,7 @@ def test_native_strategy_refuses_milvus_lite_with_a_clear_error(tmp_path: Path):
     from colqwen_pipeline.index.native import NativeMaxSimIndex
 
     native = NativeMaxSimIndex(str(tmp_path / "milvus.db"), "native")
-    with pytest.raises(IndexError_, match="needs a Milvus server >= 2.6.4"):
+    with pytest.raises(IndexRefused, match="needs a Milvus server >= 2.6.4"):
         native.replace_document("doc-a", "a.pdf", unit_pages(1, 1), "model-x", DIM)
     # The schema itself is plain pymilvus objects: build it without a server.
     schema, index_params = native.build_schema(MilvusClient, DIM)

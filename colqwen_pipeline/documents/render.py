@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from colqwen_pipeline.atomic import replace_dir
 from colqwen_pipeline.documents.guard import WorkerError, run_workers
 from colqwen_pipeline.documents.manifest import DocumentError, Manifest, PageRecord
 from colqwen_pipeline.documents.office import convert_to_pdf
 from colqwen_pipeline.documents.pdf import RENDERERS
 from colqwen_pipeline.documents.sniff import sniff
-from colqwen_pipeline.documents.swap import replace_dir
 from colqwen_pipeline.settings import Settings
 
 Log = Callable[[str], None]

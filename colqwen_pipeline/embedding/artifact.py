@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from colqwen_pipeline.atomic import replace_dir
+
 
 @dataclass(frozen=True)
 class EmbeddingArtifact:
@@ -64,20 +66,8 @@ def write_artifact(
         np.save(tmp / "vectors.npy", stacked.astype(np.float16))
         meta = {"fingerprint": fingerprint, "dim": dim, "random_weights": random_weights, "pages": records}
         (tmp / "pages.json").write_text(json.dumps(meta, indent=1))
-        replace_directory(tmp, directory)
+        replace_dir(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return EmbeddingArtifact.read(directory)
-
-
-def replace_directory(new: Path, target: Path) -> None:
-    """Swap ``new`` into place of ``target``; the old one is removed only after the swap."""
-    if target.exists():
-        old = target.with_name(f".{target.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        target.rename(old)
-        new.rename(target)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        new.rename(target)

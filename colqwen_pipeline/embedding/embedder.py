@@ -75,25 +75,14 @@ def group_batches(keys: Sequence[int], size: int, mix_sizes: bool = False) -> li
     return batches
 
 
-class Embedder:
-    """A loaded model + processor. Holds no per-document state except ``stats``."""
+class IdentifiedModel:
+    """What the pipeline reads of any embedder, local or remote: its model identity."""
 
-    def __init__(self, model: Any, processor: Any, identity: ModelIdentity, batch_size: int = 4):
-        self.model = model
-        self.processor = processor
-        self.identity = identity
-        self.batch_size = batch_size
-        self.mix_sizes = False  # COLQWEN_EMBED_MIX_PAGE_SIZES: pad instead (vectors then depend on batch-mates)
-        self.oom_cap: int | None = None  # largest batch known to fit, learnt from out-of-memory errors
-        self.stats = EmbedStats()
+    identity: ModelIdentity
 
     @property
     def info(self) -> dict[str, Any]:
         return self.identity.as_dict()
-
-    @property
-    def effective_batch_size(self) -> int:
-        return min(self.batch_size, self.oom_cap or self.batch_size)
 
     @property
     def fingerprint(self) -> str:
@@ -106,6 +95,23 @@ class Embedder:
     @property
     def device(self) -> str:
         return self.identity.device
+
+
+class Embedder(IdentifiedModel):
+    """A loaded model + processor. Holds no per-document state except ``stats``."""
+
+    def __init__(self, model: Any, processor: Any, identity: ModelIdentity, batch_size: int = 4):
+        self.model = model
+        self.processor = processor
+        self.identity = identity
+        self.batch_size = batch_size
+        self.mix_sizes = False  # COLQWEN_EMBED_MIX_PAGE_SIZES: pad instead (vectors then depend on batch-mates)
+        self.oom_cap: int | None = None  # largest batch known to fit, learnt from out-of-memory errors
+        self.stats = EmbedStats()
+
+    @property
+    def effective_batch_size(self) -> int:
+        return min(self.batch_size, self.oom_cap or self.batch_size)
 
     def visual_tokens(self, page: PageImage) -> int:
         n_x, n_y = self.processor.get_n_patches(page_size(page), spatial_merge_size=self.model.spatial_merge_size)

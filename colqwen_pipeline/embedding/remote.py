@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from colqwen_pipeline.embedding.embedder import EmbedStats, PageImage, Progress
+from colqwen_pipeline.embedding.embedder import EmbedStats, IdentifiedModel, PageImage, Progress
 from colqwen_pipeline.embedding.loading import ModelIdentity
 from colqwen_pipeline.errors import PipelineError
 from colqwen_pipeline.settings import Settings
@@ -68,7 +68,7 @@ def identity_from(served: dict[str, Any], url: str) -> ModelIdentity:
     return ModelIdentity(**{name: served[name] for name in names} | {"device": f"{served['device']} via {url}"})
 
 
-class RemoteEmbedder:
+class RemoteEmbedder(IdentifiedModel):
     """Embeds through a model server; ``info`` and ``fingerprint`` are the server's model's."""
 
     def __init__(self, url: str, timeout_s: float = 600.0, wait_s: float = 300.0, batch_size: int = 4):
@@ -86,18 +86,6 @@ class RemoteEmbedder:
     @property
     def info(self) -> dict[str, Any]:
         return self.identity.as_dict() | {"server": self.url}
-
-    @property
-    def fingerprint(self) -> str:
-        return self.identity.fingerprint
-
-    @property
-    def dim(self) -> int:
-        return self.identity.dim
-
-    @property
-    def device(self) -> str:
-        return self.identity.device
 
     @property
     def effective_batch_size(self) -> int:

@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from colqwen_pipeline.errors import PipelineError
 from colqwen_pipeline.index.maxsim import maxsim, pack_tokens, page_centroids, unpack_tokens
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ ROW_BITS = 8  # pages-collection key = page_uid << ROW_BITS | row
 MAX_QUERY_VECTORS = 1024  # query tokens per first-stage call
 
 
-class IndexError_(Exception):
+class IndexRefused(PipelineError):
     """Refused write or unreachable index; one clear line."""
 
 
@@ -213,7 +214,7 @@ class MilvusIndex:
                 if not locked or time.monotonic() > deadline:
                     if self.is_lite:
                         _release_lite(str(Path(self.uri).resolve()))
-                    raise IndexError_(f"cannot open Milvus at {self.uri}: {str(error).splitlines()[0]}") from error
+                    raise IndexRefused(f"cannot open Milvus at {self.uri}: {str(error).splitlines()[0]}") from error
                 time.sleep(0.25)
 
     # -- schema ----------------------------------------------------------------------------------
@@ -297,7 +298,7 @@ class MilvusIndex:
     def _point_aliases(self, client: Any, alias: MilvusIndex) -> None:
         for physical, name in ((self.pages, alias.pages), (self.collection, alias.collection)):
             if name in client.list_collections():
-                raise IndexError_(f"{name!r} is a collection, not an alias: set COLQWEN_COLLECTION to a new name")
+                raise IndexRefused(f"{name!r} is a collection, not an alias: set COLQWEN_COLLECTION to a new name")
             try:
                 current = client.describe_alias(name).get("collection_name")
             except Exception:  # noqa: BLE001 - pymilvus raises when the alias does not exist
@@ -327,13 +328,13 @@ class MilvusIndex:
             self._create(client, fingerprint, dim)
             return
         if info["schema"] != SCHEMA_VERSION or not client.has_collection(self.pages):
-            raise IndexError_(
+            raise IndexRefused(
                 f"collection {self.collection!r} was not created by this version of colqwen-pipeline "
                 f"(schema {info['schema']}, expected {SCHEMA_VERSION}): "
                 "set COLQWEN_COLLECTION to a new name and reindex"
             )
         if info["dim"] != dim or info["fingerprint"] != fingerprint:
-            raise IndexError_(
+            raise IndexRefused(
                 f"collection {self.collection!r} holds embeddings of {info['fingerprint']} (dim {info['dim']}); "
                 f"refusing to add {fingerprint} (dim {dim}): run reindex_job (it rebuilds into a new collection "
                 "and switches over when complete) or set COLQWEN_COLLECTION to a new name"
@@ -344,10 +345,8 @@ class MilvusIndex:
         self, doc_id: str, document: str, pages: Sequence[PageRows], fingerprint: str, dim: int
     ) -> int:
         """Write the document's new generation, then delete every older one. Returns token rows written."""
-        for page in pages:
-            if page.vectors.ndim != 2 or page.vectors.shape[1] != dim:
-                raise IndexError_(_shape_error(doc_id, page, dim))
-        generation = f"{time.time_ns():020d}-{secrets.token_hex(8)}"  # sorts by time: newest wins in search
+        check_shapes(doc_id, pages, dim)
+        generation = new_generation()
         with self.client() as client:
             self._ensure(client, fingerprint, dim)
             self._load(client, self.pages)
@@ -384,7 +383,7 @@ class MilvusIndex:
         chunks = pack_tokens(page.vectors)
         n_rows = max(len(centroids), len(chunks))
         if n_rows >= 1 << ROW_BITS:
-            raise IndexError_(f"{doc_id} page {page.page}: {len(page.vectors)} tokens is more than a page can hold")
+            raise IndexRefused(f"{doc_id} page {page.page}: {len(page.vectors)} tokens is more than a page can hold")
         base = {
             "page_uid": uid,
             "n_rows": n_rows,
@@ -618,6 +617,17 @@ class MilvusIndex:
         return next(f["params"]["dim"] for f in description["fields"] if f["name"] == "vector")
 
 
+def new_generation() -> str:
+    """Sorts by time, so of two generations of a page the newest wins in search."""
+    return f"{time.time_ns():020d}-{secrets.token_hex(8)}"
+
+
+def check_shapes(doc_id: str, pages: Sequence[PageRows], dim: int) -> None:
+    for page in pages:
+        if page.vectors.ndim != 2 or page.vectors.shape[1] != dim:
+            raise IndexRefused(_shape_error(doc_id, page, dim))
+
+
 def _shape_error(doc_id: str, page: PageRows, dim: int) -> str:
     return f"{doc_id} page {page.page}: vectors of shape {page.vectors.shape}, expected (n, {dim})"
 
@@ -626,10 +636,10 @@ def _stored_page(uid: int, rows: list[dict], dim: int) -> StoredPage:
     rows.sort(key=lambda r: r["row"])
     head = rows[0]
     if len(rows) != head["n_rows"]:
-        raise IndexError_(f"{head['doc_id']} page {head['page']}: {len(rows)} of {head['n_rows']} index rows found")
+        raise IndexRefused(f"{head['doc_id']} page {head['page']}: {len(rows)} of {head['n_rows']} index rows found")
     vectors = unpack_tokens([r["tokens"] for r in rows if r["tokens"]], dim)
     if len(vectors) != head["n_tokens"]:
-        raise IndexError_(f"{head['doc_id']} page {head['page']}: {len(vectors)} of {head['n_tokens']} tokens found")
+        raise IndexRefused(f"{head['doc_id']} page {head['page']}: {len(vectors)} of {head['n_tokens']} tokens found")
     return StoredPage(
         uid,
         head["doc_id"],

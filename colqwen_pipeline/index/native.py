@@ -9,14 +9,12 @@ protocol: insert the new generation, then delete older ones.
 from __future__ import annotations
 
 import json
-import secrets
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from colqwen_pipeline.index.milvus import Hit, IndexError_, MilvusIndex, PageRows, _shape_error
+from colqwen_pipeline.index.milvus import Hit, IndexRefused, MilvusIndex, PageRows, check_shapes, new_generation
 
 MAX_TOKENS_PER_PAGE = 2048  # struct-array capacity: pages above it are refused, not truncated
 
@@ -24,7 +22,7 @@ MAX_TOKENS_PER_PAGE = 2048  # struct-array capacity: pages above it are refused,
 class NativeMaxSimIndex(MilvusIndex):
     def _open(self) -> Any:
         if self.is_lite:
-            raise IndexError_(
+            raise IndexRefused(
                 f"COLQWEN_INDEX_STRATEGY=native needs a Milvus server >= 2.6.4 (array-of-structs + MAX_SIM); "
                 f"{self.uri} is a Milvus Lite file: use the default strategy 'centroids' or set COLQWEN_MILVUS_URI"
             )
@@ -71,7 +69,7 @@ class NativeMaxSimIndex(MilvusIndex):
             return
         info = self.collection_info(client) or {}
         if info.get("dim") != dim or info.get("fingerprint") != fingerprint:
-            raise IndexError_(
+            raise IndexRefused(
                 f"collection {self.collection!r} holds embeddings of {info.get('fingerprint')} "
                 f"(dim {info.get('dim')}); "
                 f"refusing to add {fingerprint} (dim {dim}): set COLQWEN_COLLECTION to a new collection or reindex"
@@ -80,12 +78,11 @@ class NativeMaxSimIndex(MilvusIndex):
     def replace_document(
         self, doc_id: str, document: str, pages: Sequence[PageRows], fingerprint: str, dim: int
     ) -> int:
+        check_shapes(doc_id, pages, dim)
         for page in pages:
-            if page.vectors.ndim != 2 or page.vectors.shape[1] != dim:
-                raise IndexError_(_shape_error(doc_id, page, dim))
             if len(page.vectors) > MAX_TOKENS_PER_PAGE:
-                raise IndexError_(f"{doc_id} page {page.page}: {len(page.vectors)} tokens > {MAX_TOKENS_PER_PAGE}")
-        generation = f"{time.time_ns():020d}-{secrets.token_hex(8)}"
+                raise IndexRefused(f"{doc_id} page {page.page}: {len(page.vectors)} tokens > {MAX_TOKENS_PER_PAGE}")
+        generation = new_generation()
         rows = [native_row(doc_id, document, page, generation) for page in pages]
         with self.client() as client:
             self._ensure(client, fingerprint, dim)
