@@ -384,17 +384,7 @@ class MilvusIndex:
         n_rows = max(len(centroids), len(chunks))
         if n_rows >= 1 << ROW_BITS:
             raise IndexRefused(f"{doc_id} page {page.page}: {len(page.vectors)} tokens is more than a page can hold")
-        base = {
-            "page_uid": uid,
-            "n_rows": n_rows,
-            "n_tokens": len(page.vectors),
-            "doc_id": doc_id,
-            "document": document,
-            "page": page.page,
-            "page_sha256": page.sha256,
-            "generation": generation,
-            "image": page.image,
-        }
+        base = {"page_uid": uid, "n_rows": n_rows} | page_fields(doc_id, document, page, generation)
         return [
             base
             | {
@@ -615,6 +605,19 @@ class MilvusIndex:
             return info["dim"]
         description = client.describe_collection(self.pages)
         return next(f["params"]["dim"] for f in description["fields"] if f["name"] == "vector")
+
+
+def page_fields(doc_id: str, document: str, page: PageRows, generation: str) -> dict[str, Any]:
+    """The per-page columns that every index strategy stores beside the vectors."""
+    return {
+        "doc_id": doc_id,
+        "document": document,
+        "page": page.page,
+        "page_sha256": page.sha256,
+        "generation": generation,
+        "image": page.image,
+        "n_tokens": len(page.vectors),
+    }
 
 
 def new_generation() -> str:

@@ -14,7 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from colqwen_pipeline.index.milvus import Hit, IndexRefused, MilvusIndex, PageRows, check_shapes, new_generation
+from colqwen_pipeline.index.milvus import (
+    Hit,
+    IndexRefused,
+    MilvusIndex,
+    PageRows,
+    check_shapes,
+    new_generation,
+    page_fields,
+)
 
 MAX_TOKENS_PER_PAGE = 2048  # struct-array capacity: pages above it are refused, not truncated
 
@@ -149,13 +157,5 @@ class NativeMaxSimIndex(MilvusIndex):
 
 
 def native_row(doc_id: str, document: str, page: PageRows, generation: str) -> dict:
-    return {
-        "doc_id": doc_id,
-        "document": document,
-        "page": page.page,
-        "page_sha256": page.sha256,
-        "generation": generation,
-        "image": page.image,
-        "n_tokens": len(page.vectors),
-        "tokens": [{"vec": v} for v in np.asarray(page.vectors, dtype=np.float32)],
-    }
+    tokens = [{"vec": v} for v in np.asarray(page.vectors, dtype=np.float32)]
+    return page_fields(doc_id, document, page, generation) | {"tokens": tokens}
