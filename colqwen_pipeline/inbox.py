@@ -9,6 +9,12 @@ from pathlib import Path
 IGNORED_PREFIXES = (".", "~$")  # hidden files, editor/office lock files
 
 
+def file_sha256(path: Path) -> str:
+    """Content hash of a source file: what the sensor, the manifest and raw_documents record."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
 def document_key(relative_path: str) -> str:
     """Stable, readable and safe: a slug of the path plus a short hash of it.
 

@@ -7,12 +7,11 @@ previous tick, or untouched for ``settle_s`` seconds), so a file still being wri
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from colqwen_pipeline.inbox import inbox_files
+from colqwen_pipeline.inbox import file_sha256, inbox_files
 
 
 @dataclass
@@ -25,14 +24,6 @@ class InboxChanges:
     @property
     def to_ingest(self) -> dict[str, str]:
         return self.new | self.changed
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def scan_inbox(

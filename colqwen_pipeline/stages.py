@@ -5,7 +5,6 @@ raw document -> page images (pages/<key>/) -> embeddings (embeddings/<key>/) -> 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 from collections.abc import Callable
@@ -13,7 +12,7 @@ from typing import Any
 
 from colqwen_pipeline.documents.manifest import Manifest
 from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
-from colqwen_pipeline.inbox import find_document
+from colqwen_pipeline.inbox import file_sha256, find_document
 from colqwen_pipeline.index.milvus import Hit, MilvusIndex, PageRows
 from colqwen_pipeline.settings import Settings
 
@@ -31,15 +30,11 @@ def make_index(settings: Settings) -> MilvusIndex:
 
 def describe_source(settings: Settings, key: str) -> dict[str, Any]:
     path = find_document(settings.inbox, key)
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
     return {
         "path": str(path.resolve()),
         "relative_path": path.relative_to(settings.inbox).as_posix(),
         "bytes": path.stat().st_size,
-        "sha256": digest.hexdigest(),
+        "sha256": file_sha256(path),
     }
 
 

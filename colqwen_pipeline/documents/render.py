@@ -13,7 +13,6 @@ Policy (see also the module docs of pdf.py and images.py):
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import shutil
@@ -30,6 +29,7 @@ from colqwen_pipeline.documents.manifest import DocumentError, Manifest, PageRec
 from colqwen_pipeline.documents.office import convert_to_pdf
 from colqwen_pipeline.documents.pdf import RENDERERS
 from colqwen_pipeline.documents.sniff import sniff
+from colqwen_pipeline.inbox import file_sha256
 from colqwen_pipeline.settings import Settings
 
 Log = Callable[[str], None]
@@ -81,7 +81,7 @@ def rasterize_document(
     job = _Job(path.name, settings, tmp, deadline, log or (lambda _: None), page_limit)
     try:
         records = _render(kind, path, job, dpi)
-        manifest = Manifest(str(path), _file_sha256(path), kind, records)
+        manifest = Manifest(str(path), file_sha256(path), kind, records)
         manifest.write(tmp)
         replace_dir(tmp, out_dir)
         return manifest
@@ -210,11 +210,6 @@ def _page_dpi(page: int, w_pt: float, h_pt: float, dpi: float, cap: int) -> floa
 def _clear_pages(out: Path) -> None:
     for png in out.glob("page-*.png"):
         png.unlink()
-
-
-def _file_sha256(path: Path) -> str:
-    with path.open("rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _message(e: WorkerError, settings: Settings) -> str:
