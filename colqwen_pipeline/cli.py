@@ -29,7 +29,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     print(
-        f"done: {summary.documents} documents, {summary.pages} pages, {summary.rows} rows in Milvus, "
+        f"done: {summary.documents} documents, {summary.pages} pages, {summary.tokens} token vectors in Milvus, "
         f"{summary.removed} removed, {len(summary.failed)} failed, {summary.seconds} s"
     )
     for key, reason in summary.failed.items():
@@ -118,7 +118,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         from colqwen_pipeline.index.bench import bench_search
 
-        result = bench_search(pages=args.pages or 1000)
+        result = bench_search(pages=args.pages or 1000, queries=args.queries, layra_queries=args.layra_queries)
     print(json.dumps(result, indent=None if args.json else 1))
     return 0
 
@@ -158,6 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--model", choices=["tiny", "full-random"], default="tiny", help="embed only")
     bench.add_argument("--precision", choices=["auto", "bf16", "fp32", "4bit", "8bit"], default="auto")
     bench.add_argument("--batch-size", type=int, default=4)
+    bench.add_argument("--queries", type=int, default=50, help="search only: queries timed")
+    bench.add_argument(
+        "--layra-queries", type=int, help="search only: LAYRA-style baseline queries (default 5; 0 above 2,000 pages)"
+    )
     bench.add_argument("--json", action="store_true", help="one line of JSON")
     bench.set_defaults(func=cmd_bench)
 

@@ -24,7 +24,7 @@ class DocumentOutcome:
     document: str
     error: str = ""
     pages: int = 0
-    rows: int = 0
+    tokens: int = 0
     metrics: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -41,14 +41,14 @@ def index_document(
     try:
         manifest = stages.rasterize_stage(settings, key, log=say)
         _, metrics = stages.embed_stage(settings, key, log=say)
-        rows = stages.index_stage(settings, key, index)
+        tokens = stages.index_stage(settings, key, index)
     except DocumentError as error:
         return DocumentOutcome(key, document, error=str(error))
     except Exception as error:  # noqa: BLE001 - one document must not take down the others
         log.exception("indexing %s failed", document)
         return DocumentOutcome(key, document, error=f"{document}: {type(error).__name__}: {error}".splitlines()[0])
     metrics["seconds_total"] = round(time.perf_counter() - started, 3)
-    return DocumentOutcome(key, document, pages=len(manifest.pages), rows=rows, metrics=metrics)
+    return DocumentOutcome(key, document, pages=len(manifest.pages), tokens=tokens, metrics=metrics)
 
 
 def reindex_all(settings: Settings, say: Callable[[str], None] = log.info) -> Iterator[DocumentOutcome]:

@@ -27,7 +27,7 @@ PARTITIONS = "documents"
 class IngestSummary:
     documents: int = 0
     pages: int = 0
-    rows: int = 0
+    tokens: int = 0  # token vectors indexed
     removed: int = 0
     seconds: float = 0.0
     failed: dict[str, str] = field(default_factory=dict)  # partition key -> one-line reason
@@ -94,11 +94,11 @@ def ingest(
         )
         if result.success:
             pages = _metadata(result, "page_images", "pages")
-            rows = _metadata(result, "milvus_collection", "rows_written")
+            tokens = _metadata(result, "milvus_collection", "tokens_indexed")
             summary.documents += 1
             summary.pages += pages
-            summary.rows += rows
-            echo(f"    ok: {pages} pages, {rows} rows")
+            summary.tokens += tokens
+            echo(f"    ok: {pages} pages, {tokens} token vectors")
         else:
             summary.failed[key] = _failure(result) or "failed (see the run in the Dagster UI)"
             echo(f"    FAILED: {summary.failed[key]}")

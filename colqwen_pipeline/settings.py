@@ -51,8 +51,10 @@ class Settings(BaseSettings):
     index_centroids_per_page: int = Field(8, ge=1, le=255, description="k-means centroids per page (first stage).")
     index_hits_per_token: int = Field(64, ge=1, le=16384, description="First-stage ANN hits per query token.")
     index_candidates: int = Field(32, ge=1, description="Pages scored by exact MaxSim per query.")
-    index_page_index_type: str = Field("auto", description="Centroid index: auto (FLAT on Lite, HNSW on servers).")
-    index_token_index_type: str = Field("FLAT", description="Token-row vector index (not searched by centroids).")
+    index_type: Literal["HNSW", "FLAT"] = Field("HNSW", description="Vector index of the centroids (first stage).")
+    index_partitions: int = Field(
+        16, ge=1, le=1024, description="Partition-key buckets of the pages collection on a server (Lite: always 16)."
+    )
 
     # Cache
     redis_url: str = Field("", description="redis://[:password@]host:port/db; empty = no cache.")

@@ -58,7 +58,7 @@ def embed_stage(settings: Settings, key: str, log: Log = log.info) -> tuple[Embe
 
 
 def index_stage(settings: Settings, key: str, index: MilvusIndex | None = None) -> int:
-    """Replace the document's rows in Milvus with its current embeddings; returns rows written."""
+    """Replace the document's rows in Milvus with its current embeddings; returns token vectors indexed."""
     artifact = EmbeddingArtifact.read(settings.embeddings_dir / key)
     document = find_document(settings.inbox, key).relative_to(settings.inbox).as_posix()
     pages = [

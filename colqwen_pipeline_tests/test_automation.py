@@ -119,9 +119,9 @@ def test_reindex_indexes_good_documents_and_fails_the_broken_one_alone(state, in
 
     assert not result.success
     index = stages.make_index(state)
-    assert index.count_rows(document_key("pump_maintenance_manual.pdf")) > 0
-    assert index.count_rows(document_key("scanned_invoice.jpg")) > 0
-    assert index.count_rows(document_key("broken.pdf")) == 0
+    assert index.count_tokens(document_key("pump_maintenance_manual.pdf")) > 0
+    assert index.count_tokens(document_key("scanned_invoice.jpg")) > 0
+    assert index.count_tokens(document_key("broken.pdf")) == 0
     materialized = {e.event_specific_data.materialization.partition for e in result.get_asset_materialization_events()}
     assert materialized == {document_key("pump_maintenance_manual.pdf"), document_key("scanned_invoice.jpg")}
     assert service.loads_so_far() - loads_before <= 1  # one model load for the whole run
@@ -138,7 +138,7 @@ def test_remove_job_deletes_rows_and_artifacts(state, instance):
     result = remove_documents_job.execute_in_process(run_config=config, instance=instance)
 
     assert result.success
-    assert stages.make_index(state).count_rows(key) == 0
+    assert stages.make_index(state).count_tokens(key) == 0
     assert not (state.embeddings_dir / key).exists() and not (state.pages_dir / key).exists()
 
 
@@ -161,13 +161,13 @@ def test_model_change_rebuilds_into_a_new_collection_and_switches_when_complete(
     add_sample(state, "scanned_invoice.jpg")
     ingest(state, instance=instance, echo=lambda _: None)
     index = stages.make_index(state)
-    old_fingerprint, old_rows = index.live_fingerprint(), index.count_rows()
+    old_fingerprint, old_rows = index.live_fingerprint(), index.count_tokens()
     monkeypatch.setenv("COLQWEN_MODEL", str(build_tiny_model(tmp_path / "other-model", seed=1)))
     settings = Settings()
 
     rebuild = reindex_all(settings, say=lambda _: None)
     next(rebuild)  # one document rebuilt, one to go: search still serves the complete old index
-    assert index.live_fingerprint() == old_fingerprint and index.count_rows() == old_rows
+    assert index.live_fingerprint() == old_fingerprint and index.count_tokens() == old_rows
     assert len(stages.search("pump", top_k=5, settings=state)) == 4
     outcomes = [*rebuild]
 

@@ -89,7 +89,7 @@ def test_broken_embeddings_block_the_index(eval_state, instance, monkeypatch):
     assert "expected 64" in check.description
     materialized = {e.asset_key.to_user_string() for e in result.get_asset_materialization_events()}
     assert "milvus_collection" not in materialized
-    assert stages.make_index(eval_state).count_rows(key) == 0
+    assert stages.make_index(eval_state).count_tokens(key) == 0
 
 
 def test_slow_embedding_warns_without_failing_the_run(eval_state, instance, monkeypatch):

@@ -38,4 +38,4 @@ def test_two_ingests_and_a_search_at_once_share_the_lite_file(state):
     index = stages.make_index(state)
     for path in (first, second):
         key = document_key(path.name)
-        assert index.count_rows(key) == EmbeddingArtifact.read(state.embeddings_dir / key).total_tokens
+        assert index.count_tokens(key) == EmbeddingArtifact.read(state.embeddings_dir / key).total_tokens

@@ -64,10 +64,10 @@ def test_broken_files_fail_alone_and_good_ones_are_fully_indexed(state, instance
         assert broken[name] in message, message
         assert f"    FAILED: {message}" in echoed
         assert not (state.pages_dir / key).exists()
-        assert index.count_rows(key) == 0
+        assert index.count_tokens(key) == 0
     assert summary.documents == len(GOOD)
     for name in GOOD:
         key = document_key(name)
         tokens = EmbeddingArtifact.read(state.embeddings_dir / key).total_tokens
-        assert tokens > 0 and index.count_rows(key) == tokens
-    assert index.count_rows() == summary.rows
+        assert tokens > 0 and index.count_tokens(key) == tokens
+    assert index.count_tokens() == summary.tokens

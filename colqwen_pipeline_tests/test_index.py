@@ -60,7 +60,7 @@ def test_reingest_leaves_one_copy_of_rows(index: MilvusIndex):
     pages = unit_pages(1, 3)
     assert index.replace_document("doc-a", "a.pdf", pages, "model-x", DIM) == 120
     index.replace_document("doc-a", "a.pdf", pages, "model-x", DIM)
-    assert index.count_rows("doc-a") == 120
+    assert index.count_tokens("doc-a") == 120
     assert [r["page"] for r in index.page_rows("doc-a")] == [1, 2, 3]
     assert index.token_counts_by_document() == {"doc-a": 120}
 
@@ -69,8 +69,8 @@ def test_delete_document_removes_its_rows_and_only_its_rows(index: MilvusIndex):
     index.replace_document("doc-a", "a.pdf", unit_pages(1, 2), "model-x", DIM)
     index.replace_document("doc-b", "b.pdf", unit_pages(2, 1), "model-x", DIM)
     index.delete_document("doc-a")
-    assert index.count_rows("doc-a") == 0 and index.page_rows("doc-a") == []
-    assert index.document_ids() == {"doc-b"} and index.count_rows() == 40
+    assert index.count_tokens("doc-a") == 0 and index.page_rows("doc-a") == []
+    assert index.document_ids() == {"doc-b"} and index.count_tokens() == 40
 
 
 def test_crash_between_writing_and_deleting_converges_on_rerun(index: MilvusIndex, monkeypatch: pytest.MonkeyPatch):
@@ -83,13 +83,13 @@ def test_crash_between_writing_and_deleting_converges_on_rerun(index: MilvusInde
     monkeypatch.setattr(MilvusIndex, "_delete_generations", crash)
     with pytest.raises(RuntimeError):
         index.replace_document("doc-a", "a.pdf", new, "model-x", DIM)
-    assert index.count_rows("doc-a") == 160  # both generations are on disk
+    assert index.count_tokens("doc-a") == 160  # both generations are on disk
     hits = index.search([new[0].vectors[:8]], top_k=4)[0]
     assert sorted(h.page for h in hits) == [1, 2]  # but search shows each page once, newest generation
     assert hits[0].page == 1 and hits[0].score == pytest.approx(8.0, abs=1e-3)
     monkeypatch.undo()
     index.replace_document("doc-a", "a.pdf", new, "model-x", DIM)
-    assert index.count_rows("doc-a") == 80 and len({r["generation"] for r in index.page_rows("doc-a")}) == 1
+    assert index.count_tokens("doc-a") == 80 and len({r["generation"] for r in index.page_rows("doc-a")}) == 1
 
 
 def test_wrong_dimension_or_model_is_refused(index: MilvusIndex):
@@ -120,9 +120,30 @@ def test_collection_of_another_schema_is_refused_not_dropped(tmp_path: Path):
         assert client.has_collection("legacy")
 
 
+def test_pages_are_partitioned_by_document_and_centroids_are_not(index: MilvusIndex):
+    """Partitions keep each of Lite's segment merges far below Arrow's 2 GB string limit (one
+    partition overflowed at ~7,500 pages); the searched centroids stay in one partition (fast)."""
+    index.replace_document("doc-a", "a.pdf", unit_pages(1, 2), "model-x", DIM)
+    physical = index.rebuild_target("model-x")
+    with index.client() as client:
+        doc_id = next(f for f in client.describe_collection(physical.pages)["fields"] if f["name"] == "doc_id")
+        assert doc_id["is_partition_key"]
+        assert len([p for p in client.list_partitions(physical.pages) if p.startswith("_pk_")]) == 16
+        assert client.list_partitions(physical.collection) == ["_default"]
+
+
+def test_a_page_with_missing_chunks_raises_instead_of_scoring_wrong(index: MilvusIndex):
+    pages = unit_pages(1, 1, tokens=500)  # 3 chunks
+    index.replace_document("doc-a", "a.pdf", pages, "model-x", DIM)
+    with index.client() as client:
+        client.delete(index.pages, filter="chunk == 1")
+    with pytest.raises(IndexRefused, match="doc-a page 1: 2 of 3 chunks found"):
+        index.search([pages[0].vectors[:4]])
+
+
 def test_candidates_beyond_16384_token_rows_are_scored_exactly(bench_index):
     index, tokens, queries = bench_index
-    assert index.count_rows() == 40 * TOKENS > 16_384
+    assert index.count_tokens() == 40 * TOKENS > 16_384
     hits = index.search(queries[:2], top_k=40, candidates=40)
     for query, ranked in zip(queries[:2], hits, strict=True):
         exact = maxsim_uniform(query, tokens, TOKENS)
@@ -155,7 +176,7 @@ def test_lite_file_is_released_after_each_operation(index: MilvusIndex):
     index.replace_document("doc-a", "a.pdf", unit_pages(1, 1), "model-x", DIM)
     code = (
         "import sys; from colqwen_pipeline.index.milvus import MilvusIndex;"
-        f"print(MilvusIndex({index.uri!r}, {index.collection!r}, lock_wait_s=0).count_rows())"
+        f"print(MilvusIndex({index.uri!r}, {index.collection!r}, lock_wait_s=0).count_tokens())"
     )
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert other.stdout.strip() == "40", other.stderr[-500:]

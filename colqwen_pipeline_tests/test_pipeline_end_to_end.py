@@ -27,7 +27,7 @@ def test_ingest_indexes_every_token_and_search_finds_the_document(state, instanc
     assert summary.failed == {}
     assert (summary.documents, summary.pages) == (1, 3)
     artifact = EmbeddingArtifact.read(state.embeddings_dir / key)
-    assert stages.make_index(state).count_rows(key) == artifact.total_tokens == summary.rows
+    assert stages.make_index(state).count_tokens(key) == artifact.total_tokens == summary.tokens
     hits = stages.search("replace the filter cartridge", top_k=3, settings=state)
     assert [h.doc_id for h in hits] == [key] * 3
     assert sorted(h.page for h in hits) == [1, 2, 3]
@@ -38,12 +38,12 @@ def test_ingest_indexes_every_token_and_search_finds_the_document(state, instanc
 def test_reingest_leaves_one_copy_of_rows(state, instance):
     add_sample(state, "acme_annual_report_2025.pdf")
     first = ingest(state, instance=instance, echo=lambda _: None)
-    rows_after_first = stages.make_index(state).count_rows()
+    rows_after_first = stages.make_index(state).count_tokens()
 
     second = ingest(state, instance=instance, echo=lambda _: None)
 
-    assert first.rows == second.rows == rows_after_first
-    assert stages.make_index(state).count_rows() == rows_after_first
+    assert first.tokens == second.tokens == rows_after_first
+    assert stages.make_index(state).count_tokens() == rows_after_first
 
 
 def test_ingest_prunes_documents_removed_from_inbox(state, instance):
@@ -56,7 +56,7 @@ def test_ingest_prunes_documents_removed_from_inbox(state, instance):
 
     removed_key = document_key("scanned_invoice.jpg")
     assert summary.removed == 1
-    assert stages.make_index(state).count_rows(removed_key) == 0
+    assert stages.make_index(state).count_tokens(removed_key) == 0
     assert not (state.pages_dir / removed_key).exists()
     assert instance.get_dynamic_partitions("documents") == [document_key(kept.name)]
 
@@ -70,4 +70,4 @@ def test_broken_document_fails_alone(state, instance):
     assert summary.documents == 1
     assert list(summary.failed) == [document_key("broken.pdf")]
     assert "broken.pdf" in summary.failed[document_key("broken.pdf")]
-    assert stages.make_index(state).count_rows(document_key("broken.pdf")) == 0
+    assert stages.make_index(state).count_tokens(document_key("broken.pdf")) == 0

@@ -91,10 +91,10 @@ def milvus_collection(context: dg.AssetExecutionContext, milvus: MilvusResource)
     """The document's token vectors in Milvus, replacing any earlier copy (exactly one remains)."""
     settings = milvus.settings()
     started = time.perf_counter()
-    rows = stages.index_stage(settings, context.partition_key)
+    tokens = stages.index_stage(settings, context.partition_key)
     return dg.MaterializeResult(
         metadata={
-            "rows_written": rows,
+            "tokens_indexed": tokens,
             "collection": settings.collection,
             "uri": settings.resolved_milvus_uri,
             "seconds": round(time.perf_counter() - started, 3),

@@ -47,7 +47,7 @@ def reindex_documents(context: dg.OpExecutionContext, model: ColQwenModel):
             failed.append(outcome.error)
             continue
         for asset in ("page_images", "page_embeddings", "milvus_collection"):
-            metadata = {"pages": outcome.pages, "rows": outcome.rows} | _plain(outcome.metrics)
+            metadata = {"pages": outcome.pages, "tokens": outcome.tokens} | _plain(outcome.metrics)
             yield dg.AssetMaterialization(asset, partition=outcome.key, metadata=metadata)
     if failed:
         raise dg.Failure(description=f"{len(failed)} document(s) failed; the others are indexed: " + "; ".join(failed))

@@ -104,7 +104,7 @@ def check_throughput(metrics: Mapping[str, Any], floors: Mapping[str, float]) ->
 def check_consistency(
     artifact_tokens: Mapping[str, int], index_rows: Mapping[str, int], inbox_doc_ids: set[str]
 ) -> CheckOutcome:
-    """Rows per document in Milvus equal the tokens in its embeddings artifact; no rows for a
+    """Token vectors per document in Milvus equal the tokens of its embeddings artifact; none for a
     document gone from the inbox. ``artifact_tokens`` covers the inbox documents that have one."""
     table = []
     for doc_id in sorted(set(artifact_tokens) | {d for d, n in index_rows.items() if n}):

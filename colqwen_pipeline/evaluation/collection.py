@@ -80,13 +80,11 @@ def consistency(settings: Settings, index: MilvusIndex | None = None) -> CheckOu
     inbox = set(inbox_files(settings.inbox))
     artifact_tokens = {d: a.total_tokens for d, a in load_artifacts(settings.embeddings_dir, inbox).items()}
     with index.session():  # one connection for every count
-        rows = rows_by_document(index, set(artifact_tokens))
-    return check_consistency(artifact_tokens, rows, inbox)
+        indexed = tokens_by_document(index, set(artifact_tokens))
+    return check_consistency(artifact_tokens, indexed, inbox)
 
 
-def rows_by_document(index: MilvusIndex, expected: set[str]) -> dict[str, int]:
-    """Milvus token rows per document id: every document the index knows plus ``expected``."""
-    counts = dict(index.token_counts_by_document())
-    for doc_id in expected - counts.keys():
-        counts[doc_id] = index.count_rows(doc_id)
-    return counts
+def tokens_by_document(index: MilvusIndex, expected: set[str]) -> dict[str, int]:
+    """Token vectors in Milvus per document id: every document the index knows plus ``expected``."""
+    counts = index.token_counts_by_document()
+    return {doc_id: counts.get(doc_id, 0) for doc_id in counts.keys() | expected}

@@ -1,19 +1,21 @@
 """The Milvus index: two collections with a portable schema (Milvus Lite, standalone and cluster
 accept it unchanged, chosen by URI).
 
-``<name>``        one row per token vector (the canonical multi-vector store: counts, checks,
-                  token-level ANN for other strategies);
-``<name>_pages``  per page, ``centroids_per_page`` rows whose vectors are spherical k-means
-                  centroids of its tokens (the cheap, scalable first stage) and whose ``tokens``
-                  VARCHAR carries the page's fp16 token vectors in a few base64 chunks (the exact
-                  stage reads a page in a handful of rows instead of 780).
+``<name>``        the search collection: per page, ``centroids_per_page`` rows whose vectors are
+                  spherical k-means centroids of its tokens (HNSW). Small rows, no partitions:
+                  the first stage stays one fast ANN call at any size.
+``<name>_pages``  the pages: per page a few rows carrying its metadata and its fp16 token vectors
+                  packed in base64 chunks (the exact stage reads a page in a handful of rows),
+                  spread over ``partitions`` by a partition key on ``doc_id``, so no segment
+                  merge ever handles gigabytes of strings (Milvus Lite's compaction fails past
+                  2 GB of strings in one merge: ~7,500 pages in a single partition).
 
 Search: all query tokens of all queries go to one ANN call over the centroids; pages are ranked
 by the approximate MaxSim those hits give; the best ``candidates`` pages are fetched by primary
-key (the key encodes page and row, so no filter scan and no 16384-row query cap) and scored by
-exact MaxSim. Writes are idempotent per document: a new generation is written (pages rows first,
-then token rows), then older generations are deleted (token rows first); a crash anywhere
-followed by a re-run converges to exactly one copy, and search hides an older generation.
+key (the key encodes page and chunk, so no filter scan and no 16384-row query cap) and scored by
+exact MaxSim. Writes are idempotent per document: a new generation is written (pages rows
+first, then centroid rows), then older generations are deleted (centroid rows first); a crash
+anywhere followed by a re-run converges to exactly one copy, and search hides an older generation.
 """
 
 from __future__ import annotations
@@ -34,14 +36,22 @@ from typing import Any
 import numpy as np
 
 from colqwen_pipeline.errors import PipelineError
-from colqwen_pipeline.index.maxsim import maxsim, pack_tokens, page_centroids, unpack_tokens
+from colqwen_pipeline.index.maxsim import (
+    VARCHAR_LIMIT,
+    maxsim,
+    pack_tokens,
+    page_centroids,
+    tokens_per_chunk,
+    unpack_tokens,
+)
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "2"
+SCHEMA_VERSION = "3"
 MAX_REQUEST_ROWS = 16_384  # a Milvus server's default cap on query/get/search result rows
 INSERT_BYTES = 16 << 20  # payload per insert call: few round trips, far below gRPC's limits
-ROW_BITS = 8  # pages-collection key = page_uid << ROW_BITS | row
+ROW_BITS = 8  # key = page_uid << ROW_BITS | row (a centroid, or a chunk of the page's tokens)
+FIRST_FETCH_CHUNKS = 8  # chunks fetched per candidate before knowing n_chunks (1,528 tokens at dim 128)
 MAX_QUERY_VECTORS = 1024  # query tokens per first-stage call
 
 
@@ -131,8 +141,8 @@ class MilvusIndex:
         centroids_per_page: int = 8,
         hits_per_token: int = 64,
         candidates: int = 32,
-        page_index_type: str = "auto",
-        token_index_type: str = "FLAT",
+        index_type: str = "HNSW",
+        partitions: int = 16,
         lock_wait_s: float = 120.0,
         aliased: bool = True,
     ):
@@ -144,8 +154,8 @@ class MilvusIndex:
         self.centroids_per_page = centroids_per_page
         self.hits_per_token = hits_per_token
         self.candidates = candidates
-        self.page_index_type = page_index_type
-        self.token_index_type = token_index_type
+        self.index_type = index_type
+        self.partitions = partitions
         self.lock_wait_s = lock_wait_s
         self._held: Any = None
 
@@ -158,8 +168,8 @@ class MilvusIndex:
             centroids_per_page=settings.index_centroids_per_page,
             hits_per_token=settings.index_hits_per_token,
             candidates=settings.index_candidates,
-            page_index_type=settings.index_page_index_type,
-            token_index_type=settings.index_token_index_type,
+            index_type=settings.index_type,
+            partitions=settings.index_partitions,
         )
 
     @property
@@ -220,10 +230,9 @@ class MilvusIndex:
     # -- schema ----------------------------------------------------------------------------------
     def _vector_index(self, client: Any, index_type: str) -> Any:
         index = client.prepare_index_params()
-        if index_type == "auto":
-            index_type = "FLAT" if self.is_lite else "HNSW"
         params = {"M": 16, "efConstruction": 200} if index_type == "HNSW" else {}
         index.add_index(field_name="vector", index_type=index_type, metric_type="IP", params=params)
+        index.add_index(field_name="doc_id", index_type="INVERTED")
         return index
 
     def _create(self, client: Any, fingerprint: str, dim: int) -> None:
@@ -243,34 +252,30 @@ class MilvusIndex:
         }
         if not client.has_collection(self.pages):
             schema = client.create_schema(auto_id=False)
-            schema.add_field("id", DataType.INT64, is_primary=True)  # page_uid << ROW_BITS | row
+            schema.add_field("id", DataType.INT64, is_primary=True)  # page_uid << ROW_BITS | chunk
             schema.add_field("page_uid", DataType.INT64)
-            schema.add_field("row", DataType.INT32)
-            schema.add_field("n_rows", DataType.INT32)
+            schema.add_field("chunk", DataType.INT32)
+            schema.add_field("n_chunks", DataType.INT32)
             schema.add_field("n_tokens", DataType.INT32)
-            schema.add_field("doc_id", DataType.VARCHAR, max_length=512)
+            schema.add_field("doc_id", DataType.VARCHAR, max_length=512, is_partition_key=True)
             schema.add_field("document", DataType.VARCHAR, max_length=1024)
             schema.add_field("page", DataType.INT32)
             schema.add_field("page_sha256", DataType.VARCHAR, max_length=64)
             schema.add_field("generation", DataType.VARCHAR, max_length=40)
             schema.add_field("image", DataType.VARCHAR, max_length=2048)
-            schema.add_field("tokens", DataType.VARCHAR, max_length=65_535)
+            schema.add_field("tokens", DataType.VARCHAR, max_length=VARCHAR_LIMIT)
+            # Every Milvus collection needs a vector field; this one (the chunk's mean direction)
+            # is never searched: the centroids collection is.
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
-            index = self._vector_index(client, self.page_index_type)
-            index.add_index(field_name="doc_id", index_type="INVERTED")
-            client.create_collection(self.pages, schema=schema, index_params=index)
+            index = self._vector_index(client, "FLAT")
+            client.create_collection(self.pages, schema=schema, index_params=index, num_partitions=self.partitions)
             client.alter_collection_properties(self.pages, properties)
-        schema = client.create_schema(auto_id=True)
-        schema.add_field("id", DataType.INT64, is_primary=True)
-        schema.add_field("page_uid", DataType.INT64)
+        schema = client.create_schema(auto_id=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)  # page_uid << ROW_BITS | centroid
         schema.add_field("doc_id", DataType.VARCHAR, max_length=512)
-        schema.add_field("page", DataType.INT32)
-        schema.add_field("page_sha256", DataType.VARCHAR, max_length=64)
         schema.add_field("generation", DataType.VARCHAR, max_length=40)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
-        index = self._vector_index(client, self.token_index_type)
-        for scalar in ("doc_id", "page_uid"):
-            index.add_index(field_name=scalar, index_type="INVERTED")
+        index = self._vector_index(client, self.index_type)
         client.create_collection(self.collection, schema=schema, index_params=index)
         client.alter_collection_properties(self.collection, properties)  # last: marks the pair complete
         log.info("created Milvus collections %s and %s (dim %d, %s)", self.collection, self.pages, dim, fingerprint)
@@ -318,7 +323,6 @@ class MilvusIndex:
             "schema": properties.get("colqwen.schema"),
             "fingerprint": properties.get("colqwen.fingerprint"),
             "dim": int(dim) if dim else None,
-            "centroids": int(properties.get("colqwen.centroids") or self.centroids_per_page),
         }
 
     def _ensure(self, client: Any, fingerprint: str, dim: int) -> None:
@@ -344,22 +348,22 @@ class MilvusIndex:
     def replace_document(
         self, doc_id: str, document: str, pages: Sequence[PageRows], fingerprint: str, dim: int
     ) -> int:
-        """Write the document's new generation, then delete every older one. Returns token rows written."""
+        """Write the document's new generation, then delete every older one. Returns tokens stored."""
         check_shapes(doc_id, pages, dim)
         generation = new_generation()
         with self.client() as client:
             self._ensure(client, fingerprint, dim)
-            self._load(client, self.pages)
+            self._load(client, self.pages, self.collection)
             uids = self._new_page_uids(client, len(pages))
-            page_rows = [
-                row
-                for uid, page in zip(uids, pages, strict=True)
-                for row in self._page_rows(uid, doc_id, document, page, generation, dim)
-            ]
+            page_rows, centroid_rows = [], []
+            for uid, page in zip(uids, pages, strict=True):
+                page_rows += self._page_rows(uid, doc_id, document, page, generation)
+                centroid_rows += self._centroid_rows(uid, doc_id, page, generation, dim)
+            # Pages first: a centroid row never points at a page that is not fully written.
             self._insert(client, self.pages, page_rows, bytes_per_row=lambda r: len(r["tokens"]) + 4 * dim + 512)
-            rows = self._insert_tokens(client, doc_id, uids, pages, generation)
+            self._insert(client, self.collection, centroid_rows, bytes_per_row=lambda r: 4 * dim + 128)
             self._delete_generations(client, doc_id, keep=generation)
-        return rows
+        return sum(len(page.vectors) for page in pages)
 
     def delete_document(self, doc_id: str) -> None:
         with self.client() as client:
@@ -376,43 +380,31 @@ class MilvusIndex:
         fresh = iter(self._new_page_uids(client, len(clashes)))
         return [next(fresh) if uid in clashes else uid for uid in uids]
 
-    def _page_rows(self, uid: int, doc_id: str, document: str, page: PageRows, generation: str, dim: int) -> list[dict]:
-        centroids = page_centroids(page.vectors, self.centroids_per_page)
-        if not len(centroids):
-            centroids = np.zeros((1, dim), dtype=np.float32)
-        chunks = pack_tokens(page.vectors)
-        n_rows = max(len(centroids), len(chunks))
-        if n_rows >= 1 << ROW_BITS:
+    def _page_rows(self, uid: int, doc_id: str, document: str, page: PageRows, generation: str) -> list[dict]:
+        chunks = pack_tokens(page.vectors) or [""]
+        if len(chunks) >= 1 << ROW_BITS:
             raise IndexRefused(f"{doc_id} page {page.page}: {len(page.vectors)} tokens is more than a page can hold")
-        base = {"page_uid": uid, "n_rows": n_rows} | page_fields(doc_id, document, page, generation)
+        step = tokens_per_chunk(page.vectors.shape[1])
+        base = {"page_uid": uid, "n_chunks": len(chunks)} | page_fields(doc_id, document, page, generation)
         return [
             base
             | {
-                "id": uid << ROW_BITS | row,
-                "row": row,
-                "tokens": chunks[row] if row < len(chunks) else "",
-                "vector": np.asarray(centroids[row % len(centroids)], dtype=np.float32),
+                "id": uid << ROW_BITS | chunk,
+                "chunk": chunk,
+                "tokens": text,
+                "vector": _mean_direction(page.vectors[chunk * step : (chunk + 1) * step], page.vectors.shape[1]),
             }
-            for row in range(n_rows)
+            for chunk, text in enumerate(chunks)
         ]
 
-    def _insert_tokens(
-        self, client: Any, doc_id: str, uids: list[int], pages: Sequence[PageRows], generation: str
-    ) -> int:
-        rows = [
-            {
-                "page_uid": uid,
-                "doc_id": doc_id,
-                "page": page.page,
-                "page_sha256": page.sha256,
-                "generation": generation,
-                "vector": vector,
-            }
-            for uid, page in zip(uids, pages, strict=True)
-            for vector in np.asarray(page.vectors, dtype=np.float32)
+    def _centroid_rows(self, uid: int, doc_id: str, page: PageRows, generation: str, dim: int) -> list[dict]:
+        centroids = page_centroids(page.vectors, self.centroids_per_page)
+        if not len(centroids):
+            centroids = np.zeros((1, dim), dtype=np.float32)
+        return [
+            {"id": uid << ROW_BITS | k, "doc_id": doc_id, "generation": generation, "vector": vector}
+            for k, vector in enumerate(np.asarray(centroids, dtype=np.float32))
         ]
-        self._insert(client, self.collection, rows, bytes_per_row=lambda r: 4 * len(r["vector"]) + 200)
-        return len(rows)
 
     def _insert(self, client: Any, name: str, rows: list[dict], bytes_per_row: Any) -> None:
         """Insert in as few calls as the payload allows (rows of many pages per call)."""
@@ -428,9 +420,10 @@ class MilvusIndex:
             client.insert(name, batch)
 
     def _delete_generations(self, client: Any, doc_id: str, keep: str | None) -> None:
-        """Token rows first, then pages rows: token rows never outlive their pages rows, so a
-        re-run always finds (through the small pages collection) what it still has to delete."""
-        self._load(client, self.pages)
+        """Centroid rows first, then pages rows: centroid rows never outlive their pages rows, so
+        search never meets half a page, and a re-run finds through the pages what it still has
+        to delete."""
+        self._load(client, self.pages, self.collection)
         stale = self._page_generations(client, doc_id) - {keep}
         if not stale:
             return
@@ -439,34 +432,38 @@ class MilvusIndex:
         client.delete(self.pages, filter=expression)
 
     def _page_generations(self, client: Any, doc_id: str) -> set[str]:
-        expression = f"doc_id == {json.dumps(doc_id)} and row == 0"
+        expression = f"doc_id == {json.dumps(doc_id)} and chunk == 0"
         rows = client.query(self.pages, filter=expression, output_fields=["generation"], limit=MAX_REQUEST_ROWS)
         if len(rows) == MAX_REQUEST_ROWS:  # a huge document: page through all of it
             rows = list(self._iterate(client, self.pages, expression, ["generation"]))
         return {row["generation"] for row in rows}
 
     # -- reads -----------------------------------------------------------------------------------
-    def count_rows(self, doc_id: str | None = None) -> int:
-        """Token rows stored (all documents, or one)."""
-        with self.client() as client:
-            if not client.has_collection(self.collection):
-                return 0
-            self._load(client, self.collection)
-            expression = f"doc_id == {json.dumps(doc_id)}" if doc_id else "id >= 0"
-            result = client.query(self.collection, filter=expression, output_fields=["count(*)"])
-            return int(result[0]["count(*)"])
+    def count_tokens(self, doc_id: str | None = None) -> int:
+        """Token vectors stored (all documents, or one), over every generation on disk."""
+        return sum(self._token_counts(doc_id).values())
 
     def token_counts_by_document(self) -> dict[str, int]:
-        """Token rows per document as stored in the token collection (for fidelity checks)."""
-        doc_ids = self.document_ids()
-        return {doc_id: self.count_rows(doc_id) for doc_id in sorted(doc_ids)}
+        """Token vectors stored per document (for consistency checks)."""
+        return dict(sorted(self._token_counts(None).items()))
+
+    def _token_counts(self, doc_id: str | None) -> dict[str, int]:
+        with self.client() as client:
+            if not client.has_collection(self.pages):
+                return {}
+            self._load(client, self.pages)
+            expression = "chunk == 0" + (f" and doc_id == {json.dumps(doc_id)}" if doc_id else "")
+            counts: dict[str, int] = {}
+            for row in self._iterate(client, self.pages, expression, ["doc_id", "n_tokens"]):
+                counts[row["doc_id"]] = counts.get(row["doc_id"], 0) + row["n_tokens"]
+            return counts
 
     def document_ids(self) -> set[str]:
         with self.client() as client:
             if not client.has_collection(self.pages):
                 return set()
             self._load(client, self.pages)
-            return {row["doc_id"] for row in self._iterate(client, self.pages, "row == 0", ["doc_id"])}
+            return {row["doc_id"] for row in self._iterate(client, self.pages, "chunk == 0", ["doc_id"])}
 
     def page_rows(self, doc_id: str) -> list[dict]:
         """One dict per stored page of the document: page, page_sha256, n_tokens, generation (sorted)."""
@@ -475,12 +472,12 @@ class MilvusIndex:
                 return []
             self._load(client, self.pages)
             fields = ["page", "page_sha256", "n_tokens", "generation"]
-            rows = self._iterate(client, self.pages, f"doc_id == {json.dumps(doc_id)} and row == 0", fields)
+            rows = self._iterate(client, self.pages, f"doc_id == {json.dumps(doc_id)} and chunk == 0", fields)
             return sorted(({k: row[k] for k in fields} for row in rows), key=lambda r: (r["page"], r["generation"]))
 
     def _load(self, client: Any, *names: str) -> None:
         """A reopened collection starts released; loading is idempotent. Load only what a call
-        needs: loading the token collection of a large Lite file costs seconds."""
+        needs: loading the pages of a large Lite file costs seconds."""
         for name in names:
             client.load_collection(name)
 
@@ -511,9 +508,9 @@ class MilvusIndex:
         All queries share one first-stage call and one fetch of candidate pages."""
         queries = [np.asarray(q, dtype=np.float32).reshape(len(q), -1) for q in queries]
         with self.client() as client:
-            if not client.has_collection(self.pages) or not queries:
+            if not client.has_collection(self.collection) or not queries:
                 return [[] for _ in queries]
-            self._load(client, self.pages)
+            self._load(client, self.collection, self.pages)
             wanted = max(candidates or self.candidates, top_k)
             ranked = self._first_stage(client, queries, doc_ids, wanted)
             stored = self._fetch_pages(client, sorted({uid for uids in ranked for uid in uids}))
@@ -530,7 +527,7 @@ class MilvusIndex:
             if not client.has_collection(self.pages):
                 return [[] for _ in queries]
             self._load(client, self.pages)
-            expression = "row == 0" + (f" and doc_id in {_quote(doc_ids)}" if doc_ids else "")
+            expression = "chunk == 0" + (f" and doc_id in {_quote(doc_ids)}" if doc_ids else "")
             uids = [row["page_uid"] for row in self._iterate(client, self.pages, expression, ["page_uid"])]
             stored = self._fetch_pages(client, uids)
         pages = list(stored.values())
@@ -546,11 +543,13 @@ class MilvusIndex:
         hits: list[list[dict]] = []
         for start in range(0, len(tokens), MAX_QUERY_VECTORS):
             hits += client.search(
-                self.pages,
+                self.collection,
                 data=tokens[start : start + MAX_QUERY_VECTORS].tolist(),
                 limit=limit,
                 filter=expression,
-                output_fields=["row"],  # the key already encodes the page; ask for the smallest field
+                # The key already encodes the page; Lite answers an empty field list with every
+                # field (vectors included), ~2x slower, so ask for one short one.
+                output_fields=["doc_id"],
                 search_params={"metric_type": "IP", "params": {"ef": max(limit, 64)}},
             )
         ranked, offset = [], 0
@@ -567,8 +566,8 @@ class MilvusIndex:
             return {}
         fields = [
             "page_uid",
-            "row",
-            "n_rows",
+            "chunk",
+            "n_chunks",
             "n_tokens",
             "tokens",
             "doc_id",
@@ -578,12 +577,12 @@ class MilvusIndex:
             "generation",
             "image",
         ]
-        first = self._collection_centroids(client)
-        rows = self._get(client, self.pages, [uid << ROW_BITS | r for uid in uids for r in range(first)], fields)
+        first = FIRST_FETCH_CHUNKS
+        rows = self._get(client, self.pages, [uid << ROW_BITS | c for uid in uids for c in range(first)], fields)
         by_page: dict[int, list[dict]] = {}
         for row in rows:
             by_page.setdefault(row["page_uid"], []).append(row)
-        rest = [uid << ROW_BITS | r for uid, got in by_page.items() for r in range(first, got[0]["n_rows"])]
+        rest = [uid << ROW_BITS | c for uid, got in by_page.items() for c in range(first, got[0]["n_chunks"])]
         for row in self._get(client, self.pages, rest, fields):
             by_page[row["page_uid"]].append(row)
         dim = self._dim(client)
@@ -594,10 +593,6 @@ class MilvusIndex:
             if key not in newest or page.generation > newest[key].generation:
                 newest[key] = page
         return {page.uid: page for page in newest.values()}
-
-    def _collection_centroids(self, client: Any) -> int:
-        info = self.collection_info(client)
-        return info["centroids"] if info else self.centroids_per_page
 
     def _dim(self, client: Any) -> int:
         info = self.collection_info(client)
@@ -636,10 +631,10 @@ def _shape_error(doc_id: str, page: PageRows, dim: int) -> str:
 
 
 def _stored_page(uid: int, rows: list[dict], dim: int) -> StoredPage:
-    rows.sort(key=lambda r: r["row"])
+    rows.sort(key=lambda r: r["chunk"])
     head = rows[0]
-    if len(rows) != head["n_rows"]:
-        raise IndexRefused(f"{head['doc_id']} page {head['page']}: {len(rows)} of {head['n_rows']} index rows found")
+    if len(rows) != head["n_chunks"]:
+        raise IndexRefused(f"{head['doc_id']} page {head['page']}: {len(rows)} of {head['n_chunks']} chunks found")
     vectors = unpack_tokens([r["tokens"] for r in rows if r["tokens"]], dim)
     if len(vectors) != head["n_tokens"]:
         raise IndexRefused(f"{head['doc_id']} page {head['page']}: {len(vectors)} of {head['n_tokens']} tokens found")
@@ -653,6 +648,12 @@ def _stored_page(uid: int, rows: list[dict], dim: int) -> StoredPage:
         head["image"],
         vectors,
     )
+
+
+def _mean_direction(vectors: np.ndarray, dim: int) -> np.ndarray:
+    mean = np.asarray(vectors, dtype=np.float32).reshape(-1, dim).sum(axis=0)
+    norm = np.linalg.norm(mean)
+    return mean / norm if norm else mean
 
 
 def _exact_top_k(query: np.ndarray, pages: list[StoredPage], top_k: int) -> list[Hit]:

@@ -104,7 +104,7 @@ class NativeMaxSimIndex(MilvusIndex):
             if client.has_collection(self.collection):
                 client.delete(self.collection, filter=f"doc_id == {json.dumps(doc_id)}")
 
-    def count_rows(self, doc_id: str | None = None) -> int:
+    def count_tokens(self, doc_id: str | None = None) -> int:
         with self.client() as client:
             if not client.has_collection(self.collection):
                 return 0
