@@ -52,18 +52,18 @@ def index_document(
 
 
 def reindex_all(settings: Settings, say: Callable[[str], None] = log.info) -> Iterator[DocumentOutcome]:
-    """Yield each document's outcome. When the model changed since the live collection was built,
-    everything goes into a new collection and search switches over only once it is complete, so
-    the index is never empty or mixed during the rebuild."""
+    """Yield each document's outcome. When the model or the index schema changed since the live
+    collection was built, everything goes into a new collection and search switches over only once
+    it is complete, so the index is never empty or mixed during the rebuild."""
     from colqwen_pipeline.embedding.service import model_identity
 
     live = stages.make_index(settings)
     fingerprint = model_identity(settings).fingerprint
-    previous = live.live_fingerprint() if isinstance(live, MilvusIndex) else None
-    rebuilding = previous is not None and previous != fingerprint
+    reason = live.rebuild_reason(fingerprint) if isinstance(live, MilvusIndex) else None
+    rebuilding = reason is not None
     target = live.rebuild_target(fingerprint) if rebuilding else live
     if rebuilding:
-        say(f"model changed ({previous} -> {fingerprint}): rebuilding into {target.collection}")
+        say(f"{reason}: rebuilding into {target.collection}")
     documents = inbox_files(settings.inbox)
     failed = []
     for number, key in enumerate(documents, 1):

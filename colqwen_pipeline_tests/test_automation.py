@@ -177,3 +177,30 @@ def test_model_change_rebuilds_into_a_new_collection_and_switches_when_complete(
     assert index.document_ids() == {document_key("pump_maintenance_manual.pdf"), document_key("scanned_invoice.jpg")}
     with index.client() as client:
         assert index.rebuild_target(old_fingerprint).collection_info(client)["fingerprint"] == old_fingerprint
+
+
+def test_index_schema_upgrade_is_refused_for_writes_and_rebuilt_by_reindex(state):
+    """Collections written by an older index schema are kept and served until reindex_job has
+    rebuilt everything into collections of the current schema."""
+    from colqwen_pipeline.index.milvus import IndexRefused, MilvusIndex
+    from colqwen_pipeline.reindex import index_document, reindex_all
+
+    class OlderSchema(MilvusIndex):
+        schema_version = "2"
+
+    add_sample(state, "pump_maintenance_manual.pdf")
+    key = document_key("pump_maintenance_manual.pdf")
+    assert index_document(state, key, lambda _: None, OlderSchema.from_settings(state)).ok
+    index = stages.make_index(state)
+    with pytest.raises(IndexRefused, match="index schema 2, this version writes 3: run reindex_job"):
+        stages.index_stage(state, key)
+    assert len(stages.search("pump", top_k=5, settings=state)) > 0  # still served
+
+    messages: list[str] = []
+    assert all(outcome.ok for outcome in reindex_all(state, say=messages.append))
+    assert any("index schema changed (2 -> 3)" in m for m in messages)
+    assert index.rebuild_reason(index.live_fingerprint()) is None
+    assert index.document_ids() == {key} and len(stages.search("pump", top_k=5, settings=state)) > 0
+    with index.client() as client:
+        old = OlderSchema.from_settings(state).rebuild_target(index.live_fingerprint())
+        assert old.collection_info(client)["schema"] == "2"  # kept, never dropped implicitly

@@ -114,7 +114,7 @@ def test_collection_of_another_schema_is_refused_not_dropped(tmp_path: Path):
 
     server_manager_instance.release_server(str(Path(uri).resolve()))
     index = MilvusIndex(uri, "legacy")
-    with pytest.raises(IndexRefused, match="not created by this version"):
+    with pytest.raises(IndexRefused, match="not created by colqwen-pipeline"):
         index.replace_document("doc-a", "a.pdf", unit_pages(1, 1), "model-x", DIM)
     with index.client() as client:
         assert client.has_collection("legacy")

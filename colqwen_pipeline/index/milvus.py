@@ -132,6 +132,8 @@ def _release_lite(path: str) -> None:
 
 
 class MilvusIndex:
+    schema_version = SCHEMA_VERSION
+
     def __init__(
         self,
         uri: str,
@@ -245,7 +247,7 @@ class MilvusIndex:
         from pymilvus import DataType
 
         properties = {
-            "colqwen.schema": SCHEMA_VERSION,
+            "colqwen.schema": self.schema_version,
             "colqwen.fingerprint": fingerprint,
             "colqwen.dim": str(dim),
             "colqwen.centroids": str(self.centroids_per_page),
@@ -283,7 +285,7 @@ class MilvusIndex:
     # -- model changes: one physical collection pair per fingerprint behind the alias -------------
     def rebuild_target(self, fingerprint: str) -> MilvusIndex:
         """The same index over the physical collections of ``fingerprint`` (not via the alias)."""
-        digest = hashlib.sha256(fingerprint.encode()).hexdigest()[:10]
+        digest = hashlib.sha256(f"{fingerprint}|schema {self.schema_version}".encode()).hexdigest()[:10]
         target = copy.copy(self)
         target.collection, target.pages = f"{self.collection}__{digest}", f"{self.collection}__{digest}_pages"
         target.aliased, target._held = False, self._held
@@ -293,6 +295,19 @@ class MilvusIndex:
         with self.client() as client:
             info = self.collection_info(client)
         return info["fingerprint"] if info else None
+
+    def rebuild_reason(self, fingerprint: str) -> str | None:
+        """Why the live collections cannot take ``fingerprint``'s embeddings (a reindex then
+        rebuilds into new ones), or None."""
+        with self.client() as client:
+            info = self.collection_info(client)
+        if info is None:
+            return None
+        if info["schema"] != self.schema_version:
+            return f"index schema changed ({info['schema']} -> {self.schema_version})"
+        if info["fingerprint"] != fingerprint:
+            return f"model changed ({info['fingerprint']} -> {fingerprint})"
+        return None
 
     def switch_to(self, fingerprint: str) -> None:
         """Point the alias at ``fingerprint``'s collections: searches move over in one step. The
@@ -331,11 +346,16 @@ class MilvusIndex:
         if info is None:
             self._create(client, fingerprint, dim)
             return
-        if info["schema"] != SCHEMA_VERSION or not client.has_collection(self.pages):
+        if info["schema"] is None or not client.has_collection(self.pages):
             raise IndexRefused(
-                f"collection {self.collection!r} was not created by this version of colqwen-pipeline "
-                f"(schema {info['schema']}, expected {SCHEMA_VERSION}): "
-                "set COLQWEN_COLLECTION to a new name and reindex"
+                f"collection {self.collection!r} was not created by colqwen-pipeline: "
+                "set COLQWEN_COLLECTION to a new name"
+            )
+        if info["schema"] != self.schema_version:
+            raise IndexRefused(
+                f"collection {self.collection!r} has index schema {info['schema']}, this version writes "
+                f"{self.schema_version}: run reindex_job (it rebuilds into new collections and switches over "
+                "when complete) or set COLQWEN_COLLECTION to a new name"
             )
         if info["dim"] != dim or info["fingerprint"] != fingerprint:
             raise IndexRefused(

@@ -28,6 +28,8 @@ MAX_TOKENS_PER_PAGE = 2048  # struct-array capacity: pages above it are refused,
 
 
 class NativeMaxSimIndex(MilvusIndex):
+    schema_version = "native-1"
+
     def _open(self) -> Any:
         if self.is_lite:
             raise IndexRefused(
@@ -72,7 +74,11 @@ class NativeMaxSimIndex(MilvusIndex):
         if not client.has_collection(self.collection):
             schema, index = self.build_schema(client, dim)
             client.create_collection(self.collection, schema=schema, index_params=index)
-            properties = {"colqwen.schema": "native-1", "colqwen.fingerprint": fingerprint, "colqwen.dim": str(dim)}
+            properties = {
+                "colqwen.schema": self.schema_version,
+                "colqwen.fingerprint": fingerprint,
+                "colqwen.dim": str(dim),
+            }
             client.alter_collection_properties(self.collection, properties)
             return
         info = self.collection_info(client) or {}
