@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from colqwen_pipeline.index import milvus
 from colqwen_pipeline.index.bench import TOKENS, bench_search, synthetic_pages, synthetic_queries
 from colqwen_pipeline.index.maxsim import maxsim_uniform, pack_tokens, unpack_tokens
 from colqwen_pipeline.index.milvus import IndexRefused, MilvusIndex, PageRows
@@ -87,6 +88,10 @@ def test_crash_between_writing_and_deleting_converges_on_rerun(index: MilvusInde
     hits = index.search([new[0].vectors[:8]], top_k=4)[0]
     assert sorted(h.page for h in hits) == [1, 2]  # but search shows each page once, newest generation
     assert hits[0].page == 1 and hits[0].score == pytest.approx(8.0, abs=1e-3)
+    monkeypatch.setattr(milvus, "FETCH_PAGES", 1)  # generations of a page fetched in different groups
+    assert [(h.page, h.score) for h in index.exact_search([new[0].vectors[:8]], top_k=4)[0]] == [
+        (h.page, h.score) for h in hits
+    ]
     monkeypatch.undo()
     index.replace_document("doc-a", "a.pdf", new, "model-x", DIM)
     assert index.count_tokens("doc-a") == 80 and len({r["generation"] for r in index.page_rows("doc-a")}) == 1
@@ -163,6 +168,25 @@ def test_recall_at_5_against_brute_force_and_several_queries_in_one_call(bench_i
         recall.append(len({int(h.doc_id.split("-")[1]) * 10 + h.page - 1 for h in hits} & truth) / 5)
     assert np.mean(recall) >= 0.95
     assert [h.doc_id for h in index.exact_search(queries[:1], top_k=5)[0]] == [h.doc_id for h in results[0]]
+
+
+def test_many_queries_and_pages_are_fetched_in_bounded_groups_with_the_same_results(bench_index, monkeypatch):
+    """One reply must stay under gRPC's 256 MB cap (a 50-query batch at 10,000 pages asked for
+    401 MB): candidates are fetched a bounded number of pages at a time."""
+    index, _, queries = bench_index
+    searched, exact = index.search(queries, top_k=5, candidates=8), index.exact_search(queries[:3], top_k=5)
+    fetched: list[int] = []
+    fetch = MilvusIndex._fetch_pages
+    monkeypatch.setattr(
+        MilvusIndex, "_fetch_pages", lambda self, c, uids: fetched.append(len(uids)) or fetch(self, c, uids)
+    )
+    monkeypatch.setattr(milvus, "FETCH_PAGES", 8)
+    monkeypatch.setattr(milvus, "MAX_GET_IDS", 16)
+    assert index.search(queries, top_k=5, candidates=8) == searched
+    assert len(fetched) == len(queries) and max(fetched) <= 8
+    fetched.clear()
+    assert index.exact_search(queries[:3], top_k=5) == exact
+    assert len(fetched) == 5 and max(fetched) <= 8  # 40 pages, 8 at a time
 
 
 def test_filter_by_document(bench_index):

@@ -28,7 +28,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,11 @@ INSERT_BYTES = 16 << 20  # payload per insert call: few round trips, far below g
 ROW_BITS = 8  # key = page_uid << ROW_BITS | row (a centroid, or a chunk of the page's tokens)
 FIRST_FETCH_CHUNKS = 8  # chunks fetched per candidate before knowing n_chunks (1,528 tokens at dim 128)
 MAX_QUERY_VECTORS = 1024  # query tokens per first-stage call
+# Replies must stay under gRPC's 256 MB message cap (a 50-query batch at 10,000 pages once asked
+# for 401 MB): at most 2,048 rows of <= 66 KB per get, and pages decoded 256 at a time (~70 MB of
+# base64 at 780 tokens), which also bounds memory however many queries or pages a call has.
+MAX_GET_IDS = 2048
+FETCH_PAGES = 256
 
 
 class IndexRefused(PipelineError):
@@ -510,10 +515,10 @@ class MilvusIndex:
             iterator.close()
 
     def _get(self, client: Any, name: str, ids: list[int], fields: list[str]) -> list[dict]:
-        """Rows by primary key, in requests under the server's result cap."""
+        """Rows by primary key, in requests under the result and message caps."""
         rows: list[dict] = []
-        for start in range(0, len(ids), MAX_REQUEST_ROWS):
-            rows += client.get(name, ids=ids[start : start + MAX_REQUEST_ROWS], output_fields=fields)
+        for start in range(0, len(ids), MAX_GET_IDS):
+            rows += client.get(name, ids=ids[start : start + MAX_GET_IDS], output_fields=fields)
         return rows
 
     # -- search ----------------------------------------------------------------------------------
@@ -525,7 +530,8 @@ class MilvusIndex:
         candidates: int | None = None,
     ) -> list[list[Hit]]:
         """Top-k pages per query by exact MaxSim over candidates from the centroid first stage.
-        All queries share one first-stage call and one fetch of candidate pages."""
+        All queries share one first-stage call; their candidates are fetched together, in groups
+        of queries whose candidates fit one bounded fetch."""
         queries = [np.asarray(q, dtype=np.float32).reshape(len(q), -1) for q in queries]
         with self.client() as client:
             if not client.has_collection(self.collection) or not queries:
@@ -533,11 +539,13 @@ class MilvusIndex:
             self._load(client, self.collection, self.pages)
             wanted = max(candidates or self.candidates, top_k)
             ranked = self._first_stage(client, queries, doc_ids, wanted)
-            stored = self._fetch_pages(client, sorted({uid for uids in ranked for uid in uids}))
-        return [
-            _exact_top_k(q, [stored[uid] for uid in uids if uid in stored], top_k)
-            for q, uids in zip(queries, ranked, strict=True)
-        ]
+            results: list[list[Hit]] = []
+            group = max(1, FETCH_PAGES // wanted)
+            for start in range(0, len(queries), group):
+                batch = list(zip(queries[start : start + group], ranked[start : start + group], strict=True))
+                stored = self._fetch_pages(client, sorted({uid for _, uids in batch for uid in uids}))
+                results += [_exact_top_k(q, [stored[u] for u in uids if u in stored], top_k) for q, uids in batch]
+        return results
 
     def exact_search(
         self, queries: Sequence[np.ndarray], top_k: int = 5, doc_ids: Sequence[str] | None = None
@@ -548,10 +556,15 @@ class MilvusIndex:
                 return [[] for _ in queries]
             self._load(client, self.pages)
             expression = "chunk == 0" + (f" and doc_id in {_quote(doc_ids)}" if doc_ids else "")
-            uids = [row["page_uid"] for row in self._iterate(client, self.pages, expression, ["page_uid"])]
-            stored = self._fetch_pages(client, uids)
-        pages = list(stored.values())
-        return [_exact_top_k(np.asarray(q, dtype=np.float32), pages, top_k) for q in queries]
+            heads = self._iterate(client, self.pages, expression, ["page_uid", "doc_id", "page", "generation"])
+            uids = [row["page_uid"] for row in _newest(heads)]
+            best: list[list[Hit]] = [[] for _ in queries]
+            for start in range(0, len(uids), FETCH_PAGES):
+                pages = list(self._fetch_pages(client, uids[start : start + FETCH_PAGES]).values())
+                for i, query in enumerate(queries):
+                    hits = best[i] + _exact_top_k(np.asarray(query, dtype=np.float32), pages, top_k)
+                    best[i] = sorted(hits, key=lambda hit: -hit.score)[:top_k]
+        return best
 
     def _first_stage(
         self, client: Any, queries: list[np.ndarray], doc_ids: Sequence[str] | None, wanted: int
@@ -606,13 +619,8 @@ class MilvusIndex:
         for row in self._get(client, self.pages, rest, fields):
             by_page[row["page_uid"]].append(row)
         dim = self._dim(client)
-        stored = {uid: _stored_page(uid, got, dim) for uid, got in by_page.items()}
-        newest: dict[tuple[str, int], StoredPage] = {}
-        for page in stored.values():
-            key = (page.doc_id, page.page)
-            if key not in newest or page.generation > newest[key].generation:
-                newest[key] = page
-        return {page.uid: page for page in newest.values()}
+        keep = [row["page_uid"] for row in _newest(got[0] for got in by_page.values())]
+        return {uid: _stored_page(uid, by_page[uid], dim) for uid in keep}
 
     def _dim(self, client: Any) -> int:
         info = self.collection_info(client)
@@ -668,6 +676,17 @@ def _stored_page(uid: int, rows: list[dict], dim: int) -> StoredPage:
         head["image"],
         vectors,
     )
+
+
+def _newest(rows: Iterable[dict]) -> list[dict]:
+    """Per page (doc_id, page), the row of its newest generation: between a re-ingest's write and
+    its delete, two generations of a page exist and only the newest counts."""
+    newest: dict[tuple[str, int], dict] = {}
+    for row in rows:
+        key = (row["doc_id"], row["page"])
+        if key not in newest or row["generation"] > newest[key]["generation"]:
+            newest[key] = row
+    return list(newest.values())
 
 
 def _mean_direction(vectors: np.ndarray, dim: int) -> np.ndarray:
