@@ -89,7 +89,7 @@ def _page_number(hit: Any) -> int:
     return int(hit.doc_id.split("-")[1]) * PAGES_PER_DOC + hit.page - 1
 
 
-def _layra_collection(client: Any, tokens: np.ndarray) -> str:
+def _layra_collection(client: Any, tokens: np.ndarray) -> None:
     """The baseline's own store, as LAYRA keeps it: one row per token vector, FLAT index. Built
     after our measurements and not counted in our ingest or bytes."""
     from pymilvus import DataType
@@ -106,7 +106,6 @@ def _layra_collection(client: Any, tokens: np.ndarray) -> str:
         client.insert(LAYRA, [{"page": (start + i) // TOKENS, "vector": v} for i, v in enumerate(rows)])
     client.flush(LAYRA)
     client.load_collection(LAYRA)
-    return LAYRA
 
 
 def _layra_search(client: Any, query: np.ndarray) -> list[int]:

@@ -66,12 +66,26 @@ def tokens_per_chunk(dim: int) -> int:
     return (VARCHAR_LIMIT // 4 * 3) // (2 * dim)
 
 
-def pack_tokens(vectors: np.ndarray) -> list[str]:
-    """fp16 token vectors as base64 chunks that each fit one VARCHAR: the exact stage reads a page
-    in a few rows instead of one row per token (fp16 is what the embedding artifacts hold)."""
-    vectors = np.ascontiguousarray(vectors, dtype=np.float16)
+def split_tokens(vectors: np.ndarray) -> list[np.ndarray]:
+    """A page's token vectors in slices that each fit one VARCHAR once packed."""
     step = tokens_per_chunk(vectors.shape[1])
-    return [base64.b64encode(vectors[i : i + step].tobytes()).decode("ascii") for i in range(0, len(vectors), step)]
+    return [vectors[i : i + step] for i in range(0, len(vectors), step)]
+
+
+def pack_chunk(vectors: np.ndarray) -> str:
+    """fp16 token vectors as base64 (fp16 is what the embedding artifacts hold)."""
+    return base64.b64encode(np.ascontiguousarray(vectors, dtype=np.float16).tobytes()).decode("ascii")
+
+
+def pack_tokens(vectors: np.ndarray) -> list[str]:
+    """A page's tokens as base64 fp16 chunks that each fit one VARCHAR: the exact stage reads a
+    page in a few rows instead of one row per token."""
+    return [pack_chunk(chunk) for chunk in split_tokens(vectors)]
+
+
+def mean_direction(vectors: np.ndarray) -> np.ndarray:
+    """The unit-norm mean of some unit vectors (zeros for none)."""
+    return _normalise(np.asarray(vectors, dtype=np.float32).sum(axis=0, keepdims=True))[0]
 
 
 def unpack_tokens(chunks: list[str], dim: int) -> np.ndarray:

@@ -39,9 +39,10 @@ from colqwen_pipeline.errors import PipelineError
 from colqwen_pipeline.index.maxsim import (
     VARCHAR_LIMIT,
     maxsim,
-    pack_tokens,
+    mean_direction,
+    pack_chunk,
     page_centroids,
-    tokens_per_chunk,
+    split_tokens,
     unpack_tokens,
 )
 
@@ -406,20 +407,19 @@ class MilvusIndex:
         return [next(fresh) if uid in clashes else uid for uid in uids]
 
     def _page_rows(self, uid: int, doc_id: str, document: str, page: PageRows, generation: str) -> list[dict]:
-        chunks = pack_tokens(page.vectors) or [""]
+        chunks = split_tokens(page.vectors) or [page.vectors]  # a page without tokens still gets a row
         if len(chunks) >= 1 << ROW_BITS:
             raise IndexRefused(f"{doc_id} page {page.page}: {len(page.vectors)} tokens is more than a page can hold")
-        step = tokens_per_chunk(page.vectors.shape[1])
         base = {"page_uid": uid, "n_chunks": len(chunks)} | page_fields(doc_id, document, page, generation)
         return [
             base
             | {
-                "id": uid << ROW_BITS | chunk,
-                "chunk": chunk,
-                "tokens": text,
-                "vector": _mean_direction(page.vectors[chunk * step : (chunk + 1) * step], page.vectors.shape[1]),
+                "id": uid << ROW_BITS | number,
+                "chunk": number,
+                "tokens": pack_chunk(chunk),
+                "vector": mean_direction(chunk),
             }
-            for chunk, text in enumerate(chunks)
+            for number, chunk in enumerate(chunks)
         ]
 
     def _centroid_rows(self, uid: int, doc_id: str, page: PageRows, generation: str, dim: int) -> list[dict]:
@@ -610,12 +610,14 @@ class MilvusIndex:
             "generation",
             "image",
         ]
-        first = FIRST_FETCH_CHUNKS
-        rows = self._get(client, self.pages, [uid << ROW_BITS | c for uid in uids for c in range(first)], fields)
+        first = [uid << ROW_BITS | c for uid in uids for c in range(FIRST_FETCH_CHUNKS)]
+        rows = self._get(client, self.pages, first, fields)
         by_page: dict[int, list[dict]] = {}
         for row in rows:
             by_page.setdefault(row["page_uid"], []).append(row)
-        rest = [uid << ROW_BITS | c for uid, got in by_page.items() for c in range(first, got[0]["n_chunks"])]
+        rest = [
+            uid << ROW_BITS | c for uid, got in by_page.items() for c in range(FIRST_FETCH_CHUNKS, got[0]["n_chunks"])
+        ]
         for row in self._get(client, self.pages, rest, fields):
             by_page[row["page_uid"]].append(row)
         dim = self._dim(client)
@@ -687,12 +689,6 @@ def _newest(rows: Iterable[dict]) -> list[dict]:
         if key not in newest or row["generation"] > newest[key]["generation"]:
             newest[key] = row
     return list(newest.values())
-
-
-def _mean_direction(vectors: np.ndarray, dim: int) -> np.ndarray:
-    mean = np.asarray(vectors, dtype=np.float32).reshape(-1, dim).sum(axis=0)
-    norm = np.linalg.norm(mean)
-    return mean / norm if norm else mean
 
 
 def _exact_top_k(query: np.ndarray, pages: list[StoredPage], top_k: int) -> list[Hit]:
