@@ -24,7 +24,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     settings = Settings()
     print(f"indexing {settings.inbox} into {settings.resolved_milvus_uri} (state: {settings.home_dir})")
     try:
-        summary = ingest(settings, args.paths)
+        summary = ingest(settings, args.paths, confirm_removals=args.confirm_removals)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -130,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = commands.add_parser("ingest", help="index inbox documents (all by default) headless")
     ingest.add_argument("paths", nargs="*", help="files or folders inside the inbox")
+    ingest.add_argument(
+        "--confirm-removals",
+        action="store_true",
+        help="remove vanished documents even when most of the inbox is gone at once (refused otherwise)",
+    )
     ingest.set_defaults(func=cmd_ingest)
 
     search = commands.add_parser("search", help="rank indexed pages for a query by MaxSim")

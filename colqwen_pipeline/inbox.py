@@ -1,12 +1,24 @@
-"""The inbox: which files are documents, and the stable partition key of each."""
+"""The inbox: which files are documents, the stable partition key of each, and the guard that
+keeps a vanished inbox from emptying the index."""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 from pathlib import Path
 
+from colqwen_pipeline.errors import PipelineError
+
 IGNORED_PREFIXES = (".", "~$")  # hidden files, editor/office lock files
+# An inbox that lost more than this share of its known documents, and more than MASS_REMOVAL_MIN of
+# them, was more likely unmounted or emptied by mistake than cleaned up on purpose.
+MASS_REMOVAL_SHARE = 0.5
+MASS_REMOVAL_MIN = 10
+
+
+class InboxError(PipelineError):
+    """The inbox folder is missing or unreadable: nothing can be ingested, and nothing is removed."""
 
 
 def file_sha256(path: Path) -> str:
@@ -26,11 +38,21 @@ def document_key(relative_path: str) -> str:
     return f"{slug}-{digest}"
 
 
-def inbox_files(inbox: Path) -> dict[str, Path]:
-    """Partition key -> file, for every regular file under the inbox."""
-    files: dict[str, Path] = {}
+def require_inbox(inbox: Path) -> None:
+    """Refuse a missing or unreadable inbox: to the pipeline it would look like every document was deleted."""
+    where = f" (relative to {Path.cwd()})" if not inbox.is_absolute() else ""
+    if not inbox.exists():
+        raise InboxError(f"inbox {inbox}{where} does not exist: create it or set COLQWEN_INBOX")
     if not inbox.is_dir():
-        return files
+        raise InboxError(f"inbox {inbox}{where} is not a folder: set COLQWEN_INBOX to a folder")
+    if not os.access(inbox, os.R_OK | os.X_OK):
+        raise InboxError(f"inbox {inbox}{where} is not readable by this user")
+
+
+def inbox_files(inbox: Path) -> dict[str, Path]:
+    """Partition key -> file, for every regular file under the inbox (InboxError if there is no inbox)."""
+    require_inbox(inbox)
+    files: dict[str, Path] = {}
     for path in sorted(inbox.rglob("*")):
         relative = path.relative_to(inbox)
         if path.is_file() and not any(part.startswith(IGNORED_PREFIXES) for part in relative.parts):
@@ -43,3 +65,14 @@ def find_document(inbox: Path, key: str) -> Path:
     if path is None:
         raise FileNotFoundError(f"no file in {inbox} has partition key {key!r} (was it moved or deleted?)")
     return path
+
+
+def mass_removal(known: int, gone: int) -> str | None:
+    """Why removing ``gone`` of ``known`` documents looks like an accident (an unmounted share), or None."""
+    if gone > MASS_REMOVAL_MIN and gone > MASS_REMOVAL_SHARE * known:
+        return (
+            f"{gone} of {known} indexed documents vanished from the inbox at once: not removing them "
+            "(unmounted or emptied by mistake?). If the removal is intended, run `colqwen-pipeline ingest "
+            "--confirm-removals` or set COLQWEN_ALLOW_MASS_REMOVAL=1"
+        )
+    return None

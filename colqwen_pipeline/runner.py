@@ -16,7 +16,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from colqwen_pipeline.inbox import document_key, inbox_files
+from colqwen_pipeline.inbox import document_key, inbox_files, mass_removal
 from colqwen_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,7 @@ def ingest(
     paths: Sequence[str] = (),
     instance: dg.DagsterInstance | None = None,
     echo: Callable[[str], None] = print,
+    confirm_removals: bool = False,
 ) -> IngestSummary:
     """Materialise the selected documents (all of the inbox by default); prune vanished ones."""
     from colqwen_pipeline.definitions import RESOURCES
@@ -81,7 +82,8 @@ def ingest(
     instance.add_dynamic_partitions(PARTITIONS, [k for k in documents if k not in known])
     summary = IngestSummary()
     if not paths:
-        summary.removed = prune(settings, instance, set(documents), known, echo)
+        confirmed = confirm_removals or settings.allow_mass_removal
+        summary.removed = prune(settings, instance, set(documents), known, echo, confirmed)
     for number, (key, path) in enumerate(documents.items(), 1):
         echo(f"[{number}/{len(documents)}] {path.relative_to(settings.inbox)}")
         result = dg.materialize(
@@ -109,11 +111,22 @@ def ingest(
     return summary
 
 
-def prune(settings: Settings, instance: dg.DagsterInstance, present: set[str], known: set[str], echo) -> int:
-    """Documents gone from the inbox leave the index, the artifacts and the partitions."""
+def prune(
+    settings: Settings,
+    instance: dg.DagsterInstance,
+    present: set[str],
+    known: set[str],
+    echo: Callable[[str], None],
+    confirmed: bool = False,
+) -> int:
+    """Documents gone from the inbox leave the index, the artifacts and the partitions, unless most
+    of the inbox vanished at once (then nothing is removed without ``confirmed``)."""
     from colqwen_pipeline import stages
 
     gone = sorted(known - present)
+    if not confirmed and (refusal := mass_removal(len(known), len(gone))):
+        echo(f"warning: {refusal}")
+        return 0
     for key in gone:
         echo(f"removing {key} (no longer in the inbox)")
         stages.remove_document(settings, key)

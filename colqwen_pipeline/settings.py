@@ -79,6 +79,9 @@ class Settings(BaseSettings):
 
     # Automation (sensor, schedule)
     sensor_interval_s: int = Field(15, ge=1, description="Seconds between inbox sensor ticks.")
+    allow_mass_removal: bool = Field(
+        False, description="Remove documents even when most of the inbox vanished at once (else: refused)."
+    )
     settle_s: float = Field(5.0, ge=0, description="A file untouched this long counts as fully written.")
     reindex_cron: str = Field("0 2 * * *", description="Bulk reindex schedule (cron).")
 

@@ -7,6 +7,7 @@ import dagster as dg
 from colqwen_pipeline import stages
 from colqwen_pipeline.defs.assets import documents, ingest_job
 from colqwen_pipeline.defs.resources import ColQwenModel
+from colqwen_pipeline.inbox import mass_removal
 from colqwen_pipeline.inbox_watch import scan_inbox
 from colqwen_pipeline.reindex import reindex_all
 from colqwen_pipeline.settings import Settings
@@ -71,9 +72,14 @@ def reindex_job() -> None:
 def inbox_sensor(context: dg.SensorEvaluationContext) -> dg.SensorResult:
     """New or changed files -> ingest runs; deleted files -> removal; half-written files wait."""
     settings = Settings()
-    state = json.loads(context.cursor) if context.cursor else {}
-    changes, state = scan_inbox(settings.inbox, state, settings.settle_s)
+    previous = json.loads(context.cursor) if context.cursor else {}
+    changes, state = scan_inbox(settings.inbox, previous, settings.settle_s)  # InboxError: the tick fails, cursor kept
     known = set(context.instance.get_dynamic_partitions(documents.name))
+    refusal = None if settings.allow_mass_removal else mass_removal(len(known), len(changes.deleted))
+    if refusal:  # keep the vanished files in the cursor: every tick says so until they return or it is confirmed
+        context.log.warning(refusal)
+        state |= {key: previous[key] for key in changes.deleted}
+        changes.deleted = []
     requests = [
         dg.RunRequest(
             job_name=ingest_job.name,
