@@ -4,16 +4,8 @@ import dagster as dg
 
 from colqwen_pipeline.defs.assets import ASSETS
 from colqwen_pipeline.defs.automation import JOBS, SCHEDULES, SENSORS
-from colqwen_pipeline.defs.checks import CHECKS
-from colqwen_pipeline.defs.resources import ColQwenModel, MilvusResource
+from colqwen_pipeline.defs.resources import ColQwenResource
 
-RESOURCES = {"model": ColQwenModel(), "milvus": MilvusResource()}
+RESOURCES = {"colqwen": ColQwenResource()}
 
-defs = dg.Definitions(
-    assets=ASSETS,
-    asset_checks=CHECKS,
-    jobs=JOBS,
-    sensors=SENSORS,
-    schedules=SCHEDULES,
-    resources=RESOURCES,
-)
+defs = dg.Definitions(assets=ASSETS, jobs=JOBS, sensors=SENSORS, schedules=SCHEDULES, resources=RESOURCES)

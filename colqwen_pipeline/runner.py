@@ -69,11 +69,13 @@ def ingest(
     instance: dg.DagsterInstance | None = None,
     echo: Callable[[str], None] = print,
     confirm_removals: bool = False,
+    force: bool = False,
 ) -> IngestSummary:
-    """Materialise the selected documents (all of the inbox by default); prune vanished ones."""
-    from colqwen_pipeline.definitions import RESOURCES
-    from colqwen_pipeline.defs.assets import ASSETS
-    from colqwen_pipeline.defs.checks import DOCUMENT_CHECKS
+    """Bring the selected documents (all of the inbox by default) up to date through ``ingest_job``,
+    the job the sensor and the schedule launch, over ranges of COLQWEN_MAX_DOCUMENTS_PER_RUN
+    documents; prune vanished ones. ``force`` redoes every stage."""
+    from colqwen_pipeline.bulk.runs import partition_ranges, range_tags
+    from colqwen_pipeline.definitions import defs
 
     started = time.perf_counter()
     instance = instance or dagster_instance(settings)
@@ -84,29 +86,36 @@ def ingest(
     if not paths:
         confirmed = confirm_removals or settings.allow_mass_removal
         summary.removed = prune(settings, instance, set(documents), known, echo, confirmed)
-    for number, (key, path) in enumerate(documents.items(), 1):
-        echo(f"[{number}/{len(documents)}] {path.relative_to(settings.inbox)}")
-        result = dg.materialize(
-            [*ASSETS, *DOCUMENT_CHECKS],
-            partition_key=key,
+    job = defs.resolve_job_def("ingest_job")
+    ordered = instance.get_dynamic_partitions(PARTITIONS)
+    ranges = partition_ranges(ordered, documents, settings.max_documents_per_run)
+    for number, (first, last) in enumerate(ranges, 1):
+        span = ordered[ordered.index(first) : ordered.index(last) + 1]
+        echo(f"run {number}/{len(ranges)}: {len(span)} document(s)")
+        result = job.execute_in_process(
             instance=instance,
-            resources=RESOURCES,
+            tags=range_tags(first, last, "cli"),
+            run_config={
+                "ops": {"document_pipeline": {"config": {"force": force}}},
+                "loggers": {"console": {"config": {"log_level": "WARNING"}}},  # progress: the python logger
+            },
             raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
         )
-        if result.success:
-            pages = _metadata(result, "page_images", "pages")
-            tokens = _metadata(result, "milvus_collection", "tokens_indexed")
-            summary.documents += 1
-            summary.pages += pages
-            summary.tokens += tokens
-            echo(f"    ok: {pages} pages, {tokens} token vectors")
-        else:
-            summary.failed[key] = _failure(result) or "failed (see the run in the Dagster UI)"
-            echo(f"    FAILED: {summary.failed[key]}")
-        for line in _check_lines(result):
+        summary.failed |= _failed_documents(result, span)
+        evaluations = run_check_evaluations(instance, result.run_id)
+        for line in _check_lines(evaluations):
             echo(f"    {line}")
-    summary.checks = collection_checks(instance, echo)
+        for evaluation in (e for e in evaluations if e.partition is None):
+            summary.checks[evaluation.check_name] = _check_line(evaluation)
+            echo(f"check {evaluation.check_name}: {summary.checks[evaluation.check_name]}")
+    for key in documents:
+        if key in summary.failed:
+            echo(f"    FAILED: {summary.failed[key]}")
+            continue
+        pages, tokens = _indexed(settings, key)
+        summary.documents += 1
+        summary.pages += pages
+        summary.tokens += tokens
     summary.seconds = round(time.perf_counter() - started, 2)
     return summary
 
@@ -135,20 +144,21 @@ def prune(
 
 
 def collection_checks(instance: dg.DagsterInstance, echo: Callable[[str], None]) -> dict[str, str]:
-    """Once per ingest, after every document: the checks that judge the whole collection."""
+    """The checks that judge the whole collection, on their own (ingest runs them when the index changed)."""
     from colqwen_pipeline.definitions import RESOURCES
     from colqwen_pipeline.defs.assets import ASSETS
     from colqwen_pipeline.defs.checks import COLLECTION_CHECKS
 
+    keys = [dg.AssetCheckKey(dg.AssetKey(asset), name) for name, (asset, _) in COLLECTION_CHECKS.items()]
     result = dg.materialize(
-        [*ASSETS, *COLLECTION_CHECKS],
-        selection=dg.AssetSelection.checks(*COLLECTION_CHECKS),
+        ASSETS,
+        selection=dg.AssetSelection.checks(*keys),
         instance=instance,
         resources=RESOURCES,
         raise_on_error=False,
-        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+        tags={"colqwen/trigger": "cli"},
     )
-    outcomes = {e.check_name: _check_line(e) for e in result.get_asset_check_evaluations()}
+    outcomes = {e.check_name: _check_line(e) for e in run_check_evaluations(instance, result.run_id)}
     for name, outcome in outcomes.items():
         echo(f"check {name}: {outcome}")
     return outcomes
@@ -160,27 +170,47 @@ def _check_line(evaluation) -> str:
     return f"{evaluation.severity.value}: {evaluation.description or 'did not pass'}"
 
 
-def _check_lines(result: dg.ExecuteInProcessResult) -> list[str]:
+def run_check_evaluations(instance: dg.DagsterInstance, run_id: str) -> list[dg.AssetCheckEvaluation]:
+    """The run's check evaluations, from the event log: a failed step's result object leaves out the
+    events it logged before failing, the instance has them all."""
+    entries = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
+    return [entry.dagster_event.event_specific_data for entry in entries]
+
+
+def run_materializations(instance: dg.DagsterInstance, run_id: str) -> list[dg.AssetMaterialization]:
+    entries = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+    return [entry.dagster_event.event_specific_data.materialization for entry in entries]
+
+
+def _check_lines(evaluations: list[dg.AssetCheckEvaluation]) -> list[str]:
     """One line per document check that did not pass (the run's metadata has the details)."""
-    return [f"check {e.check_name}: {_check_line(e)}" for e in result.get_asset_check_evaluations() if not e.passed]
+    return [
+        f"check {e.check_name} ({e.partition}): {_check_line(e)}" for e in evaluations if not e.passed and e.partition
+    ]
 
 
-def _metadata(result: dg.ExecuteInProcessResult, asset: str, name: str) -> int:
-    for event in result.get_asset_materialization_events():
-        materialization = event.event_specific_data.materialization
-        if materialization.asset_key.to_user_string() == asset and name in materialization.metadata:
-            return int(materialization.metadata[name].value)
-    return 0
-
-
-def _failure(result: dg.ExecuteInProcessResult) -> str:
+def _failed_documents(result: dg.ExecuteInProcessResult, span: list[str]) -> dict[str, str]:
+    """Per document, the one-line reason the run gives; a run that failed as a whole fails them all."""
     for event in result.all_events:
-        if event.is_step_failure and event.step_failure_data.error:
-            error = event.step_failure_data.error
-            while error.cause and not error.message.strip():
-                error = error.cause
-            description = event.step_failure_data.user_failure_data
-            if description and description.description:
-                return description.description
-            return error.message.strip().splitlines()[-1]
-    return ""
+        if not event.is_step_failure:
+            continue
+        data = event.step_failure_data.user_failure_data
+        if data is not None and "failed" in data.metadata:
+            return dict(data.metadata["failed"].value)
+        error = event.step_failure_data.error
+        while error and error.cause and not error.message.strip():
+            error = error.cause
+        reason = error.message.strip().splitlines()[-1] if error else "failed (see the run in the Dagster UI)"
+        return dict.fromkeys(span, reason)
+    return {}
+
+
+def _indexed(settings: Settings, key: str) -> tuple[int, int]:
+    """(pages, token vectors) of a document's current embeddings."""
+    from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
+
+    try:
+        artifact = EmbeddingArtifact.read(settings.embeddings_dir / key)
+    except (OSError, ValueError, KeyError):
+        return 0, 0
+    return len(artifact.pages), artifact.total_tokens

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     precision: Literal["auto", "bf16", "fp32", "4bit", "8bit"] = "auto"
     batch_size: int = Field(4, ge=1)
     max_visual_tokens: int = Field(768, ge=4)
+    embed_wave_pages: int = Field(
+        64, ge=1, description="Pages of many documents embedded together before they are written to Milvus."
+    )
 
     # Rasterising
     dpi: int = Field(200, ge=36, le=600, description="DPI for documents under `long_document_pages`.")
@@ -39,6 +42,9 @@ class Settings(BaseSettings):
     render_memory_mb: int = Field(4096, ge=256)
     pdf_renderer: Literal["pypdfium2", "pdf2image"] = "pypdfium2"
     pdf_password: str = Field("", description="Password tried on encrypted PDFs.")
+    render_workers: int = Field(
+        2, ge=1, description="Documents read and rendered at once, ahead of the model (each in its own subprocess)."
+    )
 
     # Index
     milvus_uri: str = Field("", description="Milvus URI; empty = Milvus Lite file under home.")
@@ -79,6 +85,9 @@ class Settings(BaseSettings):
 
     # Automation (sensor, schedule)
     sensor_interval_s: int = Field(15, ge=1, description="Seconds between inbox sensor ticks.")
+    max_documents_per_run: int = Field(
+        200, ge=1, description="Documents per Dagster run (sensor, schedule, CLI, UI backfills): one model load each."
+    )
     allow_mass_removal: bool = Field(
         False, description="Remove documents even when most of the inbox vanished at once (else: refused)."
     )

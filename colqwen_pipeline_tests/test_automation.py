@@ -9,13 +9,15 @@ import time
 import dagster as dg
 import pytest
 import yaml
+from PIL import Image
 
 from colqwen_pipeline import inbox_watch, stages
 from colqwen_pipeline.definitions import RESOURCES, defs
-from colqwen_pipeline.defs.automation import inbox_sensor, reindex_job, reindex_schedule, remove_documents_job
+from colqwen_pipeline.bulk.runs import RANGE_END, RANGE_START
+from colqwen_pipeline.defs.automation import inbox_sensor, reindex_schedule, remove_documents_job
 from colqwen_pipeline.embedding import service
 from colqwen_pipeline.inbox import document_key
-from colqwen_pipeline.runner import ingest
+from colqwen_pipeline.runner import ingest, run_materializations
 from colqwen_pipeline_tests.conftest import REPO, add_sample
 
 OLD = time.time() - 3600
@@ -27,7 +29,7 @@ def settled(path):
 
 
 def tick(instance, cursor=None):
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs)
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=RESOURCES)
     result = inbox_sensor(context)
     return result, result.cursor
 
@@ -38,16 +40,36 @@ def instance():
         yield instance
 
 
+def ranges(result) -> list[tuple[str, str]]:
+    return [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in result.run_requests if r.job_name == "ingest_job"]
+
+
 def test_sensor_requests_new_files_and_adds_their_partitions(state, instance):
     settled(add_sample(state, "pump_maintenance_manual.pdf"))
     key = document_key("pump_maintenance_manual.pdf")
 
     result, cursor = tick(instance)
 
-    assert [(r.job_name, r.partition_key) for r in result.run_requests] == [("ingest_document", key)]
+    assert [r.job_name for r in result.run_requests] == ["ingest_job"]
+    assert ranges(result) == [(key, key)] and result.run_requests[0].tags["colqwen/trigger"] == "sensor"
     assert [list(r.partition_keys) for r in result.dynamic_partitions_requests] == [[key]]
     again, _ = tick(instance, cursor)
     assert again.run_requests == []
+
+
+def test_sensor_groups_a_drop_of_files_into_runs_of_at_most_the_limit(state, instance, monkeypatch):
+    monkeypatch.setenv("COLQWEN_MAX_DOCUMENTS_PER_RUN", "2")
+    for i in range(5):
+        Image.new("RGB", (40, 40), "white").save(state.inbox / f"scan-{i}.png")
+        settled(state.inbox / f"scan-{i}.png")
+    keys = [document_key(f"scan-{i}.png") for i in range(5)]
+
+    result, _ = tick(instance)
+
+    assert len(result.run_requests) == 3  # ceil(5 / 2)
+    assert [list(r.partition_keys) for r in result.dynamic_partitions_requests] == [keys]
+    assert ranges(result) == [(keys[0], keys[1]), (keys[2], keys[3]), (keys[4], keys[4])]
+    assert len({r.run_key for r in result.run_requests}) == 3
 
 
 def test_sensor_waits_for_files_still_being_written(state, instance):
@@ -57,18 +79,21 @@ def test_sensor_waits_for_files_still_being_written(state, instance):
     second, _ = tick(instance, cursor)  # unchanged since the last tick: settled
 
     assert first.run_requests == []
-    assert [r.partition_key for r in second.run_requests] == [document_key("scanned_invoice.jpg")]
+    key = document_key("scanned_invoice.jpg")
+    assert ranges(second) == [(key, key)]
 
 
 def test_sensor_reingests_changed_content_with_a_new_run_key(state, instance):
     path = settled(add_sample(state, "pump_maintenance_manual.pdf", "manual.pdf"))
     first, cursor = tick(instance)
+    instance.add_dynamic_partitions("documents", [document_key("manual.pdf")])
     path.write_bytes((REPO / "data/inbox/acme_annual_report_2025.pdf").read_bytes())
     settled(path)
 
     second, _ = tick(instance, cursor)
 
-    assert [r.partition_key for r in second.run_requests] == [document_key("manual.pdf")]
+    key = document_key("manual.pdf")
+    assert ranges(second) == [(key, key)] and second.dynamic_partitions_requests == []
     assert second.run_requests[0].run_key != first.run_requests[0].run_key
 
 
@@ -102,31 +127,46 @@ def test_sensor_tick_over_10000_unchanged_files_hashes_nothing(state, instance, 
     assert len(json.loads(cursor)) == 10_000
 
 
-def test_schedule_requests_the_reindex_job(instance):
-    context = dg.build_schedule_context(instance=instance)
+def test_schedule_requests_the_ingest_job_over_every_document_in_ranges(instance, monkeypatch):
+    monkeypatch.setenv("COLQWEN_MAX_DOCUMENTS_PER_RUN", "2")
+    instance.add_dynamic_partitions("documents", ["a", "b", "c"])
+    context = dg.build_schedule_context(instance=instance, resources=RESOURCES)
+
     requests = list(reindex_schedule.evaluate_tick(context).run_requests or [])
-    assert [r.job_name for r in requests] in ([None], ["reindex_job"])
-    assert reindex_schedule.cron_schedule == "0 2 * * *"
+
+    assert [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in requests] == [("a", "b"), ("c", "c")]
+    assert {r.tags["colqwen/trigger"] for r in requests} == {"schedule"}
+    assert reindex_schedule.job_name == "ingest_job" and reindex_schedule.cron_schedule == "0 2 * * *"
 
 
-def test_reindex_indexes_good_documents_and_fails_the_broken_one_alone(state, instance):
+def test_a_bulk_run_indexes_good_documents_and_fails_the_broken_one_alone(state, instance):
     add_sample(state, "pump_maintenance_manual.pdf")
     add_sample(state, "scanned_invoice.jpg")
     (state.inbox / "broken.pdf").write_bytes(b"%PDF-1.4\ngarbage")
     loads_before = service.loads_so_far()
 
-    result = reindex_job.execute_in_process(instance=instance, resources=RESOURCES, raise_on_error=False)
+    summary = ingest(state, instance=instance, echo=lambda _: None)
 
-    assert not result.success
+    good = {document_key("pump_maintenance_manual.pdf"), document_key("scanned_invoice.jpg")}
     index = stages.make_index(state)
-    assert index.count_tokens(document_key("pump_maintenance_manual.pdf")) > 0
-    assert index.count_tokens(document_key("scanned_invoice.jpg")) > 0
+    assert all(index.count_tokens(key) > 0 for key in good)
     assert index.count_tokens(document_key("broken.pdf")) == 0
-    materialized = {e.event_specific_data.materialization.partition for e in result.get_asset_materialization_events()}
-    assert materialized == {document_key("pump_maintenance_manual.pdf"), document_key("scanned_invoice.jpg")}
+    assert (
+        list(summary.failed) == [document_key("broken.pdf")]
+        and "broken.pdf" in summary.failed[document_key("broken.pdf")]
+    )
+    (run,) = instance.get_runs()
+    assert run.is_failure and run.tags["colqwen/trigger"] == "cli" and run.job_name == "ingest_job"
+    indexed = {
+        m.partition for m in run_materializations(instance, run.run_id) if m.asset_key.path == ["milvus_collection"]
+    }
+    assert indexed == good
+    assert instance.get_materialized_partitions(dg.AssetKey("milvus_collection")) == good
     assert service.loads_so_far() - loads_before <= 1  # one model load for the whole run
-    failure = next(e for e in result.all_events if e.is_step_failure)
-    assert "broken.pdf" in failure.step_failure_data.user_failure_data.description
+    failure = next(e for e in instance.all_logs(run.run_id) if e.dagster_event and e.dagster_event.is_step_failure)
+    description = failure.dagster_event.step_failure_data.user_failure_data.description
+    assert description.startswith("1 of 3 document(s) failed; the others are indexed: broken.pdf:")
+    assert [h.doc_id for h in stages.search("invoice", top_k=5, settings=state)]
 
 
 def test_remove_job_deletes_rows_and_artifacts(state, instance):
@@ -135,7 +175,7 @@ def test_remove_job_deletes_rows_and_artifacts(state, instance):
     key = document_key("scanned_invoice.jpg")
     config = {"ops": {"remove_documents": {"config": {"keys": [key]}}}}
 
-    result = remove_documents_job.execute_in_process(run_config=config, instance=instance)
+    result = remove_documents_job.execute_in_process(run_config=config, instance=instance, resources=RESOURCES)
 
     assert result.success
     assert stages.make_index(state).count_tokens(key) == 0
@@ -148,13 +188,12 @@ def test_gpu_steps_share_a_pool_of_one_and_runs_are_queued():
     assert 1 <= config["concurrency"]["runs"]["max_concurrent_runs"] <= 8
     graph = defs.resolve_asset_graph()
     assert graph.get(dg.AssetKey("page_embeddings")).pools == {"gpu"}
-    reindex_op = defs.resolve_job_def("reindex_job").graph.node_defs[0]
-    assert reindex_op.pool == "gpu"
 
 
 def test_model_change_rebuilds_into_a_new_collection_and_switches_when_complete(state, instance, tmp_path, monkeypatch):
+    """Across runs: with one document per run, the rebuild is complete only after the second run;
+    until then search serves the old model's complete index."""
     from colqwen_pipeline.embedding.tiny import build_tiny_model
-    from colqwen_pipeline.reindex import reindex_all
     from colqwen_pipeline.settings import Settings
 
     add_sample(state, "pump_maintenance_manual.pdf")
@@ -163,15 +202,20 @@ def test_model_change_rebuilds_into_a_new_collection_and_switches_when_complete(
     index = stages.make_index(state)
     old_fingerprint, old_rows = index.live_fingerprint(), index.count_tokens()
     monkeypatch.setenv("COLQWEN_MODEL", str(build_tiny_model(tmp_path / "other-model", seed=1)))
+    monkeypatch.setenv("COLQWEN_MAX_DOCUMENTS_PER_RUN", "1")
     settings = Settings()
+    messages: list[str] = []
+    first = next(k for k in instance.get_dynamic_partitions("documents"))
 
-    rebuild = reindex_all(settings, say=lambda _: None)
-    next(rebuild)  # one document rebuilt, one to go: search still serves the complete old index
+    ingest(settings, [str(settings.inbox / "pump_maintenance_manual.pdf")], instance=instance, echo=messages.append)
+
+    assert first == document_key("pump_maintenance_manual.pdf")
     assert index.live_fingerprint() == old_fingerprint and index.count_tokens() == old_rows
     assert len(stages.search("pump", top_k=5, settings=state)) == 4
-    outcomes = [*rebuild]
 
-    assert all(o.ok for o in outcomes)
+    summary = ingest(settings, instance=instance, echo=messages.append)
+
+    assert summary.failed == {}
     new_fingerprint = index.live_fingerprint()
     assert new_fingerprint != old_fingerprint
     assert index.document_ids() == {document_key("pump_maintenance_manual.pdf"), document_key("scanned_invoice.jpg")}
@@ -179,25 +223,28 @@ def test_model_change_rebuilds_into_a_new_collection_and_switches_when_complete(
         assert index.rebuild_target(old_fingerprint).collection_info(client)["fingerprint"] == old_fingerprint
 
 
-def test_index_schema_upgrade_is_refused_for_writes_and_rebuilt_by_reindex(state):
-    """Collections written by an older index schema are kept and served until reindex_job has
-    rebuilt everything into collections of the current schema."""
+def test_index_schema_upgrade_is_refused_for_writes_and_rebuilt_by_a_run(state, instance):
+    """Collections written by an older index schema are kept and served until a run has rebuilt
+    everything into collections of the current schema."""
+    from colqwen_pipeline.bulk.engine import run_documents
     from colqwen_pipeline.index.milvus import IndexRefused, MilvusIndex
-    from colqwen_pipeline.reindex import index_document, reindex_all
 
     class OlderSchema(MilvusIndex):
         schema_version = "2"
 
     add_sample(state, "pump_maintenance_manual.pdf")
     key = document_key("pump_maintenance_manual.pdf")
-    assert index_document(state, key, lambda _: None, OlderSchema.from_settings(state)).ok
+    assert run_documents(state, [key], until="embeddings").failed == {}
+    stages.index_stage(state, key, OlderSchema.from_settings(state))
     index = stages.make_index(state)
-    with pytest.raises(IndexRefused, match="index schema 2, this version writes 3: run reindex_job"):
+    with pytest.raises(IndexRefused, match="index schema 2, this version writes 3: run `colqwen-pipeline ingest`"):
         stages.index_stage(state, key)
     assert len(stages.search("pump", top_k=5, settings=state)) > 0  # still served
 
     messages: list[str] = []
-    assert all(outcome.ok for outcome in reindex_all(state, say=messages.append))
+    report = run_documents(state, [key], say=messages.append)
+
+    assert report.failed == {} and report.switched_to == index.live_fingerprint()
     assert any("index schema changed (2 -> 3)" in m for m in messages)
     assert index.rebuild_reason(index.live_fingerprint()) is None
     assert index.document_ids() == {key} and len(stages.search("pump", top_k=5, settings=state)) > 0

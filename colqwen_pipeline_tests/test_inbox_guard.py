@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from colqwen_pipeline import stages
-from colqwen_pipeline.definitions import defs
+from colqwen_pipeline.definitions import RESOURCES, defs
 from colqwen_pipeline.defs.automation import inbox_sensor
 from colqwen_pipeline.inbox import InboxError, document_key, inbox_files
 from colqwen_pipeline.runner import ingest, prune
@@ -83,12 +83,12 @@ def test_sensor_keeps_watching_files_that_vanished_en_masse(state, instance):
         os.utime(path, (old, old))
     keys = sorted(inbox_files(state.inbox))
     instance.add_dynamic_partitions("documents", keys)
-    context = dg.build_sensor_context(instance=instance, definitions=defs)
+    context = dg.build_sensor_context(instance=instance, definitions=defs, resources=RESOURCES)
     cursor = inbox_sensor(context).cursor
     for path in state.inbox.iterdir():
         path.unlink()
 
-    context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs)
+    context = dg.build_sensor_context(instance=instance, cursor=cursor, definitions=defs, resources=RESOURCES)
     result = inbox_sensor(context)
 
     assert [r.job_name for r in result.run_requests] == []

@@ -308,7 +308,7 @@ def test_pipeline_runs_with_the_model_held_by_the_server(server: str, deployment
     """Dagster materialises a document with the resource in remote mode; COLQWEN_MODEL points at
     nothing, so any in-process load would fail. Then /search finds the document's pages."""
     from colqwen_pipeline.defs.assets import ASSETS
-    from colqwen_pipeline.defs.resources import ColQwenModel, MilvusResource
+    from colqwen_pipeline.defs.resources import ColQwenResource
     from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
 
     for name in ("COLQWEN_HOME", "COLQWEN_INBOX"):
@@ -320,7 +320,7 @@ def test_pipeline_runs_with_the_model_held_by_the_server(server: str, deployment
 
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("documents", [key])
-        resources = {"model": ColQwenModel(model_server_url=server), "milvus": MilvusResource()}
+        resources = {"colqwen": ColQwenResource(model_server_url=server)}
         result = dg.materialize(ASSETS, partition_key=key, instance=instance, resources=resources)
 
     assert result.success

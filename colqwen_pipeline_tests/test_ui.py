@@ -128,13 +128,13 @@ def test_inbox_sensor_ui_launch_and_deletion_in_a_running_dagster_dev(dagster_de
     key = document_key("invoice.jpg")
 
     # 1. dropped into the inbox -> indexed without a click
-    run = server.wait_for_run(lambda r: r["jobName"] == "ingest_document")
+    run = server.wait_for_run(lambda r: r["jobName"] == "ingest_job")
     assert run["status"] == "SUCCESS"
     assert {"key": "dagster/sensor_name", "value": "inbox_sensor"} in run["tags"]
     assert [h.doc_id for h in stages.search("invoice total", top_k=1, settings=settings)] == [key]
 
     # 2. a partition launched through the GraphQL API (what the UI's Materialize button does)
-    run_id = server.launch_partition("ingest_document", key)
+    run_id = server.launch_partition("ingest_job", key)
     assert server.wait_for_run(lambda r: r["runId"] == run_id)["status"] == "SUCCESS"
     assert stages.make_index(settings).count_tokens(key) > 0
 

@@ -1,106 +1,158 @@
-"""The four assets, partitioned by document. Artifacts live under the state directory; each asset
-returns metadata only, so no heavy array ever goes through an IO manager."""
+"""The four assets, partitioned by document, computed by one step: ``document_pipeline``.
 
-import time
+One step, so that a run of many documents loads the model once, shares model batches across
+documents, overlaps rendering with embedding and writes Milvus through one connection
+(``bulk.engine``). Dagster records a materialisation per document and stage as each document
+finishes, and only for stages that did work: a document whose file, render settings, model and
+index are unchanged costs a ``stat`` and leaves no event. A broken document fails alone: the others
+of the run are materialised, and the run fails at the end naming the broken ones. The checks of
+each document are evaluated in the same step (``defs/checks.py``).
+"""
+
+import logging
+import warnings
+from typing import Any
 
 import dagster as dg
 
-from colqwen_pipeline import stages
-from colqwen_pipeline.defs.resources import ColQwenModel, MilvusResource
-from colqwen_pipeline.documents.manifest import DocumentError
-from colqwen_pipeline.documents.preview import thumbnails_markdown
-from colqwen_pipeline.embedding.embedder import EmbeddingError
-from colqwen_pipeline.embedding.service import RANDOM_WEIGHTS_WARNING
+from colqwen_pipeline.bulk import versions
+from colqwen_pipeline.defs import checks
+from colqwen_pipeline.defs.resources import ColQwenResource
 from colqwen_pipeline.settings import Settings
 
+log = logging.getLogger(__name__)
 documents = dg.DynamicPartitionsDefinition(name="documents")
 GROUP = "colqwen"
+STAGE_ASSETS = {  # engine stage -> asset
+    "raw": "raw_documents",
+    "pages": "page_images",
+    "embeddings": "page_embeddings",
+    "index": "milvus_collection",
+}
+SPECS = [
+    dg.AssetSpec(
+        "raw_documents",
+        description="The source file in the inbox, identified by its content hash.",
+        kinds={"file"},
+    ),
+    dg.AssetSpec(
+        "page_images",
+        deps=["raw_documents"],
+        description="Rasterised pages (PNG) plus a manifest with each page's pixel hash.",
+        code_version=versions.RENDER_CODE,
+        kinds={"pdf", "image"},
+    ),
+    dg.AssetSpec(
+        "page_embeddings",
+        deps=["page_images"],
+        description="ColQwen2.5 multi-vectors (128-d per token) of every page; unchanged pages come from the cache.",
+        code_version=versions.EMBED_CODE,
+        kinds={"pytorch"},
+    ),
+    dg.AssetSpec(
+        "milvus_collection",
+        deps=["page_embeddings"],
+        description="The document's token vectors in Milvus, replacing any earlier copy (exactly one remains).",
+        code_version=versions.INDEX_CODE,
+        kinds={"milvus"},
+    ),
+]
+SPECS = [spec.replace_attributes(partitions_def=documents, group_name=GROUP, skippable=True) for spec in SPECS]
 
 
-@dg.asset(partitions_def=documents, group_name=GROUP, kinds={"file"})
-def raw_documents(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    """The source file in the inbox, identified by its content hash."""
-    source = stages.describe_source(Settings(), context.partition_key)
-    return dg.MaterializeResult(metadata=source, data_version=dg.DataVersion(source["sha256"]))
+class IngestConfig(dg.Config):
+    force: bool = False  # redo every stage even where the versions say nothing changed
 
 
-@dg.asset(partitions_def=documents, group_name=GROUP, deps=[raw_documents], kinds={"pdf", "image"})
-def page_images(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
-    """Rasterised pages (PNG) plus a manifest with each page's pixel hash."""
-    started = time.perf_counter()
-    try:
-        manifest = stages.rasterize_stage(Settings(), context.partition_key, log=context.log.info)
-    except DocumentError as error:
-        raise dg.Failure(description=str(error)) from error
-    settings = Settings()
-    pages_dir = settings.pages_dir / context.partition_key
-    return dg.MaterializeResult(
-        metadata={
-            "pages": len(manifest.pages),
-            "kind": manifest.kind,
-            "renderer": manifest.pages[0].renderer if manifest.pages else "",
-            "path": dg.MetadataValue.path(str(pages_dir)),
-            "first_page": dg.MetadataValue.path(str(pages_dir / manifest.pages[0].file)),
-            "preview": dg.MetadataValue.md(thumbnails_markdown(pages_dir, manifest)),
-            "seconds": round(time.perf_counter() - started, 3),
-        }
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", dg.BetaWarning)
+
+    @dg.multi_asset(
+        name="document_pipeline",
+        specs=SPECS,
+        check_specs=checks.CHECK_SPECS,
+        can_subset=True,
+        pool="gpu",  # GPU work: one such step at a time (dagster.yaml)
+        backfill_policy=dg.BackfillPolicy.multi_run(max_partitions_per_run=Settings().max_documents_per_run),
     )
+    def document_pipeline(context: dg.AssetExecutionContext, config: IngestConfig, colqwen: ColQwenResource):
+        """Bring the run's documents up to date, stage by stage, as far as the selection reaches."""
+        settings = colqwen.settings()
+        selected = [stage for stage, asset in STAGE_ASSETS.items() if dg.AssetKey(asset) in context.selected_asset_keys]
+        if not selected:  # a run of checks only
+            checks.evaluate_selected(context, settings)
+            return
+        from colqwen_pipeline.bulk.engine import run_documents
+
+        keys = context.partition_keys
+
+        def say(message: str) -> None:  # the run's log in the UI, and the terminal of a CLI ingest
+            context.log.info(message)
+            log.info(message)
+
+        say(f"{len(keys)} document(s), stages up to {STAGE_ASSETS[selected[-1]]}")
+        report = run_documents(
+            settings,
+            keys,
+            until=selected[-1],
+            force=config.force,
+            say=say,
+            on_document=lambda result: _record(context, selected, result),
+        )
+        checks.evaluate_after_run(context, settings, report)
+        if report.failed:
+            lines = sorted(report.failed.values())
+            raise dg.Failure(
+                description=f"{len(lines)} of {len(keys)} document(s) failed; the others are indexed: "
+                + "; ".join(lines[:20])
+                + (f"; … and {len(lines) - 20} more" if len(lines) > 20 else ""),
+                metadata={"failed": dg.MetadataValue.json(report.failed)},
+            )
+        yield from ()
 
 
-@dg.asset(
+def _record(context: dg.AssetExecutionContext, selected: list[str], result: Any) -> None:
+    """One materialisation per stage that did work for this document, with its data version."""
+    for stage in selected:
+        outcome = result.stages.get(stage)
+        if outcome is None or not outcome.changed:
+            continue
+        metadata = {k: v for k, v in outcome.metadata.items() if v is not None}
+        if stage == "pages":
+            metadata["preview"] = dg.MetadataValue.md(_preview(outcome.metadata["path"]))
+        if stage == "embeddings" and metadata.get("random_weights"):
+            from colqwen_pipeline.embedding.service import RANDOM_WEIGHTS_WARNING
+
+            metadata["warning"] = RANDOM_WEIGHTS_WARNING
+        for name in ("path",):
+            if name in metadata:
+                metadata[name] = dg.MetadataValue.path(metadata[name])
+        context.log_event(
+            dg.AssetMaterialization(
+                STAGE_ASSETS[stage],
+                partition=result.key,
+                metadata=metadata,
+                tags={"dagster/data_version": outcome.version},
+            )
+        )
+    if "embeddings" in selected and result.embedding_check is not None:
+        checks.log_document_check(context, "embedding_dimension", result.key, result.embedding_check)
+
+
+def _preview(pages_dir: str) -> str:
+    from pathlib import Path
+
+    from colqwen_pipeline.documents.manifest import Manifest
+    from colqwen_pipeline.documents.preview import thumbnails_markdown
+
+    directory = Path(pages_dir)
+    return thumbnails_markdown(directory, Manifest.read(directory))
+
+
+ASSETS = [document_pipeline]
+ingest_job = dg.define_asset_job(
+    "ingest_job",
+    selection=dg.AssetSelection.assets(document_pipeline),
     partitions_def=documents,
-    group_name=GROUP,
-    deps=[page_images],
-    pool="gpu",
-    kinds={"pytorch"},
-    backfill_policy=dg.BackfillPolicy.single_run(),  # a backfill of N documents: one run, one model load
+    description="Bring documents up to date: new or changed files through every stage, the rest untouched.",
 )
-def page_embeddings(context: dg.AssetExecutionContext, model: ColQwenModel) -> dg.MaterializeResult:
-    """ColQwen2.5 multi-vectors (128-d per token) of every page; unchanged pages come from the cache.
-
-    One partition per run (ingest, sensor) or many (a single-run backfill): each document gets its
-    own metadata. A failed document fails the run after the others are written, so a retry only
-    embeds what failed (the rest is reused from their artifacts).
-    """
-    settings = model.settings()
-    failed: dict[str, str] = {}
-    for key in context.partition_keys:
-        try:
-            context.add_asset_metadata(_embed_partition(context, settings, key), partition_key=key)
-        except (OSError, ValueError, DocumentError, EmbeddingError) as error:  # this document's pages, not the model
-            failed[key] = f"{type(error).__name__}: {error}"
-            context.log.error(f"{key}: {failed[key]}")
-    if len(failed) == 1 and len(context.partition_keys) == 1:
-        raise dg.Failure(description=next(iter(failed.values())))
-    if failed:
-        raise dg.Failure(description=f"embedding failed for {len(failed)} document(s): {failed}")
-    return dg.MaterializeResult()
-
-
-def _embed_partition(context: dg.AssetExecutionContext, settings: Settings, key: str) -> dict:
-    artifact, metrics = stages.embed_stage(settings, key, log=context.log.info)
-    if metrics["random_weights"]:
-        context.log.warning(RANDOM_WEIGHTS_WARNING)
-        metrics["warning"] = RANDOM_WEIGHTS_WARNING
-    metrics = {k: v for k, v in metrics.items() if v is not None}
-    return metrics | {"path": dg.MetadataValue.path(str(artifact.directory))}
-
-
-@dg.asset(partitions_def=documents, group_name=GROUP, deps=[page_embeddings], kinds={"milvus"})
-def milvus_collection(context: dg.AssetExecutionContext, milvus: MilvusResource) -> dg.MaterializeResult:
-    """The document's token vectors in Milvus, replacing any earlier copy (exactly one remains)."""
-    settings = milvus.settings()
-    started = time.perf_counter()
-    tokens = stages.index_stage(settings, context.partition_key)
-    return dg.MaterializeResult(
-        metadata={
-            "tokens_indexed": tokens,
-            "collection": settings.collection,
-            "uri": settings.resolved_milvus_uri,
-            "seconds": round(time.perf_counter() - started, 3),
-        }
-    )
-
-
-ASSETS = [raw_documents, page_images, page_embeddings, milvus_collection]
-ingest_job = dg.define_asset_job("ingest_document", selection=ASSETS, partitions_def=documents)

@@ -1,30 +1,55 @@
 """Asset checks. Thin: the logic lives in ``colqwen_pipeline.evaluation`` and runs without Dagster.
 
-Per-document checks (embedding_dimension, throughput) are partitioned like their asset, so the UI
-shows a result per document. ``@asset_check(partitions_def=...)`` is a preview feature in Dagster
-1.13 (inline ``check_specs`` on a partitioned asset are not supported); it is used on purpose and
-its PreviewWarning silenced. Collection-wide checks (retrieval_quality, index_fidelity,
-collection_consistency) are unpartitioned checks on milvus_collection: they judge the whole index.
+All checks are declared on ``document_pipeline`` and evaluated inside its step, in every path
+(CLI, sensor, schedule, UI), so a run's checks judge exactly what the run wrote:
+- per document (partitioned evaluations): ``embedding_dimension`` (blocking: a document whose
+  embeddings fail it is not indexed and fails alone) and ``throughput`` (forward-only pages/s of
+  the run that embedded it);
+- once per run, and only when the run changed the index: ``retrieval_quality``,
+  ``index_fidelity`` and ``collection_consistency``, which judge the whole collection.
+A run of checks only (the UI's "Execute checks") evaluates what is selected from what is on disk.
 """
 
-import warnings
+from __future__ import annotations
+
 from typing import Any
 
 import dagster as dg
 
-from colqwen_pipeline.defs.assets import documents, milvus_collection, page_embeddings
-from colqwen_pipeline.defs.resources import ColQwenModel, MilvusResource
-from colqwen_pipeline.evaluation import collection
-from colqwen_pipeline.evaluation.checks import CheckOutcome, check_embeddings, check_throughput
+from colqwen_pipeline.evaluation.checks import CheckOutcome
 from colqwen_pipeline.settings import Settings
 
+DOCUMENT_CHECKS = {
+    "embedding_dimension": ("page_embeddings", "Every page has tokens; vectors are 128-d, finite and unit-norm."),
+    "throughput": ("page_embeddings", "Forward-only pages/s of the run that embedded the document, vs the floor."),
+}
+COLLECTION_CHECKS = {
+    "retrieval_quality": ("milvus_collection", "nDCG@5, recall@1/5/10 and MRR@10 of the eval set on the collection."),
+    "index_fidelity": ("milvus_collection", "The collection's top-k against exact MaxSim over the stored embeddings."),
+    "collection_consistency": ("milvus_collection", "Rows per document equal its embeddings; none for vanished ones."),
+}
+SEVERITY = {"embedding_dimension": dg.AssetCheckSeverity.ERROR, "throughput": dg.AssetCheckSeverity.WARN}
+CHECK_SPECS = [
+    dg.AssetCheckSpec(name, asset=asset, description=text, blocking=name == "embedding_dimension")
+    for name, (asset, text) in (DOCUMENT_CHECKS | COLLECTION_CHECKS).items()
+]
 
-def to_result(outcome: CheckOutcome, severity: dg.AssetCheckSeverity) -> dg.AssetCheckResult:
+
+def evaluation(
+    name: str, outcome: CheckOutcome, severity: dg.AssetCheckSeverity, partition: str | None = None
+) -> dg.AssetCheckEvaluation:
     metadata: dict[str, Any] = dict(outcome.metadata)
-    for name, rows in outcome.tables.items():
-        metadata[name] = _table(rows)
-    return dg.AssetCheckResult(
-        passed=outcome.passed, severity=severity, description=outcome.description, metadata=metadata
+    for table, rows in outcome.tables.items():
+        metadata[table] = _table(rows)
+    asset = (DOCUMENT_CHECKS | COLLECTION_CHECKS)[name][0]
+    return dg.AssetCheckEvaluation(
+        asset_key=dg.AssetKey(asset),
+        check_name=name,
+        passed=outcome.passed,
+        severity=severity,
+        description=outcome.description,
+        metadata=metadata,
+        partition=partition,
     )
 
 
@@ -36,60 +61,63 @@ def _table(rows: list[dict[str, Any]]) -> dg.MetadataValue:
     return dg.MetadataValue.table([dg.TableRecord(row) for row in rows], dg.TableSchema(columns=columns))
 
 
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", dg.PreviewWarning)
+def _selected(context: dg.AssetExecutionContext, name: str) -> bool:
+    asset = (DOCUMENT_CHECKS | COLLECTION_CHECKS)[name][0]
+    return dg.AssetCheckKey(dg.AssetKey(asset), name) in context.selected_asset_check_keys
 
-    @dg.asset_check(asset=page_embeddings, partitions_def=documents, blocking=True)
-    def embedding_dimension(context: dg.AssetCheckExecutionContext, model: ColQwenModel) -> dg.AssetCheckResult:
-        """Every page has tokens; vectors are the model's dimension (128), finite and unit-norm.
-        Blocking: a broken artifact never reaches Milvus."""
-        settings = model.settings()
-        outcome = check_embeddings(
-            settings.embeddings_dir / context.partition_key, settings.embedding_dim, settings.norm_tolerance
+
+def log_document_check(context: dg.AssetExecutionContext, name: str, key: str, outcome: CheckOutcome) -> None:
+    if _selected(context, name):
+        context.log_event(evaluation(name, outcome, SEVERITY[name], partition=key))
+
+
+def evaluate_after_run(context: dg.AssetExecutionContext, settings: Settings, report: Any) -> None:
+    """Throughput of every document the run embedded; the collection checks if the index changed."""
+    from colqwen_pipeline.evaluation.checks import check_throughput
+
+    embedded = [d for d in report.documents if d.ok and "embeddings" in d.stages and d.stages["embeddings"].changed]
+    if embedded:
+        metrics = report.forward | {
+            "device": embedded[0].stages["embeddings"].metadata.get("device", "cpu"),
+            "end_to_end_pages_per_s": report.end_to_end_pages_per_s,
+            "model_load_s": report.model_load_s,
+        }
+        outcome = check_throughput(metrics, _floors(settings))
+        for document in embedded:
+            log_document_check(context, "throughput", document.key, outcome)
+    changed = report.count("index") or report.switched_to
+    if changed:
+        collection_checks(context, settings)
+
+
+def collection_checks(context: dg.AssetExecutionContext, settings: Settings) -> None:
+    from colqwen_pipeline.evaluation import collection
+
+    judges = {
+        "retrieval_quality": (collection.retrieval_quality, dg.AssetCheckSeverity(settings.quality_severity)),
+        "index_fidelity": (collection.fidelity, dg.AssetCheckSeverity.ERROR),
+        "collection_consistency": (collection.consistency, dg.AssetCheckSeverity.ERROR),
+    }
+    for name, (judge, severity) in judges.items():
+        if _selected(context, name):
+            context.log_event(evaluation(name, judge(settings), severity))
+
+
+def evaluate_selected(context: dg.AssetExecutionContext, settings: Settings) -> None:
+    """A run of checks only: per-document checks from the artifacts on disk, then the collection's."""
+    from colqwen_pipeline.evaluation.checks import check_embeddings
+
+    keys = context.partition_keys if context.has_partition_key or context.has_partition_key_range else []
+    for key in keys:
+        directory = settings.embeddings_dir / key
+        log_document_check(
+            context,
+            "embedding_dimension",
+            key,
+            check_embeddings(directory, settings.embedding_dim, settings.norm_tolerance),
         )
-        return to_result(outcome, dg.AssetCheckSeverity.ERROR)
-
-    @dg.asset_check(asset=page_embeddings, partitions_def=documents)
-    def throughput(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        """Model pages/s of the latest materialisation against the floor of its device type."""
-        settings = Settings()
-        records = context.instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=page_embeddings.key, asset_partitions=[context.partition_key]), limit=1
-        ).records
-        if not records:
-            missing = CheckOutcome(False, "page_embeddings has no materialisation for this document yet")
-            return to_result(missing, dg.AssetCheckSeverity.WARN)
-        metrics = {k: v.value for k, v in records[0].asset_materialization.metadata.items()}
-        floors = {"cpu": settings.min_pages_per_s_cpu, "cuda": settings.min_pages_per_s_cuda}
-        return to_result(check_throughput(metrics, floors), dg.AssetCheckSeverity.WARN)
+    collection_checks(context, settings)
 
 
-@dg.asset_check(asset=milvus_collection)
-def retrieval_quality(model: ColQwenModel, milvus: MilvusResource) -> dg.AssetCheckResult:
-    """nDCG@5, recall@1/5/10 and MRR@10 of the eval set (COLQWEN_EVAL_SET) on the live collection."""
-    settings = _settings(model, milvus)
-    return to_result(collection.retrieval_quality(settings), dg.AssetCheckSeverity(settings.quality_severity))
-
-
-@dg.asset_check(asset=milvus_collection)
-def index_fidelity(model: ColQwenModel, milvus: MilvusResource) -> dg.AssetCheckResult:
-    """The collection's top-k for the eval queries against exact brute-force MaxSim over the stored
-    embeddings: recall@k must reach COLQWEN_FIDELITY_MIN_RECALL (0.99)."""
-    return to_result(collection.fidelity(_settings(model, milvus)), dg.AssetCheckSeverity.ERROR)
-
-
-@dg.asset_check(asset=milvus_collection)
-def collection_consistency(milvus: MilvusResource) -> dg.AssetCheckResult:
-    """Each document's rows in Milvus equal the tokens of its embeddings; none for vanished documents."""
-    return to_result(collection.consistency(milvus.settings()), dg.AssetCheckSeverity.ERROR)
-
-
-def _settings(model: ColQwenModel, milvus: MilvusResource) -> Settings:
-    """The model resource's settings with the Milvus resource's URI and collection."""
-    index = milvus.settings()
-    return model.settings().model_copy(update={"milvus_uri": index.milvus_uri, "collection": index.collection})
-
-
-DOCUMENT_CHECKS = [embedding_dimension, throughput]
-COLLECTION_CHECKS = [retrieval_quality, index_fidelity, collection_consistency]
-CHECKS = DOCUMENT_CHECKS + COLLECTION_CHECKS
+def _floors(settings: Settings) -> dict[str, float]:
+    return {"cpu": settings.min_pages_per_s_cpu, "cuda": settings.min_pages_per_s_cuda}

@@ -32,10 +32,18 @@ class Manifest:
     source_sha256: str
     kind: str  # "pdf", "image", "office"
     pages: list[PageRecord]
+    # Set by the bulk engine (bulk/versions.py): what the pages depend on, and the source file's
+    # size and mtime when it was hashed (unchanged size and mtime: no need to hash it again).
+    version: str = ""
+    source_size: int = -1
+    source_mtime_ns: int = -1
 
     def write(self, directory: Path) -> Path:
+        """Atomically: a reader sees the old manifest or the new one."""
         path = directory / MANIFEST_NAME
-        path.write_text(json.dumps(asdict(self), indent=1))
+        tmp = path.with_name(f".{MANIFEST_NAME}.tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=1))
+        tmp.replace(path)
         return path
 
     @classmethod

@@ -62,12 +62,14 @@ def rasterize_document(
     log: Log | None = None,
     *,
     page_limit: int | None = None,
+    source_sha256: str | None = None,
 ) -> Manifest:
     """Render ``path`` to ``out_dir``/page-NNNN.png + manifest.json; raise DocumentError on failure.
 
     ``out_dir`` is replaced only when the whole document rendered; on failure it is left as it was.
     ``page_limit`` renders only the first N pages (previews, corpus checks); the DPI policy and the
-    page-count cap still look at the whole document.
+    page-count cap still look at the whole document. ``source_sha256``: the file's hash when the
+    caller has it already (the file is not read twice).
     """
     if page_limit is not None and page_limit < 1:
         raise ValueError(f"page_limit must be at least 1, not {page_limit}")
@@ -81,7 +83,7 @@ def rasterize_document(
     job = _Job(path.name, settings, tmp, deadline, log or (lambda _: None), page_limit)
     try:
         records = _render(kind, path, job, dpi)
-        manifest = Manifest(str(path), file_sha256(path), kind, records)
+        manifest = Manifest(str(path), source_sha256 or file_sha256(path), kind, records)
         manifest.write(tmp)
         replace_dir(tmp, out_dir)
         return manifest

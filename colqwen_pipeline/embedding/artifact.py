@@ -27,6 +27,7 @@ class EmbeddingArtifact:
     dim: int
     pages: list[dict[str, Any]]
     random_weights: bool = False
+    version: str = ""  # bulk/versions.py: the pages version and model it was made from
 
     @cached_property
     def vectors(self) -> np.ndarray:
@@ -44,7 +45,14 @@ class EmbeddingArtifact:
     @classmethod
     def read(cls, directory: Path) -> EmbeddingArtifact:
         meta = json.loads((directory / "pages.json").read_text())
-        return cls(directory, meta["fingerprint"], meta["dim"], meta["pages"], meta.get("random_weights", False))
+        return cls(
+            directory,
+            meta["fingerprint"],
+            meta["dim"],
+            meta["pages"],
+            meta.get("random_weights", False),
+            meta.get("version", ""),
+        )
 
 
 def write_artifact(
@@ -54,6 +62,7 @@ def write_artifact(
     fingerprint: str,
     dim: int,
     random_weights: bool = False,
+    version: str = "",
 ) -> EmbeddingArtifact:
     """Write atomically: a crash leaves either the old artifact or the new one, never half."""
     counts = [len(v) for v in page_vectors]
@@ -64,7 +73,13 @@ def write_artifact(
     try:
         stacked = np.concatenate(page_vectors) if page_vectors else np.zeros((0, dim))
         np.save(tmp / "vectors.npy", stacked.astype(np.float16))
-        meta = {"fingerprint": fingerprint, "dim": dim, "random_weights": random_weights, "pages": records}
+        meta = {
+            "fingerprint": fingerprint,
+            "dim": dim,
+            "random_weights": random_weights,
+            "version": version,
+            "pages": records,
+        }
         (tmp / "pages.json").write_text(json.dumps(meta, indent=1))
         replace_dir(tmp, directory)
     except BaseException:

@@ -1,14 +1,20 @@
-"""Embed one document's rendered pages, serving unchanged pages without a model forward.
+"""Embed documents' rendered pages, serving unchanged pages without a model forward.
 
 A page's vectors come, in order of preference, from the Redis cache, from the document's
 previous artifact (same model fingerprint and pixel hash: re-materialising an unchanged document
 costs no forward even without Redis), or from the model, loaded only if some page needs it.
+
+Three steps, so that the pages of many documents share model batches: ``plan_embedding`` per
+document (what is already known), ``embed_missing`` once for many documents (one
+``embed_images`` call, batched by visual-token count across documents), ``finish_embedding`` per
+document (write the artifact, fill the cache).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +29,27 @@ from colqwen_pipeline.embedding.loading import ModelIdentity
 Log = Callable[[str], None]
 
 
+@dataclass
+class PendingEmbedding:
+    """One document between planning and writing: the vectors known so far, and what is missing."""
+
+    pages_dir: Path
+    out_dir: Path
+    manifest: Manifest
+    vectors: list[np.ndarray | None]
+    cache_keys: list[str]
+    not_in_cache: list[int]
+    version: str = ""
+    stats: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def missing(self) -> list[int]:
+        return [i for i, v in enumerate(self.vectors) if v is None]
+
+    def missing_paths(self) -> list[Path]:
+        return [self.pages_dir / self.manifest.pages[i].file for i in self.missing]
+
+
 def _previous_vectors(out_dir: Path, fingerprint: str) -> dict[str, np.ndarray]:
     """sha256 -> vectors of the last artifact, if it was made by the same model."""
     try:
@@ -34,17 +61,10 @@ def _previous_vectors(out_dir: Path, fingerprint: str) -> dict[str, np.ndarray]:
     return {page["sha256"]: np.array(previous.page_vectors(i)) for i, page in enumerate(previous.pages)}
 
 
-def embed_document(
-    pages_dir: Path,
-    out_dir: Path,
-    identity: ModelIdentity,
-    get_embedder: Callable[[], Embedder],
-    cache: EmbeddingCache | None = None,
-    log: Log = lambda _: None,
-) -> tuple[EmbeddingArtifact, dict[str, Any]]:
-    """Write the document's embeddings artifact and return it with throughput metadata."""
+def plan_embedding(
+    pages_dir: Path, out_dir: Path, identity: ModelIdentity, cache: EmbeddingCache | None, version: str = ""
+) -> PendingEmbedding:
     manifest = Manifest.read(pages_dir)
-    started = time.perf_counter()
     keys = [cache.image_key(p.sha256) for p in manifest.pages] if cache else []
     hits_before, misses_before = (cache.hits, cache.misses) if cache else (0, 0)
     vectors = cache.get_many(keys) if cache else [None] * len(manifest.pages)
@@ -52,29 +72,65 @@ def embed_document(
     previous = _previous_vectors(out_dir, identity.fingerprint) if not_in_cache else {}
     for i in not_in_cache:
         vectors[i] = previous.get(manifest.pages[i].sha256)
-    missing = [i for i, v in enumerate(vectors) if v is None]
-    embed_stats: dict[str, Any] = {"model_forwards": 0, "batch_size_used": 0, "oom_backoffs": 0, "embed_seconds": 0.0}
-    if missing:
-        log(f"embedding {len(missing)} of {len(manifest.pages)} pages ({len(manifest.pages) - len(missing)} reused)")
-        embed_stats = _embed_pages(get_embedder(), [pages_dir / manifest.pages[i].file for i in missing], log)
-        for i, fresh in zip(missing, embed_stats.pop("vectors"), strict=True):
-            vectors[i] = fresh
-    if cache:
-        cache.set_many({keys[i]: vectors[i] for i in not_in_cache})
-    pages = [{"page": p.page, "sha256": p.sha256, "image": str(pages_dir / p.file)} for p in manifest.pages]
-    artifact = write_artifact(out_dir, vectors, pages, identity.fingerprint, identity.dim, identity.random_weights)
-    seconds = time.perf_counter() - started
-    return artifact, {
-        "pages": len(pages),
-        "tokens": artifact.total_tokens,
-        "pages_embedded": len(missing),
-        "pages_reused_from_artifact": len(not_in_cache) - len(missing),
+    pending = PendingEmbedding(pages_dir, out_dir, manifest, vectors, keys, not_in_cache, version)
+    pending.stats = {
         "cache_enabled": bool(cache and cache.enabled),
         "cache_hits": (cache.hits - hits_before) if cache else 0,
         "cache_misses": (cache.misses - misses_before) if cache else 0,
-        **embed_stats,
-        "seconds": round(seconds, 3),
-        "pages_per_s": round(len(pages) / seconds, 3) if seconds > 0 else 0.0,
+        "pages_embedded": len(pending.missing),
+        "pages_reused_from_artifact": len(not_in_cache) - len(pending.missing),
+    }
+    return pending
+
+
+def embed_missing(embedder: Embedder, documents: Sequence[PendingEmbedding], log: Log) -> dict[str, Any]:
+    """Every missing page of ``documents`` in one ``embed_images`` call: pages of different
+    documents share batches. Returns forward-only figures."""
+    owners = [(doc, i) for doc in documents for i in doc.missing]
+    paths = [doc.pages_dir / doc.manifest.pages[i].file for doc, i in owners]
+    forwards, backoffs = embedder.stats.forward_calls, embedder.stats.oom_backoffs
+    embedder.stats.batch_size_used = 0
+    reset_peak_gpu_memory(embedder.device)
+    started = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        if done == total or done % (embedder.batch_size * 8) < embedder.batch_size:
+            log(f"embedded {done}/{total} pages")
+
+    fresh = embedder.embed_images(paths, progress=progress) if paths else []
+    seconds = time.perf_counter() - started
+    for (doc, i), vectors in zip(owners, fresh, strict=True):
+        doc.vectors[i] = vectors
+    return {
+        "pages_forwarded": len(paths),
+        "model_forwards": embedder.stats.forward_calls - forwards,
+        "batch_size": embedder.batch_size,
+        "batch_size_used": embedder.stats.batch_size_used,
+        "oom_backoffs": embedder.stats.oom_backoffs - backoffs,
+        "forward_seconds": round(seconds, 3),
+        "forward_pages_per_s": round(len(paths) / seconds, 3) if seconds > 0 else 0.0,
+        "peak_gpu_mem_mb": peak_gpu_memory_mb(embedder.device),
+    }
+
+
+def finish_embedding(
+    pending: PendingEmbedding, identity: ModelIdentity, cache: EmbeddingCache | None
+) -> EmbeddingArtifact:
+    if pending.missing:
+        raise ValueError(f"{pending.out_dir.name}: pages {pending.missing[:5]} were never embedded")
+    if cache:
+        cache.set_many({pending.cache_keys[i]: pending.vectors[i] for i in pending.not_in_cache})
+    pages = [
+        {"page": p.page, "sha256": p.sha256, "image": str(pending.pages_dir / p.file)} for p in pending.manifest.pages
+    ]
+    vectors = [v for v in pending.vectors if v is not None]
+    return write_artifact(
+        pending.out_dir, vectors, pages, identity.fingerprint, identity.dim, identity.random_weights, pending.version
+    )
+
+
+def identity_metadata(identity: ModelIdentity) -> dict[str, Any]:
+    return {
         "device": identity.device,
         "precision": identity.precision,
         "attention": identity.attention,
@@ -84,26 +140,32 @@ def embed_document(
     }
 
 
-def _embed_pages(embedder: Embedder, paths: list[Path], log: Log) -> dict[str, Any]:
-    forwards, backoffs = embedder.stats.forward_calls, embedder.stats.oom_backoffs
-    embedder.stats.batch_size_used = 0
-    reset_peak_gpu_memory(embedder.device)
+def embed_document(
+    pages_dir: Path,
+    out_dir: Path,
+    identity: ModelIdentity,
+    get_embedder: Callable[[], Embedder],
+    cache: EmbeddingCache | None = None,
+    log: Log = lambda _: None,
+) -> tuple[EmbeddingArtifact, dict[str, Any]]:
+    """One document on its own (the bulk engine batches many): artifact plus throughput metadata."""
     started = time.perf_counter()
-
-    def progress(done: int, total: int) -> None:
-        log(f"embedded {done}/{total} pages")
-
-    fresh = embedder.embed_images(paths, progress=progress)
+    pending = plan_embedding(pages_dir, out_dir, identity, cache)
+    forward: dict[str, Any] = {"model_forwards": 0, "batch_size_used": 0, "oom_backoffs": 0, "forward_seconds": 0.0}
+    if pending.missing:
+        total = len(pending.manifest.pages)
+        log(f"embedding {len(pending.missing)} of {total} pages ({total - len(pending.missing)} reused)")
+        forward = embed_missing(get_embedder(), [pending], log)
+    artifact = finish_embedding(pending, identity, cache)
     seconds = time.perf_counter() - started
-    return {
-        "vectors": fresh,
-        "model_forwards": embedder.stats.forward_calls - forwards,
-        "batch_size": embedder.batch_size,
-        "batch_size_used": embedder.stats.batch_size_used,
-        "oom_backoffs": embedder.stats.oom_backoffs - backoffs,
-        "embed_seconds": round(seconds, 3),
-        "embed_pages_per_s": round(len(paths) / seconds, 3) if seconds > 0 else 0.0,
-        "peak_gpu_mem_mb": peak_gpu_memory_mb(embedder.device),
+    return artifact, {
+        "pages": len(artifact.pages),
+        "tokens": artifact.total_tokens,
+        **pending.stats,
+        **forward,
+        "seconds": round(seconds, 3),
+        "pages_per_s": round(len(artifact.pages) / seconds, 3) if seconds > 0 else 0.0,
+        **identity_metadata(identity),
     }
 
 

@@ -76,6 +76,15 @@ class PageRows:
 
 
 @dataclass(frozen=True)
+class DocumentRows:
+    """One document as the index writes it."""
+
+    doc_id: str
+    document: str  # path relative to the inbox
+    pages: Sequence[PageRows]
+
+
+@dataclass(frozen=True)
 class Hit:
     doc_id: str
     document: str
@@ -360,13 +369,13 @@ class MilvusIndex:
         if info["schema"] != self.schema_version:
             raise IndexRefused(
                 f"collection {self.collection!r} has index schema {info['schema']}, this version writes "
-                f"{self.schema_version}: run reindex_job (it rebuilds into new collections and switches over "
+                f"{self.schema_version}: run `colqwen-pipeline ingest` or ingest_job (it rebuilds into new collections and switches over "
                 "when complete) or set COLQWEN_COLLECTION to a new name"
             )
         if info["dim"] != dim or info["fingerprint"] != fingerprint:
             raise IndexRefused(
                 f"collection {self.collection!r} holds embeddings of {info['fingerprint']} (dim {info['dim']}); "
-                f"refusing to add {fingerprint} (dim {dim}): run reindex_job (it rebuilds into a new collection "
+                f"refusing to add {fingerprint} (dim {dim}): run `colqwen-pipeline ingest` or ingest_job (it rebuilds into a new collection "
                 "and switches over when complete) or set COLQWEN_COLLECTION to a new name"
             )
 
@@ -375,21 +384,31 @@ class MilvusIndex:
         self, doc_id: str, document: str, pages: Sequence[PageRows], fingerprint: str, dim: int
     ) -> int:
         """Write the document's new generation, then delete every older one. Returns tokens stored."""
-        check_shapes(doc_id, pages, dim)
-        generation = new_generation()
+        return self.replace_documents([DocumentRows(doc_id, document, pages)], fingerprint, dim)[doc_id]
+
+    def replace_documents(self, documents: Sequence[DocumentRows], fingerprint: str, dim: int) -> dict[str, int]:
+        """Many documents in one connection and few large inserts, each document still all-or-nothing
+        for search: every document gets a new generation (pages rows of all documents first, then
+        their centroid rows), then the older generations are deleted. Returns tokens per doc_id."""
+        for doc in documents:
+            check_shapes(doc.doc_id, doc.pages, dim)
+        generation = new_generation()  # unique to this call, so one per document written here
         with self.client() as client:
             self._ensure(client, fingerprint, dim)
             self._load(client, self.pages, self.collection)
-            uids = self._new_page_uids(client, len(pages))
+            uids = iter(self._new_page_uids(client, sum(len(doc.pages) for doc in documents)))
             page_rows, centroid_rows = [], []
-            for uid, page in zip(uids, pages, strict=True):
-                page_rows += self._page_rows(uid, doc_id, document, page, generation)
-                centroid_rows += self._centroid_rows(uid, doc_id, page, generation, dim)
+            for doc in documents:
+                for page in doc.pages:
+                    uid = next(uids)
+                    page_rows += self._page_rows(uid, doc.doc_id, doc.document, page, generation)
+                    centroid_rows += self._centroid_rows(uid, doc.doc_id, page, generation, dim)
             # Pages first: a centroid row never points at a page that is not fully written.
             self._insert(client, self.pages, page_rows, bytes_per_row=lambda r: len(r["tokens"]) + 4 * dim + 512)
             self._insert(client, self.collection, centroid_rows, bytes_per_row=lambda r: 4 * dim + 128)
-            self._delete_generations(client, doc_id, keep=generation)
-        return sum(len(page.vectors) for page in pages)
+            for doc in documents:
+                self._delete_generations(client, doc.doc_id, keep=generation)
+        return {doc.doc_id: sum(len(page.vectors) for page in doc.pages) for doc in documents}
 
     def delete_document(self, doc_id: str) -> None:
         with self.client() as client:
@@ -468,16 +487,21 @@ class MilvusIndex:
         """Token vectors stored (all documents, or one), over every generation on disk."""
         return sum(self._token_counts(doc_id).values())
 
-    def token_counts_by_document(self) -> dict[str, int]:
-        """Token vectors stored per document (for consistency checks)."""
-        return dict(sorted(self._token_counts(None).items()))
+    def token_counts_by_document(self, doc_ids: Sequence[str] | None = None) -> dict[str, int]:
+        """Token vectors stored per document (all, or those of ``doc_ids``), over every generation on disk."""
+        if doc_ids is not None and not doc_ids:
+            return {}
+        expression = f"chunk == 0 and doc_id in {_quote(doc_ids)}" if doc_ids else "chunk == 0"
+        return dict(sorted(self._token_counts_where(expression).items()))
 
     def _token_counts(self, doc_id: str | None) -> dict[str, int]:
+        return self._token_counts_where("chunk == 0" + (f" and doc_id == {json.dumps(doc_id)}" if doc_id else ""))
+
+    def _token_counts_where(self, expression: str) -> dict[str, int]:
         with self.client() as client:
             if not client.has_collection(self.pages):
                 return {}
             self._load(client, self.pages)
-            expression = "chunk == 0" + (f" and doc_id == {json.dumps(doc_id)}" if doc_id else "")
             counts: dict[str, int] = {}
             for row in self._iterate(client, self.pages, expression, ["doc_id", "n_tokens"]):
                 counts[row["doc_id"]] = counts.get(row["doc_id"], 0) + row["n_tokens"]

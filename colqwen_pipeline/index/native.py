@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from colqwen_pipeline.index.milvus import (
+    DocumentRows,
     Hit,
     IndexRefused,
     MilvusIndex,
@@ -104,6 +105,23 @@ class NativeMaxSimIndex(MilvusIndex):
                 client.insert(self.collection, rows[start : start + 64])
             client.delete(self.collection, filter=f'doc_id == {json.dumps(doc_id)} and generation != "{generation}"')
         return sum(len(p.vectors) for p in pages)
+
+    def replace_documents(self, documents: Sequence[DocumentRows], fingerprint: str, dim: int) -> dict[str, int]:
+        with self.session():
+            return {d.doc_id: self.replace_document(d.doc_id, d.document, d.pages, fingerprint, dim) for d in documents}
+
+    def token_counts_by_document(self, doc_ids: Sequence[str] | None = None) -> dict[str, int]:
+        if doc_ids is not None and not doc_ids:
+            return {}
+        with self.client() as client:
+            if not client.has_collection(self.collection):
+                return {}
+            client.load_collection(self.collection)
+            expression = f"doc_id in {json.dumps(list(doc_ids))}" if doc_ids else "id >= 0"
+            counts: dict[str, int] = {}
+            for row in self._iterate(client, self.collection, expression, ["doc_id", "n_tokens"]):
+                counts[row["doc_id"]] = counts.get(row["doc_id"], 0) + row["n_tokens"]
+            return dict(sorted(counts.items()))
 
     def delete_document(self, doc_id: str) -> None:
         with self.client() as client:

@@ -1,0 +1,426 @@
+"""``run_documents``: many documents through the four stages in one process, at the model's pace.
+
+- Incremental: each stage compares the version of what its output depends on (bulk/versions.py)
+  with the version recorded beside that output (manifest.json, pages.json, index.json) and is
+  skipped when they match; ``force`` redoes everything.
+- Overlapped: documents are read and rendered ahead by a pool of ``render_workers`` threads (each
+  render is its own guarded subprocess) while the main thread embeds and indexes.
+- Batched: the pages of a *wave* of documents go through the model together (batches are cut by
+  visual-token count across documents), then the wave is written to Milvus through one
+  connection in a few large inserts; each document stays all-or-nothing in search.
+- Isolated: a document that cannot be read, rendered or passes no embedding check fails alone,
+  with one line; the others of the run complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from colqwen_pipeline.bulk import versions
+from colqwen_pipeline.documents.manifest import DocumentError, Manifest
+from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
+from colqwen_pipeline.errors import PipelineError
+from colqwen_pipeline.evaluation.checks import CheckOutcome, check_embeddings
+from colqwen_pipeline.inbox import file_sha256, inbox_files
+from colqwen_pipeline.index.milvus import DocumentRows, IndexRefused, MilvusIndex, PageRows, check_shapes
+from colqwen_pipeline.settings import Settings
+
+log = logging.getLogger(__name__)
+Log = Callable[[str], None]
+STAGES = ("raw", "pages", "embeddings", "index")
+INDEX_STAMP = "index.json"  # beside the embeddings: replaced (so invalid) whenever they are
+
+
+@dataclass
+class StageOutcome:
+    version: str
+    changed: bool  # False: the output was already current, nothing was redone
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DocumentResult:
+    key: str
+    path: Path | None = None
+    document: str = ""  # path relative to the inbox
+    stages: dict[str, StageOutcome] = field(default_factory=dict)
+    error: str = ""
+    embedding_check: CheckOutcome | None = None  # set when the embeddings were (re)made
+
+    @property
+    def ok(self) -> bool:
+        return not self.error
+
+    def fail(self, stage: str, error: BaseException | str) -> None:
+        reason = str(error) if isinstance(error, PipelineError | str) else f"{type(error).__name__}: {error}"
+        reason = reason.strip().splitlines()[0] if reason.strip() else type(error).__name__
+        name = self.document or self.key
+        self.error = reason if reason.startswith(name) else f"{name}: {reason}"
+        self.error = f"{self.error} ({stage})" if stage not in ("raw", "pages") else self.error
+
+
+@dataclass
+class RunReport:
+    documents: list[DocumentResult] = field(default_factory=list)
+    forward: dict[str, Any] = field(default_factory=dict)  # forward-only figures of all waves
+    model_load_s: float = 0.0
+    model_loads: int = 0
+    seconds: float = 0.0
+    switched_to: str | None = None
+
+    def count(self, stage: str) -> int:
+        """Documents whose ``stage`` was redone in this run."""
+        return sum(1 for d in self.documents if stage in d.stages and d.stages[stage].changed)
+
+    @property
+    def failed(self) -> dict[str, str]:
+        return {d.key: d.error for d in self.documents if not d.ok}
+
+    @property
+    def pages(self) -> int:
+        return sum(int(d.stages["pages"].metadata.get("pages", 0)) for d in self.documents if "pages" in d.stages)
+
+    @property
+    def end_to_end_pages_per_s(self) -> float:
+        embedded = self.forward.get("pages_forwarded", 0)
+        return round(embedded / self.seconds, 3) if self.seconds > 0 and embedded else 0.0
+
+
+class _Run:
+    """State of one call: settings, the model identity, the index target, the report."""
+
+    def __init__(self, settings: Settings, until: str, force: bool, say: Log, on_document: Callable | None):
+        self.settings, self.force, self.say = settings, force, say
+        self.stages = STAGES[: STAGES.index(until) + 1]
+        self.on_document = on_document or (lambda _: None)
+        self.report = RunReport()
+        self._identity: Any = None
+        self._cache: Any = None
+        self._index: tuple[MilvusIndex, MilvusIndex, str | None, str] | None = None
+
+    # -- shared, made on first use --------------------------------------------------------------
+    @property
+    def identity(self) -> Any:
+        if self._identity is None:
+            from colqwen_pipeline.embedding.service import model_identity, open_cache
+
+            self._identity = model_identity(self.settings)
+            self._cache = open_cache(self.settings, self._identity)
+        return self._identity
+
+    @property
+    def cache(self) -> Any:
+        return self._cache if self.identity else None
+
+    def index(self) -> tuple[MilvusIndex, MilvusIndex, str | None, str]:
+        """(live index, write target, rebuild reason, physical collection of the target)."""
+        if self._index is None:
+            from colqwen_pipeline.stages import make_index
+
+            live = make_index(self.settings)
+            fingerprint = self.identity.fingerprint
+            reason = live.rebuild_reason(fingerprint)
+            target = live.rebuild_target(fingerprint) if reason else live
+            if reason:
+                self.say(f"{reason}: writing into {target.collection}; search switches over once it is complete")
+            self._index = (live, target, reason, live.rebuild_target(fingerprint).collection)
+        return self._index
+
+    def embedder(self) -> Any:
+        from colqwen_pipeline.embedding.service import get_embedder, loads_so_far
+
+        before, started = loads_so_far(), time.perf_counter()
+        embedder = get_embedder(self.settings)
+        if loads_so_far() > before:
+            self.report.model_loads += 1
+            self.report.model_load_s += round(time.perf_counter() - started, 3)
+        return embedder
+
+    # -- raw + pages: in the render pool ----------------------------------------------------------
+    def prepare(self, key: str, path: Path | None) -> DocumentResult:
+        result = DocumentResult(key, path)
+        if path is None:
+            result.fail("raw", f"{key}: no file in {self.settings.inbox} has this partition key (moved or deleted?)")
+            return result
+        result.document = path.relative_to(self.settings.inbox).as_posix()
+        stage = "raw"
+        try:
+            previous = _read_manifest(self.settings.pages_dir / key)
+            result.stages["raw"] = self._raw(path, previous)
+            if "pages" in self.stages:
+                stage = "pages"
+                result.stages["pages"] = self._pages(key, path, result.stages["raw"], previous)
+        except Exception as error:  # noqa: BLE001 - one document must not take down the others
+            if not isinstance(error, DocumentError | OSError):
+                log.debug("preparing %s failed", key, exc_info=True)
+            result.fail(stage, error)
+        return result
+
+    def _raw(self, path: Path, previous: Manifest | None) -> StageOutcome:
+        stat = path.stat()
+        cap = self.settings.max_file_mb * 1024 * 1024
+        if stat.st_size > cap:  # before hashing: a huge file costs nothing to refuse
+            raise DocumentError(
+                f"{path.name}: file is {stat.st_size / 2**20:.0f} MB, over the cap of "
+                f"{self.settings.max_file_mb} MB (COLQWEN_MAX_FILE_MB)"
+            )
+        same_file = previous is not None and (previous.source, previous.source_size, previous.source_mtime_ns) == (
+            str(path.resolve()),
+            stat.st_size,
+            stat.st_mtime_ns,
+        )
+        sha = previous.source_sha256 if same_file and previous else file_sha256(path)
+        metadata = {
+            "path": str(path.resolve()),
+            "relative_path": path.relative_to(self.settings.inbox).as_posix(),
+            "bytes": stat.st_size,
+            "sha256": sha,
+            "mtime_ns": stat.st_mtime_ns,
+        }
+        return StageOutcome(sha, previous is None or previous.source_sha256 != sha, metadata)
+
+    def _pages(self, key: str, path: Path, raw: StageOutcome, previous: Manifest | None) -> StageOutcome:
+        version = versions.pages_version(raw.version, self.settings)
+        out = self.settings.pages_dir / key
+        if previous is not None and previous.version == version and not self.force:
+            return StageOutcome(version, False, _pages_metadata(previous, out))
+        from colqwen_pipeline.documents import rasterize_document
+
+        started = time.perf_counter()
+        manifest = rasterize_document(path, out, self.settings, log=self.say, source_sha256=raw.version)
+        stamped = replace(
+            manifest,
+            version=version,
+            source_size=raw.metadata["bytes"],
+            source_mtime_ns=raw.metadata["mtime_ns"],
+        )
+        stamped.write(out)
+        return StageOutcome(version, True, _pages_metadata(stamped, out) | {"seconds": _since(started)})
+
+    # -- embeddings + index: in waves on the main thread --------------------------------------------
+    def run(self, keys: Sequence[str]) -> RunReport:
+        started = time.perf_counter()
+        files = inbox_files(self.settings.inbox)  # one walk of the inbox for the whole run
+        wave: list[tuple[DocumentResult, Any]] = []
+        wave_pages = 0
+        workers = max(1, self.settings.render_workers)
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="render") as pool:
+            futures = [pool.submit(self.prepare, key, files.get(key)) for key in keys]
+            for number, future in enumerate(futures, 1):
+                result = future.result()
+                self.report.documents.append(result)
+                if not result.ok or "embeddings" not in self.stages:
+                    self.on_document(result)
+                    continue
+                pending = self._plan(result)
+                wave.append((result, pending))
+                wave_pages += len(pending.missing) if pending else 0
+                if wave_pages >= self.settings.embed_wave_pages:
+                    self._flush(wave)
+                    self._progress(number, len(keys), started)
+                    wave, wave_pages = [], 0
+            self._flush(wave)
+        if "index" in self.stages and self._index is not None:
+            self._switch_if_complete()
+        self.report.seconds = _since(started)
+        self._progress(len(keys), len(keys), started)
+        return self.report
+
+    def _plan(self, result: DocumentResult) -> Any:
+        """The document's pending embedding, or None when its embeddings are current."""
+        from colqwen_pipeline.embedding.document import plan_embedding
+
+        out = self.settings.embeddings_dir / result.key
+        version = versions.embeddings_version(result.stages["pages"].version, self.identity.fingerprint)
+        previous = _read_artifact(out)
+        if previous is not None and previous.version == version and not self.force:
+            result.stages["embeddings"] = StageOutcome(version, False, _embeddings_metadata(previous))
+            return None
+        try:
+            return plan_embedding(self.settings.pages_dir / result.key, out, self.identity, self.cache, version)
+        except (OSError, ValueError, KeyError) as error:
+            result.fail("embeddings", error)
+            return None
+
+    def _flush(self, wave: list[tuple[DocumentResult, Any]]) -> None:
+        if not wave:
+            return
+        self._embed_wave([(r, p) for r, p in wave if p is not None and r.ok])
+        if "index" in self.stages:
+            self._index_wave([r for r, _ in wave if r.ok])
+        for result, _ in wave:
+            self.on_document(result)
+
+    def _embed_wave(self, wave: list[tuple[DocumentResult, Any]]) -> None:
+        from colqwen_pipeline.embedding.document import embed_missing, finish_embedding, identity_metadata
+
+        pendings = [p for _, p in wave]
+        if any(p.missing for p in pendings):
+            figures = embed_missing(self.embedder(), pendings, self.say)
+            _accumulate(self.report.forward, figures)
+        for result, pending in wave:
+            try:
+                artifact = finish_embedding(pending, self.identity, self.cache)
+            except (OSError, ValueError) as error:
+                result.fail("embeddings", error)
+                continue
+            metadata = _embeddings_metadata(artifact) | pending.stats | identity_metadata(self.identity)
+            result.stages["embeddings"] = StageOutcome(pending.version, True, metadata)
+            # Blocking, per document: embeddings that fail the check never reach Milvus.
+            check = check_embeddings(artifact.directory, self.settings.embedding_dim, self.settings.norm_tolerance)
+            result.embedding_check = check
+            if not check.passed:
+                result.fail("embeddings", f"embedding check failed: {check.description}")
+
+    def _index_wave(self, results: list[DocumentResult]) -> None:
+        live, target, _, physical = self.index()
+        todo: list[tuple[DocumentResult, str, EmbeddingArtifact]] = []
+        for result in results:
+            embeddings = result.stages["embeddings"]
+            version = versions.index_version(
+                embeddings.version, physical, target.schema_version, self.settings.index_centroids_per_page
+            )
+            todo.append((result, version, EmbeddingArtifact.read(self.settings.embeddings_dir / result.key)))
+        with target.session():
+            stored = target.token_counts_by_document([r.key for r, _, _ in todo])
+            rows: list[DocumentRows] = []
+            for result, version, artifact in todo:
+                stamp = _read_json(artifact.directory / INDEX_STAMP)
+                current = stamp.get("version") == version and stored.get(result.key) == artifact.total_tokens
+                if current and not self.force:
+                    result.stages["index"] = StageOutcome(version, False, self._index_metadata(artifact, target))
+                    continue
+                document = _document_rows(result, artifact)
+                try:
+                    check_shapes(result.key, document.pages, artifact.dim)
+                except IndexRefused as error:
+                    result.fail("index", error)
+                    continue
+                rows.append(document)
+            if rows:
+                started = time.perf_counter()
+                identity = self.identity
+                written = target.replace_documents(rows, identity.fingerprint, identity.dim)
+                seconds = _since(started)
+                for result, version, artifact in todo:
+                    if result.key in written:
+                        _write_json(
+                            artifact.directory / INDEX_STAMP, {"version": version, "tokens": written[result.key]}
+                        )
+                        metadata = self._index_metadata(artifact, target) | {"write_seconds_of_wave": seconds}
+                        result.stages["index"] = StageOutcome(version, True, metadata)
+
+    def _index_metadata(self, artifact: EmbeddingArtifact, target: MilvusIndex) -> dict[str, Any]:
+        return {"tokens_indexed": artifact.total_tokens, "collection": target.collection, "uri": target.uri}
+
+    def _switch_if_complete(self) -> None:
+        """A rebuild (new model or index schema) goes live once it serves every document the live
+        index serves: across as many runs as it takes, search is never empty or mixed."""
+        live, target, reason, _ = self.index()
+        if reason is None:
+            return
+        missing = live.document_ids() - target.document_ids()
+        if missing:
+            self.say(f"rebuild of {target.collection}: {len(missing)} served document(s) still to go, not switching")
+            return
+        live.switch_to(self.identity.fingerprint)
+        self.report.switched_to = self.identity.fingerprint
+        self.say(f"search now uses {self.identity.fingerprint} ({target.collection})")
+
+    def _progress(self, done: int, total: int, started: float) -> None:
+        r = self.report
+        self.say(
+            f"[{done}/{total} documents, {_since(started):.1f} s] rendered {r.count('pages')}, "
+            f"embedded {r.count('embeddings')} ({r.forward.get('pages_forwarded', 0)} pages through the model), "
+            f"indexed {r.count('index')}, failed {len(r.failed)}"
+        )
+
+
+def run_documents(
+    settings: Settings,
+    keys: Sequence[str],
+    *,
+    until: str = "index",
+    force: bool = False,
+    say: Log = log.info,
+    on_document: Callable[[DocumentResult], None] | None = None,
+) -> RunReport:
+    """Bring the documents ``keys`` up to date through the stages up to ``until``; ``on_document``
+    is called as each document finishes (ok or failed). Configuration errors (model, Milvus, inbox)
+    raise; a document's own trouble is its ``error``."""
+    return _Run(settings, until, force, say, on_document).run(keys)
+
+
+# -- small helpers ----------------------------------------------------------------------------------
+def _since(started: float) -> float:
+    return round(time.perf_counter() - started, 3)
+
+
+def _accumulate(total: dict[str, Any], figures: dict[str, Any]) -> None:
+    for name in ("pages_forwarded", "model_forwards", "oom_backoffs", "forward_seconds"):
+        total[name] = round(total.get(name, 0) + figures[name], 3)
+    total["batch_size"] = figures["batch_size"]
+    total["batch_size_used"] = max(total.get("batch_size_used", 0), figures["batch_size_used"])
+    if figures.get("peak_gpu_mem_mb") is not None:
+        total["peak_gpu_mem_mb"] = max(total.get("peak_gpu_mem_mb", 0.0), figures["peak_gpu_mem_mb"])
+    seconds = total["forward_seconds"]
+    total["forward_pages_per_s"] = round(total["pages_forwarded"] / seconds, 3) if seconds > 0 else 0.0
+
+
+def _read_manifest(directory: Path) -> Manifest | None:
+    """The previous manifest, or None when there is none or it cannot be read (then: re-render)."""
+    try:
+        return Manifest.read(directory)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _read_artifact(directory: Path) -> EmbeddingArtifact | None:
+    try:
+        artifact = EmbeddingArtifact.read(directory)
+        if len(artifact.vectors) != artifact.total_tokens:  # a truncated vectors.npy: re-derive
+            return None
+        return artifact
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _write_json(path: Path, value: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(value))
+    tmp.replace(path)
+
+
+def _pages_metadata(manifest: Manifest, directory: Path) -> dict[str, Any]:
+    return {
+        "pages": len(manifest.pages),
+        "kind": manifest.kind,
+        "renderer": manifest.pages[0].renderer if manifest.pages else "",
+        "path": str(directory),
+    }
+
+
+def _embeddings_metadata(artifact: EmbeddingArtifact) -> dict[str, Any]:
+    return {"pages": len(artifact.pages), "tokens": artifact.total_tokens, "path": str(artifact.directory)}
+
+
+def _document_rows(result: DocumentResult, artifact: EmbeddingArtifact) -> DocumentRows:
+    pages = [
+        PageRows(p["page"], p["sha256"], artifact.page_vectors(i), p["image"]) for i, p in enumerate(artifact.pages)
+    ]
+    return DocumentRows(result.key, result.document, pages)
