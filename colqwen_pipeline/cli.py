@@ -115,6 +115,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = bench_embed(
             model=args.model, precision=args.precision, batch_size=args.batch_size, pages=args.pages or 16
         )
+    elif args.stage == "ingest":
+        from colqwen_pipeline.bulk.bench import bench_ingest
+
+        result = bench_ingest(docs=args.docs, pages_per_doc=args.pages_per_doc)
     else:
         from colqwen_pipeline.index.bench import bench_search
 
@@ -158,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     rasterize.set_defaults(func=cmd_rasterize)
 
     bench = commands.add_parser("bench", help="measure a stage against its baseline (JSON)")
-    bench.add_argument("stage", choices=["rasterize", "embed", "search"])
+    bench.add_argument("stage", choices=["rasterize", "embed", "search", "ingest"])
     bench.add_argument("--pages", type=int, help="pages to generate (defaults: 100 / 16 / 1000)")
     bench.add_argument("--model", choices=["tiny", "full-random"], default="tiny", help="embed only")
     bench.add_argument("--precision", choices=["auto", "bf16", "fp32", "4bit", "8bit"], default="auto")
@@ -167,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--layra-queries", type=int, help="search only: LAYRA-style baseline queries (default 5; 0 above 2,000 pages)"
     )
+    bench.add_argument("--docs", type=int, default=200, help="ingest only: generated documents")
+    bench.add_argument("--pages-per-doc", type=int, default=1, help="ingest only: pages per document")
     bench.add_argument("--json", action="store_true", help="one line of JSON")
     bench.set_defaults(func=cmd_bench)
 

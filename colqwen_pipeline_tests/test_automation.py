@@ -12,8 +12,8 @@ import yaml
 from PIL import Image
 
 from colqwen_pipeline import inbox_watch, stages
-from colqwen_pipeline.definitions import RESOURCES, defs
 from colqwen_pipeline.bulk.runs import RANGE_END, RANGE_START
+from colqwen_pipeline.definitions import RESOURCES, defs
 from colqwen_pipeline.defs.automation import inbox_sensor, reindex_schedule, remove_documents_job
 from colqwen_pipeline.embedding import service
 from colqwen_pipeline.inbox import document_key

@@ -190,6 +190,9 @@ class _Run:
         version = versions.pages_version(raw.version, self.settings)
         out = self.settings.pages_dir / key
         if previous is not None and previous.version == version and not self.force:
+            stat = (raw.metadata["bytes"], raw.metadata["mtime_ns"])
+            if (previous.source_size, previous.source_mtime_ns) != stat:  # touched, same content: hash once
+                replace(previous, source_size=stat[0], source_mtime_ns=stat[1]).write(out)
             return StageOutcome(version, False, _pages_metadata(previous, out))
         from colqwen_pipeline.documents import rasterize_document
 

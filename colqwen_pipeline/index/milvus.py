@@ -369,14 +369,15 @@ class MilvusIndex:
         if info["schema"] != self.schema_version:
             raise IndexRefused(
                 f"collection {self.collection!r} has index schema {info['schema']}, this version writes "
-                f"{self.schema_version}: run `colqwen-pipeline ingest` or ingest_job (it rebuilds into new collections and switches over "
-                "when complete) or set COLQWEN_COLLECTION to a new name"
+                f"{self.schema_version}: run `colqwen-pipeline ingest` or ingest_job (it rebuilds into new "
+                "collections and switches over when complete) or set COLQWEN_COLLECTION to a new name"
             )
         if info["dim"] != dim or info["fingerprint"] != fingerprint:
             raise IndexRefused(
                 f"collection {self.collection!r} holds embeddings of {info['fingerprint']} (dim {info['dim']}); "
-                f"refusing to add {fingerprint} (dim {dim}): run `colqwen-pipeline ingest` or ingest_job (it rebuilds into a new collection "
-                "and switches over when complete) or set COLQWEN_COLLECTION to a new name"
+                f"refusing to add {fingerprint} (dim {dim}): run `colqwen-pipeline ingest` or ingest_job (it "
+                "rebuilds into a new collection and switches over when complete) or set"
+                " COLQWEN_COLLECTION to a new name"
             )
 
     # -- writes ----------------------------------------------------------------------------------

@@ -1,0 +1,173 @@
+"""The bulk engine: what counts as changed, cross-document batches, incremental re-runs, run ranges."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+from PIL import Image
+
+from colqwen_pipeline import stages
+from colqwen_pipeline.bulk import versions
+from colqwen_pipeline.bulk.engine import run_documents
+from colqwen_pipeline.bulk.runs import partition_ranges
+from colqwen_pipeline.embedding import service
+from colqwen_pipeline.inbox import document_key, inbox_files
+from colqwen_pipeline_tests.conftest import add_sample
+
+
+def one_page_scans(settings, count: int, size=(300, 400)) -> list[str]:
+    for i in range(count):
+        image = Image.new("RGB", size, "white")
+        image.paste((i * 37 % 256, 80, 160), (10 + i, 10, 60 + i, 60))  # different pixels per document
+        image.save(settings.inbox / f"scan-{i:03d}.png")
+    return sorted(inbox_files(settings.inbox))
+
+
+# -- versions ---------------------------------------------------------------------------------------
+def test_pages_version_follows_content_and_pixel_settings_only(state):
+    base = versions.pages_version("sha-a", state)
+
+    assert versions.pages_version("sha-a", state) == base
+    assert versions.pages_version("sha-b", state) != base
+    assert versions.pages_version("sha-a", state.model_copy(update={"dpi": 150})) != base
+    assert versions.pages_version("sha-a", state.model_copy(update={"pdf_renderer": "pdf2image"})) != base
+    assert versions.pages_version("sha-a", state.model_copy(update={"render_timeout_s": 9.0})) == base  # refuses only
+
+
+def test_embeddings_and_index_versions_chain_their_inputs():
+    embeddings = versions.embeddings_version("pages-1", "model@a")
+
+    assert embeddings != versions.embeddings_version("pages-2", "model@a")
+    assert embeddings != versions.embeddings_version("pages-1", "model@b")
+    index = versions.index_version(embeddings, "colqwen__x", "3", 8)
+    assert index != versions.index_version(embeddings, "colqwen__y", "3", 8)
+    assert index != versions.index_version(embeddings, "colqwen__x", "4", 8)
+    assert index != versions.index_version(embeddings, "colqwen__x", "3", 16)
+
+
+# -- run ranges ---------------------------------------------------------------------------------------
+def test_partition_ranges_cover_the_wanted_keys_within_the_limit():
+    ordered = [f"k{i}" for i in range(10)]
+
+    assert partition_ranges(ordered, ordered, 4) == [("k0", "k3"), ("k4", "k7"), ("k8", "k9")]
+    assert partition_ranges(ordered, ["k1", "k2", "k8"], 4) == [("k1", "k2"), ("k8", "k8")]
+    assert partition_ranges(ordered, ["k0", "k3"], 4) == [("k0", "k3")]  # k1, k2 ride along (a stat each)
+    assert partition_ranges(ordered, [], 4) == []
+
+
+# -- the engine ---------------------------------------------------------------------------------------
+def test_pages_of_one_page_documents_share_model_batches(state, monkeypatch):
+    monkeypatch.setattr(state, "batch_size", 4)
+    keys = one_page_scans(state, 10)
+    service.unload()
+
+    report = run_documents(state, keys)
+
+    assert report.failed == {} and report.count("index") == 10
+    # 10 same-size pages at batch size 4: 3 forwards (4 + 4 + 2), not 10 batches of one
+    assert report.forward["pages_forwarded"] == 10 and report.forward["model_forwards"] == 3
+    assert report.forward["batch_size_used"] == 4
+    assert report.model_loads == 1 and report.model_load_s > 0
+    assert stages.make_index(state).count_tokens() == sum(
+        d.stages["index"].metadata["tokens_indexed"] for d in report.documents
+    )
+
+
+def test_an_unchanged_rerun_renders_embeds_and_writes_nothing(state):
+    keys = one_page_scans(state, 6)
+    run_documents(state, keys)
+    tokens = stages.make_index(state).count_tokens()
+
+    again = run_documents(state, keys)
+
+    assert again.failed == {}
+    assert (again.count("pages"), again.count("embeddings"), again.count("index")) == (0, 0, 0)
+    assert again.forward.get("pages_forwarded", 0) == 0 and again.model_loads == 0
+    assert stages.make_index(state).count_tokens() == tokens
+
+
+def test_a_changed_file_among_unchanged_ones_costs_one_documents_work(state):
+    keys = one_page_scans(state, 6)
+    run_documents(state, keys)
+    changed = state.inbox / "scan-002.png"
+    Image.new("RGB", (300, 400), "black").save(changed)
+    touched = state.inbox / "scan-004.png"
+    os.utime(touched, (time.time() + 5, time.time() + 5))  # newer mtime, same bytes: hashed, not redone
+
+    report = run_documents(state, keys)
+
+    redone = {d.key for d in report.documents if d.stages["index"].changed}
+    assert redone == {document_key("scan-002.png")}
+    assert (report.count("pages"), report.count("embeddings"), report.forward["pages_forwarded"]) == (1, 1, 1)
+    assert stages.make_index(state).count_tokens(document_key("scan-002.png")) > 0
+
+
+def test_a_render_setting_change_rerenders_everything_but_forwards_only_changed_pixels(state):
+    keys = one_page_scans(state, 4)
+    add_sample(state, "pump_maintenance_manual.pdf")
+    keys = sorted(inbox_files(state.inbox))
+    run_documents(state, keys)
+
+    report = run_documents(state.model_copy(update={"dpi": 100}), keys)
+
+    assert report.failed == {}
+    assert report.count("pages") == 5 and report.count("index") == 5
+    # PNG scans render to the same pixels at any DPI: their vectors come from the previous artifact
+    assert report.forward["pages_forwarded"] == 3  # the PDF's three pages, now smaller
+
+
+def test_force_redoes_every_stage(state):
+    keys = one_page_scans(state, 3)
+    run_documents(state, keys)
+
+    report = run_documents(state, keys, force=True)
+
+    assert (report.count("pages"), report.count("embeddings"), report.count("index")) == (3, 3, 3)
+
+
+def test_rows_lost_from_milvus_are_rewritten_although_the_stamp_matches(state):
+    keys = one_page_scans(state, 3)
+    run_documents(state, keys)
+    stages.make_index(state).delete_document(keys[1])
+
+    report = run_documents(state, keys)
+
+    assert [d.key for d in report.documents if d.stages["index"].changed] == [keys[1]]
+    assert stages.make_index(state).count_tokens(keys[1]) > 0
+
+
+def test_a_broken_file_fails_alone_with_one_line(state):
+    keys = one_page_scans(state, 3)
+    (state.inbox / "broken.pdf").write_bytes(b"%PDF-1.7\n not a pdf")
+    (state.inbox / "empty.png").write_bytes(b"")
+    keys = sorted(inbox_files(state.inbox))
+
+    report = run_documents(state, keys)
+
+    assert sorted(report.failed) == sorted([document_key("broken.pdf"), document_key("empty.png")])
+    assert report.failed[document_key("empty.png")] == "empty.png: empty file"
+    assert all("\n" not in reason for reason in report.failed.values())
+    assert report.count("index") == 3
+
+
+def test_a_file_over_the_size_cap_is_refused_before_it_is_read(state, monkeypatch):
+    (state.inbox / "huge.pdf").write_bytes(b"%PDF-1.7\n")
+    with open(state.inbox / "huge.pdf", "r+b") as handle:
+        handle.truncate(3 * 1024 * 1024)  # sparse: 3 MB on paper
+    hashed = []
+    monkeypatch.setattr("colqwen_pipeline.bulk.engine.file_sha256", lambda p: hashed.append(p) or "x")
+
+    report = run_documents(state.model_copy(update={"max_file_mb": 1}), [document_key("huge.pdf")])
+
+    assert "over the cap of 1 MB" in report.failed[document_key("huge.pdf")] and hashed == []
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_render_workers_give_the_same_index(state, workers):
+    keys = one_page_scans(state, 5)
+
+    report = run_documents(state.model_copy(update={"render_workers": workers}), keys)
+
+    assert report.failed == {} and [d.key for d in report.documents] == keys
