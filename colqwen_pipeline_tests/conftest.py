@@ -74,3 +74,19 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield f"redis://127.0.0.1:{port}/0"
     process.terminate()
     process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real Milvus 2.3.5 standalone server for the whole session (~30 s to start)."""
+    from colqwen_pipeline_tests.milvus_server import milvus_server
+
+    with milvus_server(tmp_path_factory.mktemp("milvus-server") / "data") as uri:
+        yield uri
+
+
+def unique_collection(prefix: str = "t") -> str:
+    """A collection name of its own on the shared server."""
+    import uuid
+
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"

@@ -14,6 +14,7 @@ from colqwen_pipeline.index import milvus
 from colqwen_pipeline.index.bench import TOKENS, bench_search, synthetic_pages, synthetic_queries
 from colqwen_pipeline.index.maxsim import maxsim_uniform, pack_tokens, unpack_tokens
 from colqwen_pipeline.index.milvus import IndexRefused, MilvusIndex, PageRows
+from colqwen_pipeline_tests.conftest import unique_collection
 
 DIM = 128
 
@@ -28,16 +29,27 @@ def unit_pages(seed: int, count: int, tokens: int = 40, dim: int = DIM) -> list[
     return pages
 
 
-@pytest.fixture
-def index(tmp_path: Path) -> MilvusIndex:
-    return MilvusIndex(str(tmp_path / "milvus.db"), "test_pages")
+BACKENDS = ["lite", "server"]  # Milvus Lite files, and a real Milvus 2.3.5 standalone server
 
 
-@pytest.fixture(scope="module")
-def bench_index(tmp_path_factory: pytest.TempPathFactory) -> tuple[MilvusIndex, np.ndarray, list[np.ndarray]]:
+def make_test_index(request: pytest.FixtureRequest, directory: Path, name: str) -> MilvusIndex:
+    if request.param == "lite":
+        return MilvusIndex(str(directory / "milvus.db"), name)
+    return MilvusIndex(request.getfixturevalue("milvus_uri"), unique_collection(name))
+
+
+@pytest.fixture(params=BACKENDS)
+def index(request: pytest.FixtureRequest, tmp_path: Path) -> MilvusIndex:
+    return make_test_index(request, tmp_path, "test_pages")
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def bench_index(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[MilvusIndex, np.ndarray, list[np.ndarray]]:
     """40 synthetic clustered pages of 780 tokens (31,200 token rows) in 4 documents of 10."""
     tokens, centres = synthetic_pages(40)
-    index = MilvusIndex(str(tmp_path_factory.mktemp("bench") / "milvus.db"), "bench")
+    index = make_test_index(request, tmp_path_factory.mktemp("bench"), "bench")
     with index.session():
         for doc in range(4):
             pages = [
@@ -196,7 +208,8 @@ def test_filter_by_document(bench_index):
     assert all(len(per_query) == 5 for per_query in hits)
 
 
-def test_lite_file_is_released_after_each_operation(index: MilvusIndex):
+def test_lite_file_is_released_after_each_operation(tmp_path: Path):
+    index = MilvusIndex(str(tmp_path / "milvus.db"), "test_pages")
     index.replace_document("doc-a", "a.pdf", unit_pages(1, 1), "model-x", DIM)
     code = (
         "import sys; from colqwen_pipeline.index.milvus import MilvusIndex;"

@@ -358,7 +358,13 @@ def run_documents(
     """Bring the documents ``keys`` up to date through the stages up to ``until``; ``on_document``
     is called as each document finishes (ok or failed). Configuration errors (model, Milvus, inbox)
     raise; a document's own trouble is its ``error``."""
-    return _Run(settings, until, force, say, on_document).run(keys)
+    from threadpoolctl import threadpool_limits
+
+    # One BLAS thread: the engine's numpy work (k-means centroids, checks) is small per call, and a
+    # multi-threaded OpenBLAS beside torch's threads, render threads and Milvus Lite's in-process
+    # server was seen to spin forever in exec_blas (200 documents on the 2-core box).
+    with threadpool_limits(limits=1, user_api="blas"):
+        return _Run(settings, until, force, say, on_document).run(keys)
 
 
 # -- small helpers ----------------------------------------------------------------------------------

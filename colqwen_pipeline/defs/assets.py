@@ -29,9 +29,16 @@ STAGE_ASSETS = {  # engine stage -> asset
     "embeddings": "page_embeddings",
     "index": "milvus_collection",
 }
+CODE_VERSIONS = {
+    "raw": "1",
+    "pages": versions.RENDER_CODE,
+    "embeddings": versions.EMBED_CODE,
+    "index": versions.INDEX_CODE,
+}
 SPECS = [
     dg.AssetSpec(
         "raw_documents",
+        code_version=CODE_VERSIONS["raw"],
         description="The source file in the inbox, identified by its content hash.",
         kinds={"file"},
     ),
@@ -129,14 +136,26 @@ def _record(context: dg.AssetExecutionContext, selected: list[str], result: Any)
                 metadata[name] = dg.MetadataValue.path(metadata[name])
         context.log_event(
             dg.AssetMaterialization(
-                STAGE_ASSETS[stage],
-                partition=result.key,
-                metadata=metadata,
-                tags={"dagster/data_version": outcome.version},
+                STAGE_ASSETS[stage], partition=result.key, metadata=metadata, tags=_provenance(stage, result)
             )
         )
     if "embeddings" in selected and result.embedding_check is not None:
         checks.log_document_check(context, "embedding_dimension", result.key, result.embedding_check)
+
+
+def _provenance(stage: str, result: Any) -> dict[str, str]:
+    """Dagster's data-version tags, so the UI can tell a stale partition: this stage's version, the
+    code version of the asset, and the version of the upstream stage it was made from."""
+    tags = {
+        "dagster/data_version": result.stages[stage].version,
+        "dagster/data_version_is_user_provided": "true",
+        "dagster/code_version": CODE_VERSIONS[stage],
+    }
+    upstream = list(STAGE_ASSETS)[list(STAGE_ASSETS).index(stage) - 1] if stage != "raw" else None
+    if upstream and upstream in result.stages:
+        tags[f"dagster/input_data_version/{STAGE_ASSETS[upstream]}"] = result.stages[upstream].version
+        tags[f"dagster/input_event_pointer/{STAGE_ASSETS[upstream]}"] = "NULL"
+    return tags
 
 
 def _preview(pages_dir: str) -> str:
