@@ -24,7 +24,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     settings = Settings()
     print(f"indexing {settings.inbox} into {settings.resolved_milvus_uri} (state: {settings.home_dir})")
     try:
-        summary = ingest(settings, args.paths, confirm_removals=args.confirm_removals)
+        summary = ingest(settings, args.paths, confirm_removals=args.confirm_removals, force=args.force)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ingest = commands.add_parser("ingest", help="index inbox documents (all by default) headless")
     ingest.add_argument("paths", nargs="*", help="files or folders inside the inbox")
+    ingest.add_argument("--force", action="store_true", help="redo every stage, even where nothing changed")
     ingest.add_argument(
         "--confirm-removals",
         action="store_true",

@@ -71,3 +71,32 @@ def test_broken_document_fails_alone(state, instance):
     assert list(summary.failed) == [document_key("broken.pdf")]
     assert "broken.pdf" in summary.failed[document_key("broken.pdf")]
     assert stages.make_index(state).count_tokens(document_key("broken.pdf")) == 0
+
+
+def test_ingest_twice_against_a_milvus_server_keeps_the_checks_passing(state, instance, milvus_uri, monkeypatch):
+    """The production path: COLQWEN_MILVUS_URI at a real Milvus 2.3.5 server (it used to refuse
+    every document after the first, and Bounded reads missed fresh writes)."""
+    from colqwen_pipeline.settings import Settings
+    from colqwen_pipeline_tests.conftest import REPO, unique_collection
+
+    monkeypatch.setenv("COLQWEN_MILVUS_URI", milvus_uri)
+    monkeypatch.setenv("COLQWEN_COLLECTION", unique_collection("e2e"))
+    monkeypatch.setenv("COLQWEN_EVAL_SET", str(REPO / "data" / "eval" / "queries.jsonl"))
+    monkeypatch.setenv("COLQWEN_QUALITY_MIN_NDCG_AT_5", "0")  # random weights: rank order is luck
+    monkeypatch.setenv("COLQWEN_QUALITY_MIN_RECALL_AT_5", "0")
+    settings = Settings()
+    for name in ("pump_maintenance_manual.pdf", "scanned_invoice.jpg", "acme_annual_report_2025.pdf"):
+        add_sample(settings, name)
+
+    first = ingest(settings, instance=instance, echo=lambda _: None)
+    tokens = stages.make_index(settings).count_tokens()
+    second = ingest(settings, instance=instance, echo=lambda _: None, force=True)  # every row rewritten
+
+    assert first.failed == {} and second.failed == {} and first.documents == 3
+    assert first.checks == dict.fromkeys(["retrieval_quality", "index_fidelity", "collection_consistency"], "passed")
+    assert second.checks == first.checks
+    assert stages.make_index(settings).count_tokens() == tokens == first.tokens == second.tokens
+    hits = stages.search("replace the filter cartridge", top_k=3, settings=settings)
+    assert len(hits) == 3 and {h.doc_id for h in hits} <= {
+        document_key(n) for n in ("pump_maintenance_manual.pdf", "scanned_invoice.jpg", "acme_annual_report_2025.pdf")
+    }

@@ -291,34 +291,31 @@ class _Run:
                 embeddings.version, physical, target.schema_version, self.settings.index_centroids_per_page
             )
             todo.append((result, version, EmbeddingArtifact.read(self.settings.embeddings_dir / result.key)))
-        with target.session():
-            stored = target.token_counts_by_document([r.key for r, _, _ in todo])
-            rows: list[DocumentRows] = []
-            for result, version, artifact in todo:
-                stamp = _read_json(artifact.directory / INDEX_STAMP)
-                current = stamp.get("version") == version and stored.get(result.key) == artifact.total_tokens
-                if current and not self.force:
-                    result.stages["index"] = StageOutcome(version, False, self._index_metadata(artifact, target))
-                    continue
-                document = _document_rows(result, artifact)
-                try:
-                    check_shapes(result.key, document.pages, artifact.dim)
-                except IndexRefused as error:
-                    result.fail("index", error)
-                    continue
-                rows.append(document)
-            if rows:
-                started = time.perf_counter()
-                identity = self.identity
-                written = target.replace_documents(rows, identity.fingerprint, identity.dim)
-                seconds = _since(started)
-                for result, version, artifact in todo:
-                    if result.key in written:
-                        _write_json(
-                            artifact.directory / INDEX_STAMP, {"version": version, "tokens": written[result.key]}
-                        )
-                        metadata = self._index_metadata(artifact, target) | {"write_seconds_of_wave": seconds}
-                        result.stages["index"] = StageOutcome(version, True, metadata)
+        stored = target.token_counts_by_document([r.key for r, _, _ in todo])  # one query for the wave
+        rows: list[DocumentRows] = []
+        for result, version, artifact in todo:
+            stamp = _read_json(artifact.directory / INDEX_STAMP)
+            current = stamp.get("version") == version and stored.get(result.key) == artifact.total_tokens
+            if current and not self.force:
+                result.stages["index"] = StageOutcome(version, False, self._index_metadata(artifact, target))
+                continue
+            document = _document_rows(result, artifact)
+            try:
+                check_shapes(result.key, document.pages, artifact.dim)
+            except IndexRefused as error:
+                result.fail("index", error)
+                continue
+            rows.append(document)
+        if not rows:
+            return
+        started = time.perf_counter()
+        written = target.replace_documents(rows, self.identity.fingerprint, self.identity.dim)
+        seconds = _since(started)
+        for result, version, artifact in todo:
+            if result.key in written:
+                _write_json(artifact.directory / INDEX_STAMP, {"version": version, "tokens": written[result.key]})
+                metadata = self._index_metadata(artifact, target) | {"write_seconds_of_wave": seconds}
+                result.stages["index"] = StageOutcome(version, True, metadata)
 
     def _index_metadata(self, artifact: EmbeddingArtifact, target: MilvusIndex) -> dict[str, Any]:
         return {"tokens_indexed": artifact.total_tokens, "collection": target.collection, "uri": target.uri}

@@ -49,6 +49,9 @@ from colqwen_pipeline.index.maxsim import (
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "3"
+# Reads see every write before them: a check or a search right after an ingest must see it (a
+# server's default, Bounded, lags writes by up to seconds; Lite is always strong).
+CONSISTENCY = "Strong"
 MAX_REQUEST_ROWS = 16_384  # a Milvus server's default cap on query/get/search result rows
 INSERT_BYTES = 16 << 20  # payload per insert call: few round trips, far below gRPC's limits
 ROW_BITS = 8  # key = page_uid << ROW_BITS | row (a centroid, or a chunk of the page's tokens)
@@ -233,7 +236,12 @@ class MilvusIndex:
         deadline = time.monotonic() + self.lock_wait_s
         while True:
             try:
-                return MilvusClient(uri=self.uri, token=self.token) if self.token else MilvusClient(uri=self.uri)
+                client = MilvusClient(uri=self.uri, token=self.token) if self.token else MilvusClient(uri=self.uri)
+                if not self.is_lite:
+                    require_supported_server(client, self.uri)
+                return client
+            except IndexRefused:
+                raise
             except Exception as error:  # noqa: BLE001 - pymilvus wraps the lock error in several types
                 # Lite reports another process's lock only as "Open local milvus failed".
                 message = str(error).lower()
@@ -249,7 +257,8 @@ class MilvusIndex:
         index = client.prepare_index_params()
         params = {"M": 16, "efConstruction": 200} if index_type == "HNSW" else {}
         index.add_index(field_name="vector", index_type=index_type, metric_type="IP", params=params)
-        index.add_index(field_name="doc_id", index_type="INVERTED")
+        if self.is_lite or server_version(client) >= (2, 4):  # 2.3 has no INVERTED; its filters scan
+            index.add_index(field_name="doc_id", index_type="INVERTED")
         return index
 
     def _create(self, client: Any, fingerprint: str, dim: int) -> None:
@@ -285,7 +294,13 @@ class MilvusIndex:
             # is never searched: the centroids collection is.
             schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
             index = self._vector_index(client, "FLAT")
-            client.create_collection(self.pages, schema=schema, index_params=index, num_partitions=self.partitions)
+            client.create_collection(
+                self.pages,
+                schema=schema,
+                index_params=index,
+                num_partitions=self.partitions,
+                consistency_level=CONSISTENCY,
+            )
             client.alter_collection_properties(self.pages, properties)
         schema = client.create_schema(auto_id=False)
         schema.add_field("id", DataType.INT64, is_primary=True)  # page_uid << ROW_BITS | centroid
@@ -293,7 +308,7 @@ class MilvusIndex:
         schema.add_field("generation", DataType.VARCHAR, max_length=40)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
         index = self._vector_index(client, self.index_type)
-        client.create_collection(self.collection, schema=schema, index_params=index)
+        client.create_collection(self.collection, schema=schema, index_params=index, consistency_level=CONSISTENCY)
         client.alter_collection_properties(self.collection, properties)  # last: marks the pair complete
         log.info("created Milvus collections %s and %s (dim %d, %s)", self.collection, self.pages, dim, fingerprint)
 
@@ -394,19 +409,22 @@ class MilvusIndex:
         for doc in documents:
             check_shapes(doc.doc_id, doc.pages, dim)
         generation = new_generation()  # unique to this call, so one per document written here
+        # Rows (k-means centroids, packed tokens) are computed before the connection opens: a Lite
+        # file stays locked only for the inserts and deletes.
+        pages = [(doc, page, secrets.randbits(54)) for doc in documents for page in doc.pages]
+        page_rows = [self._page_rows(uid, d.doc_id, d.document, p, generation) for d, p, uid in pages]
+        centroid_rows = [self._centroid_rows(uid, d.doc_id, p, generation, dim) for d, p, uid in pages]
         with self.client() as client:
             self._ensure(client, fingerprint, dim)
             self._load(client, self.pages, self.collection)
-            uids = iter(self._new_page_uids(client, sum(len(doc.pages) for doc in documents)))
-            page_rows, centroid_rows = [], []
-            for doc in documents:
-                for page in doc.pages:
-                    uid = next(uids)
-                    page_rows += self._page_rows(uid, doc.doc_id, doc.document, page, generation)
-                    centroid_rows += self._centroid_rows(uid, doc.doc_id, page, generation, dim)
+            for i in self._taken(client, [uid for _, _, uid in pages]):  # a 54-bit clash: draw again
+                doc, page, _ = pages[i]
+                uid = self._new_page_uids(client, 1)[0]
+                page_rows[i] = self._page_rows(uid, doc.doc_id, doc.document, page, generation)
+                centroid_rows[i] = self._centroid_rows(uid, doc.doc_id, page, generation, dim)
             # Pages first: a centroid row never points at a page that is not fully written.
-            self._insert(client, self.pages, page_rows, bytes_per_row=lambda r: len(r["tokens"]) + 4 * dim + 512)
-            self._insert(client, self.collection, centroid_rows, bytes_per_row=lambda r: 4 * dim + 128)
+            self._insert(client, self.pages, _flat(page_rows), bytes_per_row=lambda r: len(r["tokens"]) + 4 * dim + 512)
+            self._insert(client, self.collection, _flat(centroid_rows), bytes_per_row=lambda r: 4 * dim + 128)
             for doc in documents:
                 self._delete_generations(client, doc.doc_id, keep=generation)
         return {doc.doc_id: sum(len(page.vectors) for page in doc.pages) for doc in documents}
@@ -419,12 +437,17 @@ class MilvusIndex:
     def _new_page_uids(self, client: Any, count: int) -> list[int]:
         """Random 54-bit page ids, re-drawn if taken (random ids need no coordination between writers)."""
         uids = [secrets.randbits(54) for _ in range(count)]
-        taken = self._get(client, self.pages, [uid << ROW_BITS for uid in uids], ["page_uid"]) if uids else []
-        if not taken:
-            return uids
-        clashes = {row["page_uid"] for row in taken}
-        fresh = iter(self._new_page_uids(client, len(clashes)))
-        return [next(fresh) if uid in clashes else uid for uid in uids]
+        for i in self._taken(client, uids):
+            uids[i] = self._new_page_uids(client, 1)[0]
+        return uids
+
+    def _taken(self, client: Any, uids: list[int]) -> list[int]:
+        """Positions of ``uids`` that already name a stored page."""
+        if not uids:
+            return []
+        rows = self._get(client, self.pages, [uid << ROW_BITS for uid in uids], ["page_uid"])
+        clashes = {row["page_uid"] for row in rows}
+        return [i for i, uid in enumerate(uids) if uid in clashes]
 
     def _page_rows(self, uid: int, doc_id: str, document: str, page: PageRows, generation: str) -> list[dict]:
         chunks = split_tokens(page.vectors) or [page.vectors]  # a page without tokens still gets a row
@@ -655,6 +678,32 @@ class MilvusIndex:
             return info["dim"]
         description = client.describe_collection(self.pages)
         return next(f["params"]["dim"] for f in description["fields"] if f["name"] == "vector")
+
+
+MIN_SERVER = (2, 3)  # partition keys, query iterators, collection properties (docs/search.md)
+_server_versions: dict[int, tuple[int, int]] = {}
+
+
+def server_version(client: Any) -> tuple[int, int]:
+    """(major, minor) of the Milvus server behind ``client`` (``v2.3.5-lite`` -> (2, 3)), asked once per client."""
+    if id(client) not in _server_versions:
+        text = str(client.get_server_version()).lstrip("v")
+        numbers = [int(part) for part in text.split("-")[0].split(".")[:2] if part.isdigit()]
+        _server_versions[id(client)] = (numbers + [0, 0])[0], (numbers + [0, 0])[1]
+    return _server_versions[id(client)]
+
+
+def require_supported_server(client: Any, uri: str) -> None:
+    version = server_version(client)
+    if version < MIN_SERVER:
+        raise IndexRefused(
+            f"Milvus server at {uri} is version {version[0]}.{version[1]}: colqwen-pipeline needs "
+            f">= {MIN_SERVER[0]}.{MIN_SERVER[1]} (partition keys, query iterators, collection properties)"
+        )
+
+
+def _flat(rows: list[list[dict]]) -> list[dict]:
+    return [row for page in rows for row in page]
 
 
 def page_fields(doc_id: str, document: str, page: PageRows, generation: str) -> dict[str, Any]:
