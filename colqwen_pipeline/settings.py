@@ -51,9 +51,6 @@ class Settings(BaseSettings):
     milvus_token: str = Field("", description="Milvus token/password (server only).")
     collection: str = "colqwen_pages"
     # Index and search (Milvus index area): strategy, first-stage size, vector index types
-    index_strategy: Literal["centroids", "native"] = Field(
-        "centroids", description="centroids: portable (Lite/server); native: MAX_SIM struct arrays, Milvus >= 2.6.4."
-    )
     index_centroids_per_page: int = Field(8, ge=1, le=255, description="k-means centroids per page (first stage).")
     index_hits_per_token: int = Field(64, ge=1, le=16384, description="First-stage ANN hits per query token.")
     index_candidates: int = Field(32, ge=1, description="Pages scored by exact MaxSim per query.")

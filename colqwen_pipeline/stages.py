@@ -13,18 +13,15 @@ from typing import Any
 from colqwen_pipeline.documents.manifest import Manifest
 from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
 from colqwen_pipeline.inbox import file_sha256, find_document
-from colqwen_pipeline.index.milvus import Hit, MilvusIndex, PageRows
+from colqwen_pipeline.index.base import DocumentIndex, Hit, PageRows
+from colqwen_pipeline.index.milvus import MilvusIndex
 from colqwen_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 Log = Callable[[str], None]
 
 
-def make_index(settings: Settings) -> MilvusIndex:
-    if settings.index_strategy == "native":
-        from colqwen_pipeline.index.native import NativeMaxSimIndex
-
-        return NativeMaxSimIndex.from_settings(settings)
+def make_index(settings: Settings) -> DocumentIndex:
     return MilvusIndex.from_settings(settings)
 
 
@@ -57,7 +54,7 @@ def embed_stage(settings: Settings, key: str, log: Log = log.info) -> tuple[Embe
     )
 
 
-def index_stage(settings: Settings, key: str, index: MilvusIndex | None = None) -> int:
+def index_stage(settings: Settings, key: str, index: DocumentIndex | None = None) -> int:
     """Replace the document's rows in Milvus with its current embeddings; returns token vectors indexed."""
     artifact = EmbeddingArtifact.read(settings.embeddings_dir / key)
     document = find_document(settings.inbox, key).relative_to(settings.inbox).as_posix()
@@ -68,7 +65,7 @@ def index_stage(settings: Settings, key: str, index: MilvusIndex | None = None) 
     return index.replace_document(key, document, pages, artifact.fingerprint, artifact.dim)
 
 
-def remove_document(settings: Settings, key: str, index: MilvusIndex | None = None) -> None:
+def remove_document(settings: Settings, key: str, index: DocumentIndex | None = None) -> None:
     """Forget a document everywhere: rows first, then artifacts (a crash leaves no orphan rows)."""
     (index or make_index(settings)).delete_document(key)
     for directory in (settings.pages_dir / key, settings.embeddings_dir / key):

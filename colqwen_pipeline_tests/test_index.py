@@ -237,20 +237,6 @@ def test_lite_file_is_released_after_each_operation(tmp_path: Path):
     assert other.stdout.strip() == "40", other.stderr[-500:]
 
 
-def test_native_strategy_refuses_milvus_lite_with_a_clear_error(tmp_path: Path):
-    from pymilvus import MilvusClient
-
-    from colqwen_pipeline.index.native import NativeMaxSimIndex
-
-    native = NativeMaxSimIndex(str(tmp_path / "milvus.db"), "native")
-    with pytest.raises(IndexRefused, match="needs a Milvus server >= 2.6.4"):
-        native.replace_document("doc-a", "a.pdf", unit_pages(1, 1), "model-x", DIM)
-    # The schema itself is plain pymilvus objects: build it without a server.
-    schema, index_params = native.build_schema(MilvusClient, DIM)
-    assert [f.name for f in schema.struct_fields] == ["tokens"]
-    assert "MAX_SIM_IP" in str(index_params)
-
-
 def test_bench_reports_every_field_on_a_tiny_run():
     result = bench_search(pages=20, queries=3, layra_queries=1)
     assert result["pages"] == 20

@@ -333,3 +333,57 @@ def test_pipeline_runs_with_the_model_held_by_the_server(server: str, deployment
     assert [r["doc_id"] for r in found["results"]] == [key] * 3
     assert sorted(r["page"] for r in found["results"]) == [1, 2, 3]
     assert set(found["results"][0]) == {"doc_id", "document", "page", "score", "image_path"}
+
+
+# The real `serve`, but its model says it runs on cuda:0. Why a patch: no GPU exists on these
+# machines, and what is under test is the *client* on a host without CUDA, which must treat the
+# server's device as the server's (it used to call torch.cuda on "cuda:0 via http://...").
+CUDA_SERVE = """
+import sys
+from colqwen_pipeline.embedding import embedder
+reported = embedder.IdentifiedModel.info.fget
+embedder.Embedder.info = property(lambda self: reported(self) | {"device": "cuda:0"})
+from colqwen_pipeline.cli import main
+sys.exit(main(["serve", "--port", sys.argv[1]]))
+"""
+
+
+def test_a_remote_cuda_model_is_the_servers_device_and_never_this_hosts_gpu(deployment, tmp_path, monkeypatch):
+    import torch
+
+    from colqwen_pipeline.runner import ingest, run_check_evaluations
+
+    assert not torch.cuda.is_available()  # the point: this host has no CUDA at all
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COLQWEN_")} | deployment
+    env["COLQWEN_HOME"] = str(tmp_path / "server-var")
+    log_path = tmp_path / "serve.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-c", CUDA_SERVE, str(port)], env=env, stdout=log, stderr=log)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process, log_path)
+        assert httpx.get(f"{url}/info").json()["model"]["device"] == "cuda:0"
+        remote = RemoteEmbedder(url)
+        assert (remote.identity.device, remote.identity.served_by) == ("cuda:0", url)
+        assert not remote.identity.local_cuda
+        inbox = tmp_path / "inbox"
+        inbox.mkdir()
+        (inbox / SAMPLE).write_bytes((SAMPLES / SAMPLE).read_bytes())
+        for name, value in {"COLQWEN_HOME": str(tmp_path / "var"), "COLQWEN_INBOX": str(inbox)}.items():
+            monkeypatch.setenv(name, value)
+        monkeypatch.setenv("COLQWEN_MODEL_SERVER_URL", url)
+        monkeypatch.setenv("COLQWEN_MODEL", "/nowhere/no-model")
+        monkeypatch.delenv("COLQWEN_REDIS_URL", raising=False)
+
+        with dg.instance_for_test() as instance:
+            summary = ingest(Settings(), instance=instance, echo=lambda _: None)
+            (run,) = instance.get_runs()
+            throughput = next(e for e in run_check_evaluations(instance, run.run_id) if e.check_name == "throughput")
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+    assert summary.failed == {} and summary.pages == 3
+    speed = {k: v.value for k, v in throughput.metadata.items()}
+    assert (speed["device"], speed["device_type"], speed["served_by"]) == ("cuda:0", "cuda", url)

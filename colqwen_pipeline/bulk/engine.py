@@ -29,7 +29,8 @@ from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
 from colqwen_pipeline.errors import PipelineError
 from colqwen_pipeline.evaluation.checks import CheckOutcome, check_embeddings
 from colqwen_pipeline.inbox import file_sha256, inbox_files
-from colqwen_pipeline.index.milvus import DocumentRows, IndexRefused, MilvusIndex, PageRows, check_shapes
+from colqwen_pipeline.index.base import DocumentIndex, DocumentRows, IndexRefused, PageRows
+from colqwen_pipeline.index.milvus import check_shapes
 from colqwen_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ class _Run:
         self.report = RunReport()
         self._identity: Any = None
         self._cache: Any = None
-        self._index: tuple[MilvusIndex, MilvusIndex, str | None, str] | None = None
+        self._index: tuple[DocumentIndex, DocumentIndex, str | None, str] | None = None
 
     # -- shared, made on first use --------------------------------------------------------------
     @property
@@ -119,7 +120,7 @@ class _Run:
     def cache(self) -> Any:
         return self._cache if self.identity else None
 
-    def index(self) -> tuple[MilvusIndex, MilvusIndex, str | None, str]:
+    def index(self) -> tuple[DocumentIndex, DocumentIndex, str | None, str]:
         """(live index, write target, rebuild reason, physical collection of the target)."""
         if self._index is None:
             from colqwen_pipeline.stages import make_index
@@ -317,7 +318,7 @@ class _Run:
                 metadata = self._index_metadata(artifact, target) | {"write_seconds_of_wave": seconds}
                 result.stages["index"] = StageOutcome(version, True, metadata)
 
-    def _index_metadata(self, artifact: EmbeddingArtifact, target: MilvusIndex) -> dict[str, Any]:
+    def _index_metadata(self, artifact: EmbeddingArtifact, target: DocumentIndex) -> dict[str, Any]:
         return {"tokens_indexed": artifact.total_tokens, "collection": target.collection, "uri": target.uri}
 
     def _switch_if_complete(self) -> None:

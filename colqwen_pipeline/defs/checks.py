@@ -79,6 +79,7 @@ def evaluate_after_run(context: dg.AssetExecutionContext, settings: Settings, re
     if embedded:
         metrics = report.forward | {
             "device": embedded[0].stages["embeddings"].metadata.get("device", "cpu"),
+            "served_by": embedded[0].stages["embeddings"].metadata.get("served_by", "this process"),
             "end_to_end_pages_per_s": report.end_to_end_pages_per_s,
             "model_load_s": report.model_load_s,
         }

@@ -90,7 +90,7 @@ def embed_missing(embedder: Embedder, documents: Sequence[PendingEmbedding], log
     paths = [doc.pages_dir / doc.manifest.pages[i].file for doc, i in owners]
     forwards, backoffs = embedder.stats.forward_calls, embedder.stats.oom_backoffs
     embedder.stats.batch_size_used = 0
-    reset_peak_gpu_memory(embedder.device)
+    reset_peak_gpu_memory(embedder.identity)
     started = time.perf_counter()
 
     def progress(done: int, total: int) -> None:
@@ -109,7 +109,7 @@ def embed_missing(embedder: Embedder, documents: Sequence[PendingEmbedding], log
         "oom_backoffs": embedder.stats.oom_backoffs - backoffs,
         "forward_seconds": round(seconds, 3),
         "forward_pages_per_s": round(len(paths) / seconds, 3) if seconds > 0 else 0.0,
-        "peak_gpu_mem_mb": peak_gpu_memory_mb(embedder.device),
+        "peak_gpu_mem_mb": peak_gpu_memory_mb(embedder.identity),
     }
 
 
@@ -137,6 +137,7 @@ def identity_metadata(identity: ModelIdentity) -> dict[str, Any]:
         "max_visual_tokens": identity.max_visual_tokens,
         "fingerprint": identity.fingerprint,
         "random_weights": identity.random_weights,
+        "served_by": identity.served_by or "this process",
     }
 
 
@@ -169,16 +170,17 @@ def embed_document(
     }
 
 
-def reset_peak_gpu_memory(device: str) -> None:
-    if device.startswith("cuda"):
+def reset_peak_gpu_memory(identity: ModelIdentity) -> None:
+    if identity.local_cuda:
         import torch
 
-        torch.cuda.reset_peak_memory_stats(device)
+        torch.cuda.reset_peak_memory_stats(identity.device)
 
 
-def peak_gpu_memory_mb(device: str) -> float | None:
-    if not device.startswith("cuda"):
+def peak_gpu_memory_mb(identity: ModelIdentity) -> float | None:
+    """Only for a CUDA device of this process: a model server's GPU is not ours to read."""
+    if not identity.local_cuda:
         return None
     import torch
 
-    return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    return round(torch.cuda.max_memory_allocated(identity.device) / 2**20, 1)

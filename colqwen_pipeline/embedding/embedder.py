@@ -147,7 +147,7 @@ class Embedder(IdentifiedModel):
         results: dict[int, np.ndarray] = {}
         total, started = sum(len(b) for b in batches), time.perf_counter()
         queue = list(batches)
-        if self.device.startswith("cuda"):
+        if self.identity.local_cuda:
             prepare = _pinned(prepare)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="preprocess") as pool:
             pending: Future | None = pool.submit(prepare, queue[0]) if queue else None

@@ -52,6 +52,12 @@ class ModelIdentity:
     fingerprint: str
     load_from: str  # what from_pretrained receives (an adapter's base is resolved separately)
     local: bool
+    served_by: str = ""  # URL of the model server that runs it; empty: this process (device is local)
+
+    @property
+    def local_cuda(self) -> bool:
+        """A CUDA device of this process: the only case where this process may read GPU memory."""
+        return self.device.startswith("cuda") and not self.served_by
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

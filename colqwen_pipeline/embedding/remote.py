@@ -59,13 +59,13 @@ def image_upload(page: PageImage, index: int) -> tuple[str, bytes, str]:
 
 
 def identity_from(served: dict[str, Any], url: str) -> ModelIdentity:
-    """The server's model identity; ``device`` says where it runs, so that the pipeline never reads
-    its own GPU's memory for it."""
-    names = {f.name for f in dataclasses.fields(ModelIdentity)}
+    """The server's model identity: ``device`` is the server's device, ``served_by`` where it runs,
+    so that this process never reads its own (possibly absent) GPU for it."""
+    names = {f.name for f in dataclasses.fields(ModelIdentity)} - {"served_by"}
     missing = names - served.keys()
     if missing:
         raise ModelServerError(f"model server {url}/info lacks {sorted(missing)}: server and client versions differ")
-    return ModelIdentity(**{name: served[name] for name in names} | {"device": f"{served['device']} via {url}"})
+    return ModelIdentity(**{name: served[name] for name in names}, served_by=url)
 
 
 class RemoteEmbedder(IdentifiedModel):

@@ -87,6 +87,7 @@ def check_throughput(metrics: Mapping[str, Any], floors: Mapping[str, float]) ->
     metadata = {
         "device": device,
         "device_type": device_type,
+        "served_by": str(metrics.get("served_by", "this process")),
         "batch_size": int(metrics.get("batch_size", 0)),
         "batch_size_used": int(metrics.get("batch_size_used", 0)),
         "pages_forwarded": forwarded,

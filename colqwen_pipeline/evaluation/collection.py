@@ -25,7 +25,7 @@ from colqwen_pipeline.evaluation.retrieval import (
     load_artifacts,
 )
 from colqwen_pipeline.inbox import inbox_files
-from colqwen_pipeline.index.milvus import MilvusIndex
+from colqwen_pipeline.index.base import DocumentIndex
 from colqwen_pipeline.settings import Settings
 from colqwen_pipeline.stages import make_index
 
@@ -46,7 +46,7 @@ def stored_artifacts(settings: Settings) -> dict[str, EmbeddingArtifact]:
 
 
 def evaluate(
-    settings: Settings, index: MilvusIndex | None = None, embed: EmbedQueries | None = None
+    settings: Settings, index: DocumentIndex | None = None, embed: EmbedQueries | None = None
 ) -> RetrievalReport:
     """The eval set scored on the live collection (raises EvalSetError for a bad eval set)."""
     queries = load_eval_set(settings.eval_set, settings.eval_split)
@@ -55,7 +55,7 @@ def evaluate(
 
 
 def retrieval_quality(
-    settings: Settings, index: MilvusIndex | None = None, embed: EmbedQueries | None = None
+    settings: Settings, index: DocumentIndex | None = None, embed: EmbedQueries | None = None
 ) -> CheckOutcome:
     try:
         report = evaluate(settings, index, embed)
@@ -64,7 +64,7 @@ def retrieval_quality(
     return check_retrieval_quality(report, settings.quality_min_ndcg_at_5, settings.quality_min_recall_at_5)
 
 
-def fidelity(settings: Settings, index: MilvusIndex | None = None, embed: EmbedQueries | None = None) -> CheckOutcome:
+def fidelity(settings: Settings, index: DocumentIndex | None = None, embed: EmbedQueries | None = None) -> CheckOutcome:
     try:
         queries = load_eval_set(settings.eval_set, settings.eval_split)
     except EvalSetError as error:
@@ -75,7 +75,7 @@ def fidelity(settings: Settings, index: MilvusIndex | None = None, embed: EmbedQ
     return check_index_fidelity(report, settings.fidelity_min_recall)
 
 
-def consistency(settings: Settings, index: MilvusIndex | None = None) -> CheckOutcome:
+def consistency(settings: Settings, index: DocumentIndex | None = None) -> CheckOutcome:
     index = index or make_index(settings)
     inbox = set(inbox_files(settings.inbox))
     artifact_tokens = {d: a.total_tokens for d, a in load_artifacts(settings.embeddings_dir, inbox).items()}
@@ -84,7 +84,7 @@ def consistency(settings: Settings, index: MilvusIndex | None = None) -> CheckOu
     return check_consistency(artifact_tokens, indexed, inbox)
 
 
-def tokens_by_document(index: MilvusIndex, expected: set[str]) -> dict[str, int]:
+def tokens_by_document(index: DocumentIndex, expected: set[str]) -> dict[str, int]:
     """Token vectors in Milvus per document id: every document the index knows plus ``expected``."""
     counts = index.token_counts_by_document()
     return {doc_id: counts.get(doc_id, 0) for doc_id in counts.keys() | expected}

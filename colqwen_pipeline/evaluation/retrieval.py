@@ -13,8 +13,8 @@ import numpy as np
 from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
 from colqwen_pipeline.evaluation.evalset import EvalQuery, page_id
 from colqwen_pipeline.evaluation.metrics import DEPTH, chance_scores, mean_scores, score_ranking
+from colqwen_pipeline.index.base import DocumentIndex, Hit
 from colqwen_pipeline.index.maxsim import maxsim
-from colqwen_pipeline.index.milvus import Hit, MilvusIndex
 
 EmbedQueries = Callable[[list[str]], list[np.ndarray]]
 TIE_TOLERANCE = 1e-4  # relative: MaxSim sums in a different order in Milvus search and here
@@ -59,7 +59,7 @@ def load_artifacts(embeddings_dir: Path, doc_ids: Iterable[str]) -> dict[str, Em
 
 def evaluate_retrieval(
     queries: Sequence[EvalQuery],
-    index: MilvusIndex,
+    index: DocumentIndex,
     embed_queries: EmbedQueries,
     artifacts: dict[str, EmbeddingArtifact],
 ) -> RetrievalReport:
@@ -107,7 +107,7 @@ def top_k_recall(hits: Sequence[Hit], exact: dict[str, float], k: int) -> float:
 
 def index_fidelity(
     queries: Sequence[EvalQuery],
-    index: MilvusIndex,
+    index: DocumentIndex,
     embed_queries: EmbedQueries,
     artifacts: dict[str, EmbeddingArtifact],
     k: int,

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from colqwen_pipeline.errors import PipelineError
+from colqwen_pipeline.index.base import DocumentIndex, DocumentRows, Hit, IndexRefused, PageRows
 from colqwen_pipeline.index.maxsim import (
     VARCHAR_LIMIT,
     maxsim,
@@ -62,48 +62,6 @@ MAX_QUERY_VECTORS = 1024  # query tokens per first-stage call
 # base64 at 780 tokens), which also bounds memory however many queries or pages a call has.
 MAX_GET_IDS = 2048
 FETCH_PAGES = 256
-
-
-class IndexRefused(PipelineError):
-    """Refused write or unreachable index; one clear line."""
-
-
-@dataclass(frozen=True)
-class PageRows:
-    """What the index needs of one page."""
-
-    page: int  # 1-based
-    sha256: str
-    vectors: np.ndarray  # (tokens, dim), unit-norm
-    image: str  # path of the rendered page
-
-
-@dataclass(frozen=True)
-class DocumentRows:
-    """One document as the index writes it."""
-
-    doc_id: str
-    document: str  # path relative to the inbox
-    pages: Sequence[PageRows]
-
-
-@dataclass(frozen=True)
-class Hit:
-    doc_id: str
-    document: str
-    page: int
-    score: float
-    image_path: str
-
-    def as_dict(self) -> dict[str, Any]:
-        """The result format of `search --json` and the HTTP /search."""
-        return {
-            "doc_id": self.doc_id,
-            "document": self.document,
-            "page": self.page,
-            "score": round(self.score, 4),
-            "image_path": self.image_path,
-        }
 
 
 @dataclass
@@ -149,7 +107,7 @@ def _release_lite(path: str) -> None:
     server_manager_instance.release_server(path)
 
 
-class MilvusIndex:
+class MilvusIndex(DocumentIndex):
     schema_version = SCHEMA_VERSION
 
     def __init__(
@@ -396,12 +354,6 @@ class MilvusIndex:
             )
 
     # -- writes ----------------------------------------------------------------------------------
-    def replace_document(
-        self, doc_id: str, document: str, pages: Sequence[PageRows], fingerprint: str, dim: int
-    ) -> int:
-        """Write the document's new generation, then delete every older one. Returns tokens stored."""
-        return self.replace_documents([DocumentRows(doc_id, document, pages)], fingerprint, dim)[doc_id]
-
     def replace_documents(self, documents: Sequence[DocumentRows], fingerprint: str, dim: int) -> dict[str, int]:
         """Many documents in one connection and few large inserts, each document still all-or-nothing
         for search: every document gets a new generation (pages rows of all documents first, then

@@ -1,0 +1,1 @@
+"""ColQwen2.5 loading, batching, caching and the tiny offline model."""
