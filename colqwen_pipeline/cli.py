@@ -122,7 +122,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     else:
         from colqwen_pipeline.index.bench import bench_search
 
-        result = bench_search(pages=args.pages or 1000, queries=args.queries, layra_queries=args.layra_queries)
+        result = bench_search(
+            pages=args.pages or 1000, queries=args.queries, layra_queries=args.layra_queries, uri=args.uri
+        )
     print(json.dumps(result, indent=None if args.json else 1))
     return 0
 
@@ -172,6 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--layra-queries", type=int, help="search only: LAYRA-style baseline queries (default 5; 0 above 2,000 pages)"
     )
+    bench.add_argument("--uri", help="search only: a Milvus server (http://host:19530) instead of a Lite file")
     bench.add_argument("--docs", type=int, default=200, help="ingest only: generated documents")
     bench.add_argument("--pages-per-doc", type=int, default=1, help="ingest only: pages per document")
     bench.add_argument("--json", action="store_true", help="one line of JSON")

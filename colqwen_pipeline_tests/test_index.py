@@ -245,3 +245,14 @@ def test_bench_reports_every_field_on_a_tiny_run():
     assert result["ours"]["recall_at_5"] == 1.0  # 32 candidates cover all 20 pages: exact by construction
     assert result["layra_baseline"]["recall_at_5"] > 0
     assert set(result["layra_baseline"]) >= {"p50_ms", "recall_at_5"} and "p50_ms" in result["brute_force"]
+
+
+def test_bench_measures_a_milvus_server_the_same_way_and_drops_what_it_made(milvus_uri: str):
+    from pymilvus import MilvusClient
+
+    before = set(MilvusClient(uri=milvus_uri).list_collections())
+    result = bench_search(pages=20, queries=3, layra_queries=1, uri=milvus_uri)
+
+    assert result["milvus"] == f"server {milvus_uri}" and result["ours"]["bytes_per_page"] is None
+    assert result["ours"]["recall_at_5"] == 1.0 and result["layra_baseline"]["recall_at_5"] > 0
+    assert set(MilvusClient(uri=milvus_uri).list_collections()) == before

@@ -158,6 +158,40 @@ def test_inbox_sensor_ui_launch_and_deletion_in_a_running_dagster_dev(dagster_de
     assert stages.search("invoice total", top_k=1, settings=settings) == []
 
 
+def test_a_drop_of_50_files_into_a_running_dagster_dev_is_searchable_in_few_runs(dagster_dev):
+    """Issue target: 50 files dropped into the inbox of a running `dagster dev` are all searchable
+    within 5 minutes, in at most 3 runs, each with at most one model load."""
+    from PIL import Image, ImageDraw
+
+    from colqwen_pipeline import stages
+    from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
+
+    server, inbox, settings = dagster_dev
+    staging = inbox.parent / "staging"
+    staging.mkdir()
+    for i in range(50):
+        page = Image.new("RGB", (600, 800), "white")
+        ImageDraw.Draw(page).text((40, 40 + 7 * i), f"scan {i}: invoice {1000 + i}", fill="black")
+        page.save(staging / f"scan-{i:02d}.png")
+    keys = {document_key(f"scan-{i:02d}.png") for i in range(50)}
+    dropped = time.monotonic()
+    for path in sorted(staging.iterdir()):
+        path.rename(inbox / path.name)  # a move, as a scanner's upload folder would do
+
+    deadline = dropped + 300
+    while stages.make_index(settings).document_ids() < keys:
+        assert time.monotonic() < deadline, f"not all 50 searchable after 300 s: {server.runs()}"
+        time.sleep(3)
+    searchable_s = time.monotonic() - dropped
+
+    runs = [r for r in server.runs() if r["jobName"] == "ingest_job"]
+    assert 1 <= len(runs) <= 3, runs
+    server.wait_for_run(lambda r: r["jobName"] == "ingest_job")
+    assert all(server.wait_for_run(lambda r, i=r["runId"]: r["runId"] == i)["status"] == "SUCCESS" for r in runs)
+    assert all(EmbeddingArtifact.read(settings.embeddings_dir / k).fingerprint for k in keys)
+    print(f"50 files searchable after {searchable_s:.1f} s in {len(runs)} run(s)")
+
+
 @contextlib.contextmanager
 def browser():
     """Debian's Chromium driven by Playwright (no browser download: executable_path)."""

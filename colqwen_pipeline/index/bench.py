@@ -8,6 +8,8 @@ brute-force MaxSim over all pages held in RAM as fp32 numpy (its best case).
 
 from __future__ import annotations
 
+import contextlib
+import secrets
 import shutil
 import tempfile
 import time
@@ -89,7 +91,7 @@ def _page_number(hit: Any) -> int:
     return int(hit.doc_id.split("-")[1]) * PAGES_PER_DOC + hit.page - 1
 
 
-def _layra_collection(client: Any, tokens: np.ndarray) -> None:
+def _layra_collection(client: Any, tokens: np.ndarray, name: str = LAYRA) -> None:
     """The baseline's own store, as LAYRA keeps it: one row per token vector, FLAT index. Built
     after our measurements and not counted in our ingest or bytes."""
     from pymilvus import DataType
@@ -100,23 +102,23 @@ def _layra_collection(client: Any, tokens: np.ndarray) -> None:
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
     index = client.prepare_index_params()
     index.add_index(field_name="vector", index_type="FLAT", metric_type="IP")
-    client.create_collection(LAYRA, schema=schema, index_params=index)
+    client.create_collection(name, schema=schema, index_params=index, consistency_level="Strong")
     for start in range(0, len(tokens), 16_384):
         rows = tokens[start : start + 16_384]
-        client.insert(LAYRA, [{"page": (start + i) // TOKENS, "vector": v} for i, v in enumerate(rows)])
-    client.flush(LAYRA)
-    client.load_collection(LAYRA)
+        client.insert(name, [{"page": (start + i) // TOKENS, "vector": v} for i, v in enumerate(rows)])
+    client.flush(name)
+    client.load_collection(name)
 
 
-def _layra_search(client: Any, query: np.ndarray) -> list[int]:
+def _layra_search(client: Any, query: np.ndarray, name: str = LAYRA) -> list[int]:
     """LAYRA: ANN per query token (limit 50), then one query per candidate page, then MaxSim."""
     hits = client.search(
-        LAYRA, data=query.tolist(), limit=50, output_fields=["page"], search_params={"metric_type": "IP"}
+        name, data=query.tolist(), limit=50, output_fields=["page"], search_params={"metric_type": "IP"}
     )
     pages = sorted({h["entity"]["page"] for per_token in hits for h in per_token})
     vectors = []
     for page in pages:
-        rows = client.query(LAYRA, filter=f"page == {page}", output_fields=["vector"], limit=16384)
+        rows = client.query(name, filter=f"page == {page}", output_fields=["vector"], limit=16384)
         vectors.append(np.asarray([r["vector"] for r in rows], dtype=np.float32))
     scores = maxsim(query, vectors)
     return [pages[i] for i in np.argsort(-scores)[:5]]
@@ -126,20 +128,29 @@ LAYRA_MAX_PAGES = 2000  # above it the baseline (780 token rows per page) takes 
 
 
 def bench_search(
-    pages: int = 1000, queries: int = 50, layra_queries: int | None = None, workdir: str | None = None
+    pages: int = 1000,
+    queries: int = 50,
+    layra_queries: int | None = None,
+    workdir: str | None = None,
+    uri: str | None = None,
 ) -> dict:
     """One run: ingest, then our search and brute force timed query by query (interleaved, so both
-    see the same machine load), then the LAYRA-style baseline on its own token-row collection."""
+    see the same machine load), then the LAYRA-style baseline on its own token-row collection.
+
+    ``uri``: a Milvus server (``http://host:19530``) instead of a temporary Lite file; the bench
+    writes collections of its own there (``bench_<random>``) and drops them at the end."""
     if layra_queries is None:
         layra_queries = 5 if pages <= LAYRA_MAX_PAGES else 0
     root = Path(workdir or tempfile.mkdtemp(prefix="colqwen-bench-"))
     db = root / "milvus.db"
+    name = f"bench_{secrets.token_hex(4)}" if uri else "bench"
+    index = MilvusIndex(uri or str(db), name)
+    layra = f"{name}_{LAYRA}"
     try:
         tokens, centres = synthetic_pages(pages)
         query_set = synthetic_queries(tokens, centres, queries)
-        index = MilvusIndex(str(db), "bench")
         ingest_s = _ingest(index, tokens, pages)
-        bytes_per_page = _disk_bytes(db) / pages
+        bytes_per_page = None if uri else round(_disk_bytes(db) / pages)  # a server's disk is not ours to read
 
         truth, brute_s, ours_s, recall = [], [], [], []
         open_started = time.perf_counter()
@@ -162,19 +173,20 @@ def bench_search(
             layra_s, layra_recall = [], []
             with index.client() as client:
                 if layra_queries:
-                    _layra_collection(client, tokens)
+                    _layra_collection(client, tokens, layra)
                 for query, expected in list(zip(query_set, truth, strict=True))[:layra_queries]:
                     started = time.perf_counter()
-                    top = _layra_search(client, query)
+                    top = _layra_search(client, query, layra)
                     layra_s.append(time.perf_counter() - started)
                     layra_recall.append(len(set(top) & expected) / 5)
         return {
             "pages": pages,
+            "milvus": "server " + uri if uri else "lite",
             "ours": {
                 "p50_ms": _ms(ours_s, 50),
                 "p95_ms": _ms(ours_s, 95),
                 "recall_at_5": round(float(np.mean(recall)), 4),
-                "bytes_per_page": round(bytes_per_page),
+                "bytes_per_page": bytes_per_page,
                 "ingest_rows_per_s": round(pages * TOKENS / ingest_s),
                 "open_and_first_query_ms": round(first_query_s * 1000, 1),
                 "batch_of_queries_ms_per_query": round(batch_s * 1000 / len(query_set), 1),
@@ -190,5 +202,18 @@ def bench_search(
             "brute_force": {"p50_ms": _ms(brute_s, 50), "queries": len(brute_s)},
         }
     finally:
+        if uri:
+            _drop(index, layra)
         if workdir is None:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _drop(index: MilvusIndex, layra: str) -> None:
+    """What the bench created on a server: its alias, its two physical collections, the baseline's."""
+    with index.client() as client:
+        for alias in (index.collection, index.pages):
+            with contextlib.suppress(Exception):
+                client.drop_alias(alias)
+        for name in client.list_collections():
+            if name.startswith(index.collection) or name == layra:
+                client.drop_collection(name)
