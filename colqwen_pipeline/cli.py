@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -19,15 +20,21 @@ from colqwen_pipeline.settings import Settings
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from colqwen_pipeline.runner import ingest
+    from colqwen_pipeline.runner import IngestInterrupted, ingest
 
     settings = Settings()
     print(f"indexing {settings.inbox} into {settings.resolved_milvus_uri} (state: {settings.home_dir})")
+    received = stop_on_signals()
     try:
         summary = ingest(settings, args.paths, confirm_removals=args.confirm_removals, force=args.force)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except (IngestInterrupted, KeyboardInterrupt) as error:
+        name = signal.Signals(received.get("signal", signal.SIGINT)).name
+        detail = str(error) or "interrupted before the first run started; nothing was written"
+        print(f"stopped by {name}: {detail}", file=sys.stderr)
+        return 128 + received.get("signal", signal.SIGINT)
     print(
         f"done: {summary.documents} documents, {summary.pages} pages, {summary.tokens} token vectors in Milvus, "
         f"{summary.removed} removed, {len(summary.failed)} failed, {summary.seconds} s"
@@ -35,6 +42,24 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     for key, reason in summary.failed.items():
         print(f"failed: {key}: {reason}", file=sys.stderr)
     return 1 if summary.failed else 0
+
+
+def stop_on_signals() -> dict[str, int]:
+    """SIGTERM (docker stop, systemd, timeout) stops an ingest like Ctrl-C: the first signal
+    interrupts the run in progress (Dagster turns SIGINT into an interrupt of the step, which marks
+    the run failed; every write is atomic per document), and the command exits 143 or 130."""
+    received: dict[str, int] = {}
+
+    def on_signal(signo: int, _frame: object) -> None:
+        received.setdefault("signal", signo)
+        if signo == signal.SIGTERM:
+            signal.raise_signal(signal.SIGINT)  # to whichever SIGINT handler is current (Dagster's in a step)
+        else:
+            raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    return received
 
 
 def cmd_search(args: argparse.Namespace) -> int:

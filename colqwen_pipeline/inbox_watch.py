@@ -27,11 +27,21 @@ class InboxChanges:
 
 
 def scan_inbox(
-    inbox: Path, state: dict[str, dict], settle_s: float = 5.0, now: float | None = None
+    inbox: Path,
+    state: dict[str, dict],
+    settle_s: float = 5.0,
+    now: float | None = None,
+    max_file_bytes: int | None = None,
+    hash_budget_bytes: int | None = None,
 ) -> tuple[InboxChanges, dict[str, dict]]:
-    """Compare the inbox with ``state``; return the changes and the next state."""
+    """Compare the inbox with ``state``; return the changes and the next state.
+
+    A tick never reads more than ``hash_budget_bytes`` (the rest wait for the next tick) and never
+    hashes a file over ``max_file_bytes``: such a file is handed on by size and mtime, and the run
+    refuses it with one line instead of the tick spending minutes on it."""
     now = time.time() if now is None else now
     changes, next_state = InboxChanges(), {}
+    budget = hash_budget_bytes
     for key, path in inbox_files(inbox).items():
         try:
             stat = path.stat()
@@ -49,7 +59,15 @@ def scan_inbox(
             changes.waiting.append(key)
             next_state[key] = seen | {"sha256": old_sha, "pending": True}
             continue
-        sha = file_sha256(path)
+        if max_file_bytes is not None and stat.st_size > max_file_bytes:
+            sha = f"oversize-{stat.st_size}-{stat.st_mtime_ns}"
+        elif budget is not None and stat.st_size > budget and budget < (hash_budget_bytes or 0):
+            changes.waiting.append(key)  # this tick has read its share: the next one hashes it
+            next_state[key] = seen | {"sha256": old_sha, "pending": True}
+            continue
+        else:
+            sha = file_sha256(path)
+            budget = None if budget is None else budget - stat.st_size
         next_state[key] = seen | {"sha256": sha, "pending": False}
         if old_sha is None:
             changes.new[key] = sha

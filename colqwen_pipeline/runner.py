@@ -23,6 +23,10 @@ log = logging.getLogger(__name__)
 PARTITIONS = "documents"
 
 
+class IngestInterrupted(Exception):
+    """A signal stopped the ingest between or inside runs; everything written so far is consistent."""
+
+
 @dataclass
 class IngestSummary:
     documents: int = 0
@@ -76,9 +80,12 @@ def ingest(
     documents; prune vanished ones. ``force`` redoes every stage."""
     from colqwen_pipeline.bulk.runs import partition_ranges, range_tags
     from colqwen_pipeline.definitions import defs
+    from colqwen_pipeline.stale_runs import fail_dead_cli_runs, process_tags
 
     started = time.perf_counter()
     instance = instance or dagster_instance(settings)
+    for run_id in fail_dead_cli_runs(instance):
+        echo(f"marked run {run_id} failed: its `colqwen-pipeline ingest` process is gone")
     documents = select_documents(settings, paths)
     known = set(instance.get_dynamic_partitions(PARTITIONS))
     instance.add_dynamic_partitions(PARTITIONS, [k for k in documents if k not in known])
@@ -94,13 +101,19 @@ def ingest(
         echo(f"run {number}/{len(ranges)}: {len(span)} document(s)")
         result = job.execute_in_process(
             instance=instance,
-            tags=range_tags(first, last, "cli"),
+            tags=range_tags(first, last, "cli") | process_tags(),
             run_config={
                 "ops": {"document_pipeline": {"config": {"force": force}}},
-                "loggers": {"console": {"config": {"log_level": "WARNING"}}},  # progress: the python logger
+                # Failures are summarised by this command, one line each; progress: the python logger.
+                "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
             },
             raise_on_error=False,
         )
+        if _interrupted(result):
+            raise IngestInterrupted(
+                f"interrupted during run {number}/{len(ranges)}: documents finished before it stay indexed, "
+                "the document in progress was rolled back; run ingest again to continue"
+            )
         summary.failed |= _failed_documents(result, span)
         evaluations = run_check_evaluations(instance, result.run_id)
         for line in _check_lines(evaluations):
@@ -203,6 +216,15 @@ def _failed_documents(result: dg.ExecuteInProcessResult, span: list[str]) -> dic
         reason = error.message.strip().splitlines()[-1] if error else "failed (see the run in the Dagster UI)"
         return dict.fromkeys(span, reason)
     return {}
+
+
+def _interrupted(result: dg.ExecuteInProcessResult) -> bool:
+    return any(
+        event.is_step_failure
+        and event.step_failure_data.error is not None
+        and "DagsterExecutionInterruptedError" in (event.step_failure_data.error.cls_name or "")
+        for event in result.all_events
+    )
 
 
 def _indexed(settings: Settings, key: str) -> tuple[int, int]:

@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     index_hits_per_token: int = Field(64, ge=1, le=16384, description="First-stage ANN hits per query token.")
     index_candidates: int = Field(32, ge=1, description="Pages scored by exact MaxSim per query.")
     index_type: Literal["HNSW", "FLAT"] = Field("HNSW", description="Vector index of the centroids (first stage).")
+    index_search_consistency: Literal["Strong", "Bounded", "Session", "Eventually"] = Field(
+        "Bounded", description="Consistency of search on a server (Strong: sees every write, ~1 s slower per query)."
+    )
     index_partitions: int = Field(
         16, ge=1, le=1024, description="Partition-key buckets of the pages collection on a server (Lite: always 16)."
     )

@@ -251,3 +251,39 @@ def test_index_schema_upgrade_is_refused_for_writes_and_rebuilt_by_a_run(state, 
     with index.client() as client:
         old = OlderSchema.from_settings(state).rebuild_target(index.live_fingerprint())
         assert old.collection_info(client)["schema"] == "2"  # kept, never dropped implicitly
+
+
+def test_sensor_never_hashes_a_file_over_the_size_cap(state, instance, monkeypatch):
+    """A 300 GB sparse '%PDF' once made every tick time out: it is handed on unread, and refused by its run."""
+    huge = state.inbox / "huge.pdf"
+    with huge.open("wb") as handle:
+        handle.write(b"%PDF-1.7\n")
+        handle.truncate(300 * 2**30)
+    settled(huge)
+    settled(add_sample(state, "scanned_invoice.jpg"))
+    hashed = []
+    real_hash = inbox_watch.file_sha256
+    monkeypatch.setattr(inbox_watch, "file_sha256", lambda p: hashed.append(p.name) or real_hash(p))
+
+    result, _ = tick(instance)
+
+    assert hashed == ["scanned_invoice.jpg"]
+    keys = {document_key("huge.pdf"), document_key("scanned_invoice.jpg")}
+    assert {k for r in result.dynamic_partitions_requests for k in r.partition_keys} == keys
+
+
+def test_sensor_spreads_hashing_over_ticks_within_its_byte_budget(state, instance, monkeypatch):
+    from colqwen_pipeline.defs import automation
+
+    monkeypatch.setattr(automation, "HASH_BUDGET_BYTES", 200_000)
+    for i in range(3):
+        settled(add_sample(state, "scanned_invoice.jpg", f"scan-{i}.jpg"))  # 164 KB each: one per tick
+
+    seen, cursor = [], None
+    for _ in range(3):
+        result, cursor = tick(instance, cursor)
+        added = [k for r in result.dynamic_partitions_requests for k in r.partition_keys]
+        assert len(added) == 1
+        seen += added
+
+    assert sorted(seen) == sorted(document_key(f"scan-{i}.jpg") for i in range(3))

@@ -35,7 +35,8 @@ BACKENDS = ["lite", "server"]  # Milvus Lite files, and a real Milvus 2.3.5 stan
 def make_test_index(request: pytest.FixtureRequest, directory: Path, name: str) -> MilvusIndex:
     if request.param == "lite":
         return MilvusIndex(str(directory / "milvus.db"), name)
-    return MilvusIndex(request.getfixturevalue("milvus_uri"), unique_collection(name))
+    # Strong search: these tests read what they have just written (the product's search is Bounded)
+    return MilvusIndex(request.getfixturevalue("milvus_uri"), unique_collection(name), search_consistency="Strong")
 
 
 @pytest.fixture(params=BACKENDS)
@@ -208,7 +209,9 @@ def test_many_queries_and_pages_are_fetched_in_bounded_groups_with_the_same_resu
     fetched: list[int] = []
     fetch = MilvusIndex._fetch_pages
     monkeypatch.setattr(
-        MilvusIndex, "_fetch_pages", lambda self, c, uids: fetched.append(len(uids)) or fetch(self, c, uids)
+        MilvusIndex,
+        "_fetch_pages",
+        lambda self, c, uids, *rest: fetched.append(len(uids)) or fetch(self, c, uids, *rest),
     )
     monkeypatch.setattr(milvus, "FETCH_PAGES", 8)
     monkeypatch.setattr(milvus, "MAX_GET_IDS", 16)

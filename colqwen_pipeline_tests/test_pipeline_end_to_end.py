@@ -84,6 +84,7 @@ def test_ingest_twice_against_a_milvus_server_keeps_the_checks_passing(state, in
     monkeypatch.setenv("COLQWEN_EVAL_SET", str(REPO / "data" / "eval" / "queries.jsonl"))
     monkeypatch.setenv("COLQWEN_QUALITY_MIN_NDCG_AT_5", "0")  # random weights: rank order is luck
     monkeypatch.setenv("COLQWEN_QUALITY_MIN_RECALL_AT_5", "0")
+    monkeypatch.setenv("COLQWEN_INDEX_SEARCH_CONSISTENCY", "Strong")  # the search below runs right after the writes
     settings = Settings()
     for name in ("pump_maintenance_manual.pdf", "scanned_invoice.jpg", "acme_annual_report_2025.pdf"):
         add_sample(settings, name)

@@ -215,7 +215,8 @@ class _Run:
         wave: list[tuple[DocumentResult, Any]] = []
         wave_pages = 0
         workers = max(1, self.settings.render_workers)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="render") as pool:
+        pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="render")
+        try:
             futures = [pool.submit(self.prepare, key, files.get(key)) for key in keys]
             for number, future in enumerate(futures, 1):
                 result = future.result()
@@ -231,6 +232,8 @@ class _Run:
                     self._progress(number, len(keys), started)
                     wave, wave_pages = [], 0
             self._flush(wave)
+        finally:  # on an interrupt: drop the renders not started yet, wait for the running ones
+            pool.shutdown(wait=True, cancel_futures=True)
         if "index" in self.stages and self._index is not None:
             self._switch_if_complete()
         self.report.seconds = _since(started)
@@ -243,9 +246,10 @@ class _Run:
 
         out = self.settings.embeddings_dir / result.key
         version = versions.embeddings_version(result.stages["pages"].version, self.identity.fingerprint)
-        previous = _read_artifact(out)
+        previous = EmbeddingArtifact.read_or_none(out)
         if previous is not None and previous.version == version and not self.force:
             result.stages["embeddings"] = StageOutcome(version, False, _embeddings_metadata(previous))
+            self._check_embeddings(result, previous, quiet=True)  # current, but still blocked if it fails
             return None
         try:
             return plan_embedding(self.settings.pages_dir / result.key, out, self.identity, self.cache, version)
@@ -277,11 +281,16 @@ class _Run:
                 continue
             metadata = _embeddings_metadata(artifact) | pending.stats | identity_metadata(self.identity)
             result.stages["embeddings"] = StageOutcome(pending.version, True, metadata)
-            # Blocking, per document: embeddings that fail the check never reach Milvus.
-            check = check_embeddings(artifact.directory, self.settings.embedding_dim, self.settings.norm_tolerance)
+            self._check_embeddings(result, artifact)
+
+    def _check_embeddings(self, result: DocumentResult, artifact: EmbeddingArtifact, quiet: bool = False) -> None:
+        """Blocking, per document: embeddings that fail the check never reach Milvus. ``quiet``:
+        unchanged embeddings report a check result only when it fails."""
+        check = check_embeddings(artifact.directory, self.settings.embedding_dim, self.settings.norm_tolerance)
+        if not (quiet and check.passed):
             result.embedding_check = check
-            if not check.passed:
-                result.fail("embeddings", f"embedding check failed: {check.description}")
+        if not check.passed:
+            result.fail("embeddings", f"embedding check failed: {check.description}")
 
     def _index_wave(self, results: list[DocumentResult]) -> None:
         live, target, _, physical = self.index()
@@ -385,16 +394,6 @@ def _read_manifest(directory: Path) -> Manifest | None:
     """The previous manifest, or None when there is none or it cannot be read (then: re-render)."""
     try:
         return Manifest.read(directory)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
-
-
-def _read_artifact(directory: Path) -> EmbeddingArtifact | None:
-    try:
-        artifact = EmbeddingArtifact.read(directory)
-        if len(artifact.vectors) != artifact.total_tokens:  # a truncated vectors.npy: re-derive
-            return None
-        return artifact
     except (OSError, ValueError, KeyError, TypeError):
         return None
 

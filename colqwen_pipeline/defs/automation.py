@@ -15,6 +15,9 @@ from colqwen_pipeline.defs.resources import ColQwenResource
 from colqwen_pipeline.inbox import mass_removal
 from colqwen_pipeline.inbox_watch import scan_inbox
 from colqwen_pipeline.settings import Settings
+from colqwen_pipeline.stale_runs import fail_dead_cli_runs
+
+HASH_BUDGET_BYTES = 2 << 30  # read per tick at most (~4 s): a tick must end well inside its deadline
 
 
 class RemoveConfig(dg.Config):
@@ -43,8 +46,16 @@ def remove_documents_job() -> None:
 def inbox_sensor(context: dg.SensorEvaluationContext, colqwen: ColQwenResource) -> dg.SensorResult:
     """New or changed files -> ingest runs over ranges; deleted files -> removal; half-written files wait."""
     settings = colqwen.settings()
+    for run_id in fail_dead_cli_runs(context.instance):  # else they hold the run queue forever
+        context.log.warning(f"marked run {run_id} failed: its `colqwen-pipeline ingest` process is gone")
     previous = json.loads(context.cursor) if context.cursor else {}
-    changes, state = scan_inbox(settings.inbox, previous, settings.settle_s)  # InboxError: the tick fails, cursor kept
+    changes, state = scan_inbox(  # InboxError: the tick fails, cursor kept
+        settings.inbox,
+        previous,
+        settings.settle_s,
+        max_file_bytes=settings.max_file_mb * 2**20,
+        hash_budget_bytes=HASH_BUDGET_BYTES,
+    )
     ordered = context.instance.get_dynamic_partitions(documents.name)
     known = set(ordered)
     refusal = None if settings.allow_mass_removal else mass_removal(len(known), len(changes.deleted))

@@ -43,6 +43,20 @@ class EmbeddingArtifact:
         return sum(p["count"] for p in self.pages)
 
     @classmethod
+    def read_or_none(cls, directory: Path) -> EmbeddingArtifact | None:
+        """The artifact, or None when it is missing or unreadable (bad JSON, a truncated or deleted
+        vectors.npy, offsets past its end): to every reader that is a cache miss to re-derive."""
+        try:
+            artifact = cls.read(directory)
+            vectors = artifact.vectors
+            ends = [p["offset"] + p["count"] for p in artifact.pages]
+            if vectors.ndim != 2 or vectors.shape[1] != artifact.dim or max(ends, default=0) > len(vectors):
+                return None
+            return artifact
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            return None
+
+    @classmethod
     def read(cls, directory: Path) -> EmbeddingArtifact:
         meta = json.loads((directory / "pages.json").read_text())
         return cls(

@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 
+from colqwen_pipeline.embedding.validate import valid_vectors
+
 log = logging.getLogger(__name__)
 RETRY_AFTER_S = 60.0
 
@@ -67,12 +69,18 @@ class EmbeddingCache:
         if values is None:  # disabled or unreachable: nothing was looked up, so nothing is counted
             return [None] * len(keys)
         arrays = [self._decode(v) for v in values]
+        junk = [key for key, value, array in zip(keys, values, arrays, strict=True) if value and array is None]
+        if junk:  # a corrupt or foreign value: a miss now, and gone so it cannot come back
+            log.warning("dropping %d invalid cache value(s), e.g. %s", len(junk), junk[0])
+            self._call(lambda c: c.delete(*junk))
         found = sum(a is not None for a in arrays)
         self.hits += found
         self.misses += len(keys) - found
         return arrays
 
     def set_many(self, items: dict[str, np.ndarray]) -> None:
+        """Only valid vectors are written: a NaN from a broken forward never becomes a cache hit."""
+        items = {key: array for key, array in items.items() if valid_vectors(array, self.dim)}
         if not items:
             return
 
@@ -87,7 +95,8 @@ class EmbeddingCache:
     def _decode(self, value: bytes | None) -> np.ndarray | None:
         if value is None or len(value) == 0 or len(value) % (2 * self.dim):
             return None  # absent, or written by something else: treat as a miss
-        return np.frombuffer(value, dtype=np.float16).reshape(-1, self.dim)
+        array = np.frombuffer(value, dtype=np.float16).reshape(-1, self.dim)
+        return array if valid_vectors(array, self.dim) else None
 
     def _call(self, operation: Callable[[Any], Any]) -> Any:
         if not self.enabled:

@@ -25,6 +25,7 @@ from colqwen_pipeline.embedding.artifact import EmbeddingArtifact, write_artifac
 from colqwen_pipeline.embedding.cache import EmbeddingCache
 from colqwen_pipeline.embedding.embedder import Embedder
 from colqwen_pipeline.embedding.loading import ModelIdentity
+from colqwen_pipeline.embedding.validate import valid_vectors
 
 Log = Callable[[str], None]
 
@@ -51,14 +52,16 @@ class PendingEmbedding:
 
 
 def _previous_vectors(out_dir: Path, fingerprint: str) -> dict[str, np.ndarray]:
-    """sha256 -> vectors of the last artifact, if it was made by the same model."""
-    try:
-        previous = EmbeddingArtifact.read(out_dir)
-    except (OSError, ValueError, KeyError):
+    """sha256 -> vectors of the last artifact, if it was made by the same model and they are valid."""
+    previous = EmbeddingArtifact.read_or_none(out_dir)
+    if previous is None or previous.fingerprint != fingerprint:
         return {}
-    if previous.fingerprint != fingerprint:
-        return {}
-    return {page["sha256"]: np.array(previous.page_vectors(i)) for i, page in enumerate(previous.pages)}
+    reused = {}
+    for i, page in enumerate(previous.pages):
+        vectors = np.array(previous.page_vectors(i))
+        if valid_vectors(vectors, previous.dim):
+            reused[page["sha256"]] = vectors
+    return reused
 
 
 def plan_embedding(

@@ -30,7 +30,9 @@ def check_embeddings(directory: Path, expected_dim: int, norm_tolerance: float) 
     """Every page has tokens; vectors are ``expected_dim``-d, finite and unit-norm within tolerance."""
     if not (directory / "pages.json").is_file():
         return CheckOutcome(False, f"no embeddings artifact at {directory}")
-    artifact = EmbeddingArtifact.read(directory)
+    artifact = EmbeddingArtifact.read_or_none(directory)
+    if artifact is None:
+        return CheckOutcome(False, f"unreadable embeddings artifact at {directory} (re-ingest rebuilds it)")
     counts = [p["count"] for p in artifact.pages]
     vectors = artifact.vectors
     problems = []

@@ -30,6 +30,11 @@ from colqwen_pipeline.settings import Settings
 from colqwen_pipeline.stages import make_index
 
 
+def checked_index(settings: Settings) -> DocumentIndex:
+    """The live index with Strong search: a check judges what the run has just written."""
+    return make_index(settings.model_copy(update={"index_search_consistency": "Strong"}))
+
+
 def _lazy_embedder(settings: Settings) -> EmbedQueries:
     """The pipeline's model (loaded once per process), loaded only when there is a query to embed."""
 
@@ -50,7 +55,7 @@ def evaluate(
 ) -> RetrievalReport:
     """The eval set scored on the live collection (raises EvalSetError for a bad eval set)."""
     queries = load_eval_set(settings.eval_set, settings.eval_split)
-    index = index or make_index(settings)
+    index = index or checked_index(settings)
     return evaluate_retrieval(queries, index, embed or _lazy_embedder(settings), stored_artifacts(settings))
 
 
@@ -69,14 +74,14 @@ def fidelity(settings: Settings, index: DocumentIndex | None = None, embed: Embe
         queries = load_eval_set(settings.eval_set, settings.eval_split)
     except EvalSetError as error:
         return CheckOutcome(True, f"skipped: {error}", {"skipped": True})
-    index = index or make_index(settings)
+    index = index or checked_index(settings)
     embed = embed or _lazy_embedder(settings)
     report = index_fidelity(queries, index, embed, stored_artifacts(settings), settings.fidelity_k)
     return check_index_fidelity(report, settings.fidelity_min_recall)
 
 
 def consistency(settings: Settings, index: DocumentIndex | None = None) -> CheckOutcome:
-    index = index or make_index(settings)
+    index = index or checked_index(settings)
     inbox = set(inbox_files(settings.inbox))
     artifact_tokens = {d: a.total_tokens for d, a in load_artifacts(settings.embeddings_dir, inbox).items()}
     with index.session():  # one connection for every count

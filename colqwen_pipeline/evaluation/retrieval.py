@@ -49,12 +49,9 @@ class FidelityReport:
 
 
 def load_artifacts(embeddings_dir: Path, doc_ids: Iterable[str]) -> dict[str, EmbeddingArtifact]:
-    """The artifacts of ``doc_ids`` that exist (a missing one shows up in the consistency check)."""
-    return {
-        doc_id: EmbeddingArtifact.read(embeddings_dir / doc_id)
-        for doc_id in sorted(doc_ids)
-        if (embeddings_dir / doc_id / "pages.json").is_file()
-    }
+    """The readable artifacts of ``doc_ids`` (a missing or corrupt one shows up in the consistency check)."""
+    artifacts = {doc_id: EmbeddingArtifact.read_or_none(embeddings_dir / doc_id) for doc_id in sorted(doc_ids)}
+    return {doc_id: artifact for doc_id, artifact in artifacts.items() if artifact is not None}
 
 
 def evaluate_retrieval(
