@@ -7,12 +7,14 @@ Heavy imports (torch, colpali-engine, dagster) happen inside the commands that n
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 from colqwen_pipeline.errors import PipelineError
@@ -24,17 +26,23 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     settings = Settings()
     print(f"indexing {settings.inbox} into {settings.resolved_milvus_uri} (state: {settings.home_dir})")
-    received = stop_on_signals()
+    last_signal = stop_on_signals()
     try:
-        summary = ingest(settings, args.paths, confirm_removals=args.confirm_removals, force=args.force)
+        summary = ingest(
+            settings,
+            args.paths,
+            confirm_removals=args.confirm_removals,
+            force=args.force,
+            stop_requested=lambda: last_signal() is not None,
+        )
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except (IngestInterrupted, KeyboardInterrupt) as error:
-        name = signal.Signals(received.get("signal", signal.SIGINT)).name
-        detail = str(error) or "interrupted before the first run started; nothing was written"
-        print(f"stopped by {name}: {detail}", file=sys.stderr)
-        return 128 + received.get("signal", signal.SIGINT)
+        signo = last_signal() or signal.SIGINT
+        detail = str(error) or "interrupted outside a run; what was written before stays consistent"
+        print(f"stopped by {signal.Signals(signo).name}: {detail}", file=sys.stderr)
+        return 128 + signo
     print(
         f"done: {summary.documents} documents, {summary.pages} pages, {summary.tokens} token vectors in Milvus, "
         f"{summary.removed} removed, {len(summary.failed)} failed, {summary.seconds} s"
@@ -44,22 +52,31 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
-def stop_on_signals() -> dict[str, int]:
+def stop_on_signals() -> Callable[[], int | None]:
     """SIGTERM (docker stop, systemd, timeout) stops an ingest like Ctrl-C: the first signal
-    interrupts the run in progress (Dagster turns SIGINT into an interrupt of the step, which marks
-    the run failed; every write is atomic per document), and the command exits 143 or 130."""
-    received: dict[str, int] = {}
+    interrupts the run in progress (inside a step Dagster handles both as an interrupt of the step,
+    which marks the run failed; every write is atomic per document). Returns a function that says
+    which signal came, or None (read from a wakeup pipe: Dagster's handler does not record it, and
+    a signal inside a Milvus or gRPC call can surface as some other error)."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    os.set_blocking(write_end, False)
+    signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
 
-    def on_signal(signo: int, _frame: object) -> None:
-        received.setdefault("signal", signo)
-        if signo == signal.SIGTERM:
-            signal.raise_signal(signal.SIGINT)  # to whichever SIGINT handler is current (Dagster's in a step)
-        else:
-            raise KeyboardInterrupt
+    def on_signal(_signo: int, _frame: object) -> None:
+        raise KeyboardInterrupt
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    return received
+
+    received: list[int] = []
+
+    def last_signal() -> int | None:
+        with contextlib.suppress(BlockingIOError):
+            received.extend(os.read(read_end, 64))
+        return received[0] if received else None
+
+    return last_signal
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -224,6 +241,9 @@ def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=UserWarning)
+    # An interrupt that lands while Dagster closes a SQLite connection makes SQLAlchemy log a
+    # traceback about the close; the command reports the interrupt itself, in one line.
+    logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
 
 
 def main(argv: list[str] | None = None) -> int:

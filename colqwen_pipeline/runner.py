@@ -74,6 +74,7 @@ def ingest(
     echo: Callable[[str], None] = print,
     confirm_removals: bool = False,
     force: bool = False,
+    stop_requested: Callable[[], bool] = lambda: False,
 ) -> IngestSummary:
     """Bring the selected documents (all of the inbox by default) up to date through ``ingest_job``,
     the job the sensor and the schedule launch, over ranges of COLQWEN_MAX_DOCUMENTS_PER_RUN
@@ -109,7 +110,7 @@ def ingest(
             },
             raise_on_error=False,
         )
-        if _interrupted(result):
+        if _interrupted(result) or stop_requested():
             raise IngestInterrupted(
                 f"interrupted during run {number}/{len(ranges)}: documents finished before it stay indexed, "
                 "the document in progress was rolled back; run ingest again to continue"

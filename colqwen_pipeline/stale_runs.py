@@ -1,6 +1,7 @@
 """Runs of `colqwen-pipeline ingest` whose process died (SIGKILL, OOM, a lost machine) stay
 STARTED forever and count against the run queue's limit. Each CLI run carries its host and pid;
-the CLI and the inbox sensor mark such runs of this host failed when the pid is gone."""
+the CLI and the inbox sensor mark such runs of this host failed when the pid is gone, and free
+the concurrency-pool slots they held."""
 
 from __future__ import annotations
 
@@ -35,4 +36,6 @@ def fail_dead_cli_runs(instance: dg.DagsterInstance) -> list[str]:
     for run in dead:
         message = f"the process of this run (pid {run.tags[PID_TAG]} on {host}) is gone: marked failed"
         instance.report_run_failed(run, message)
+        # and give back its "gpu" pool slot: a dead run's claim would queue every later run forever
+        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
     return [run.run_id for run in dead]

@@ -91,8 +91,9 @@ _lite_guard = threading.Lock()
 def _quiet_pymilvus() -> None:
     """pymilvus configures its own loggers at import (INFO, with handlers) and logs a traceback for
     every RPC error, including the ones this module expects and handles (a missing alias); Milvus
-    Lite's in-process server logs Lite's missing AllocTimestamp. This module raises what matters."""
-    for name in ("pymilvus", "pymilvus.milvus_client", "grpc._server"):
+    Lite's in-process server logs Lite's missing AllocTimestamp, and a traceback each time another
+    process holds the file's lock (``_open`` waits for it quietly, then raises one line)."""
+    for name in ("pymilvus", "pymilvus.milvus_client", "grpc._server", "milvus_lite.server_manager"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
