@@ -171,6 +171,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="colqwen-pipeline", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -188,14 +195,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     search = commands.add_parser("search", help="rank indexed pages for a query by MaxSim")
     search.add_argument("query")
-    search.add_argument("--top-k", type=int, default=5)
+    search.add_argument("--top-k", type=positive_int, default=5, help="pages to return (default 5)")
     search.add_argument("--doc", action="append", help="restrict to a document id (repeatable)")
     search.add_argument("--json", action="store_true")
     search.set_defaults(func=cmd_search)
 
     evaluate = commands.add_parser("evaluate", help="score the eval set on the live collection (nDCG@5, recall@k, MRR)")
     evaluate.add_argument("--eval-set", help="JSONL file or BEIR directory (default: COLQWEN_EVAL_SET)")
-    evaluate.add_argument("--top-k", type=int, default=5, help="pages shown per query")
+    evaluate.add_argument("--top-k", type=positive_int, default=5, help="pages shown per query")
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(func=cmd_evaluate)
 

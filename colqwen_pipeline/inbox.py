@@ -50,13 +50,20 @@ def require_inbox(inbox: Path) -> None:
 
 
 def inbox_files(inbox: Path) -> dict[str, Path]:
-    """Partition key -> file, for every regular file under the inbox (InboxError if there is no inbox)."""
+    """Partition key -> file, for every regular file under the inbox (InboxError if there is no inbox).
+
+    A symbolic link counts only when it points inside the inbox: a link to /etc/passwd or to
+    another user's files is not a document of this inbox."""
     require_inbox(inbox)
+    root = inbox.resolve()
     files: dict[str, Path] = {}
     for path in sorted(inbox.rglob("*")):
         relative = path.relative_to(inbox)
-        if path.is_file() and not any(part.startswith(IGNORED_PREFIXES) for part in relative.parts):
-            files[document_key(relative.as_posix())] = path
+        if any(part.startswith(IGNORED_PREFIXES) for part in relative.parts) or not path.is_file():
+            continue
+        if path.is_symlink() and not path.resolve().is_relative_to(root):
+            continue
+        files[document_key(relative.as_posix())] = path
     return files
 
 

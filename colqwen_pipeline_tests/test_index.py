@@ -51,6 +51,7 @@ def bench_index(
     """40 synthetic clustered pages of 780 tokens (31,200 token rows) in 4 documents of 10."""
     tokens, centres = synthetic_pages(40)
     index = make_test_index(request, tmp_path_factory.mktemp("bench"), "bench")
+    index.exact_share = 0  # always through the first stage: these tests are about it
     with index.session():
         for doc in range(4):
             pages = [
@@ -259,3 +260,16 @@ def test_bench_measures_a_milvus_server_the_same_way_and_drops_what_it_made(milv
     assert result["milvus"] == f"server {milvus_uri}" and result["ours"]["bytes_per_page"] is None
     assert result["ours"]["recall_at_5"] == 1.0 and result["layra_baseline"]["recall_at_5"] > 0
     assert set(MilvusClient(uri=milvus_uri).list_collections()) == before
+
+
+def test_a_small_collection_is_scored_exactly_whatever_the_first_stage_would_miss(index: MilvusIndex, monkeypatch):
+    """With 32 candidates, up to 128 pages are scored exactly: the first stage is never consulted."""
+    for doc in range(3):
+        index.replace_document(f"doc-{doc}", f"{doc}.pdf", unit_pages(doc, 10), "model-x", DIM)
+    monkeypatch.setattr(MilvusIndex, "_first_stage", lambda *_: pytest.fail("first stage used"))
+    query = unit_pages(2, 4)[3].vectors[:5]
+
+    hits = index.search([query], top_k=5)[0]
+
+    assert hits == index.exact_search([query], top_k=5)[0]
+    assert (hits[0].doc_id, hits[0].page) == ("doc-2", 4)

@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 Log = Callable[[str], None]
 STAGES = ("raw", "pages", "embeddings", "index")
 INDEX_STAMP = "index.json"  # beside the embeddings: replaced (so invalid) whenever they are
+MAX_DOCUMENT_CHARS = 1024  # the index's `document` VARCHAR
 
 
 @dataclass
@@ -152,6 +153,13 @@ class _Run:
             return result
         result.document = path.relative_to(self.settings.inbox).as_posix()
         stage = "raw"
+        if len(result.document) > MAX_DOCUMENT_CHARS:  # before any artifact: the index could not store it
+            result.fail(
+                "raw",
+                f"{path.name[:80]}…: path is {len(result.document)} characters, over the "
+                f"{MAX_DOCUMENT_CHARS} the index stores (shorten the folder or file name)",
+            )
+            return result
         try:
             previous = _read_manifest(self.settings.pages_dir / key)
             result.stages["raw"] = self._raw(path, previous)

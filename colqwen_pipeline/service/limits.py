@@ -106,6 +106,10 @@ def check_queries(queries: Sequence[str], settings: Settings) -> None:
 def check_query(query: str, settings: Settings, name: str = "query") -> None:
     if not query.strip():
         raise Refused(422, f"{name} is empty")
+    try:
+        query.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Refused(422, f"{name} is not valid Unicode text (a lone surrogate)") from None
     if len(query) > settings.server_max_query_chars:
         raise Refused(
             422,
