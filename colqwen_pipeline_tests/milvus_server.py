@@ -53,12 +53,25 @@ def milvus_server(data_dir: Path, start_timeout_s: float = 180.0) -> Iterator[st
     binary = server_binary()
     if binary is None:
         raise RuntimeError("milvus-server is not installed: `make test` installs it (pip install milvus==2.3.5)")
-    ports = _free_ports(len(PORT_FLAGS))
+    ports = _free_ports(len(PORT_FLAGS) + 1)
     command = [binary, "--data", str(data_dir)]
-    for flag, port in zip(PORT_FLAGS, ports, strict=True):
+    for flag, port in zip(PORT_FLAGS, ports[:-1], strict=True):
         command += [flag, str(port)]
+    # The embedded etcd's peer port (2380) has no flag: without its own, a second server on the
+    # machine fails with "bind: address already in use". Milvus reads ETCD_CONFIG_PATH from the env.
+    etcd_port, peer_port = ports[PORT_FLAGS.index("--etcd-port")], ports[-1]
+    etcd_config = data_dir.parent / f"{data_dir.name}-etcd.yaml"
+    etcd_config.write_text(
+        f"name: default\n"
+        f"listen-client-urls: http://127.0.0.1:{etcd_port}\n"
+        f"advertise-client-urls: http://127.0.0.1:{etcd_port}\n"
+        f"listen-peer-urls: http://127.0.0.1:{peer_port}\n"
+        f"initial-advertise-peer-urls: http://127.0.0.1:{peer_port}\n"
+        f"initial-cluster: default=http://127.0.0.1:{peer_port}\n"
+    )
+    env = os.environ | {"ETCD_CONFIG_PATH": str(etcd_config)}
     log = (data_dir.parent / f"{data_dir.name}.log").open("wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
     uri = f"http://127.0.0.1:{ports[0]}"
     try:
         _wait_ready(uri, process, start_timeout_s, data_dir.parent / f"{data_dir.name}.log")
