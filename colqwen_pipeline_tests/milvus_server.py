@@ -77,14 +77,19 @@ def milvus_server(data_dir: Path, start_timeout_s: float = 180.0) -> Iterator[st
         _wait_ready(uri, process, start_timeout_s, data_dir.parent / f"{data_dir.name}.log")
         yield uri
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGINT)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=30)
+        stop_group(process)
         log.close()
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """SIGINT to the process group (Milvus and Dagster ignore SIGTERM for a while), SIGKILL after 60 s."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGINT)
+    try:
+        process.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
 
 
 def _wait_ready(uri: str, process: subprocess.Popen, timeout_s: float, log: Path) -> None:

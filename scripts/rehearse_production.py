@@ -20,7 +20,6 @@ import json
 import os
 import secrets
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from colqwen_pipeline.inbox import document_key  # noqa: E402
-from colqwen_pipeline_tests.milvus_server import _free_ports, milvus_server  # noqa: E402
+from colqwen_pipeline_tests.milvus_server import _free_ports, milvus_server, stop_group  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SAMPLES = REPO / "data" / "inbox"
@@ -51,13 +50,7 @@ def process(name: str, command: list[str], logs: Path, env: dict[str, str], cwd:
     try:
         yield
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
+        stop_group(proc)
         log.close()
         say(f"stopped {name}")
 
