@@ -31,7 +31,7 @@ PORT_FLAGS = (
 )
 
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     sockets = [socket.socket() for _ in range(count)]
     try:
         for sock in sockets:
@@ -53,7 +53,7 @@ def milvus_server(data_dir: Path, start_timeout_s: float = 180.0) -> Iterator[st
     binary = server_binary()
     if binary is None:
         raise RuntimeError("milvus-server is not installed: `make test` installs it (pip install milvus==2.3.5)")
-    ports = _free_ports(len(PORT_FLAGS) + 1)
+    ports = free_ports(len(PORT_FLAGS) + 1)
     command = [binary, "--data", str(data_dir)]
     for flag, port in zip(PORT_FLAGS, ports[:-1], strict=True):
         command += [flag, str(port)]

@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from colqwen_pipeline.inbox import document_key  # noqa: E402
-from colqwen_pipeline_tests.milvus_server import _free_ports, milvus_server, stop_group  # noqa: E402
+from colqwen_pipeline_tests.milvus_server import free_ports, milvus_server, stop_group  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SAMPLES = REPO / "data" / "inbox"
@@ -134,7 +134,7 @@ def rehearse(root: Path, timeout_s: float) -> dict:
     for directory in (logs, inbox, home, dagster_home):
         directory.mkdir()
     shutil.copy(REPO / "deploy" / "dagster.prod.yaml", dagster_home / "dagster.yaml")
-    redis_port, pg_port, model_port, web_port = _free_ports(4)
+    redis_port, pg_port, model_port, web_port = free_ports(4)
     redis_password, pg_password = secrets.token_hex(16), secrets.token_hex(16)
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("COLQWEN_", "DAGSTER_"))}
     with contextlib.ExitStack() as stack:
