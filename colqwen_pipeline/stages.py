@@ -1,4 +1,5 @@
-"""The pipeline's stages for one document, free of Dagster: the assets and the CLI call these.
+"""One document at a time, free of Dagster: the index factory, search, removal, and each stage on
+its own (for scripts and tests). Runs of many documents go through ``bulk.engine`` instead.
 
 raw document -> page images (pages/<key>/) -> embeddings (embeddings/<key>/) -> Milvus rows.
 """
