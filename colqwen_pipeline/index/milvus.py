@@ -562,7 +562,8 @@ class MilvusIndex(DocumentIndex):
         with self.client() as client:
             if not client.has_collection(self.collection) or not queries:
                 return [[] for _ in queries]
-            small = self._pages_estimate(client) <= wanted * self.exact_share
+            # 0 means unknown (a server counts flushed rows only): then the first stage decides
+            small = 0 < self._pages_estimate(client) <= wanted * self.exact_share
         if small:
             return self.exact_search(queries, top_k, doc_ids)
         with self.client() as client:
