@@ -63,6 +63,11 @@ class ModelIdentity:
         return asdict(self)
 
 
+def model_marker(identity: ModelIdentity) -> dict[str, Any]:
+    """The ``"model"`` entry of search results: which weights scored them, and whether the scores mean nothing."""
+    return {"fingerprint": identity.fingerprint, "random_weights": identity.random_weights}
+
+
 def hub_offline() -> bool:
     """Read at call time: huggingface_hub reads HF_HUB_OFFLINE only once, at import."""
     return any(os.environ.get(name, "").lower() in _TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
