@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import logging
 import os
 import shutil
 import subprocess
@@ -14,8 +16,32 @@ from colqwen_pipeline.documents.guard import WorkerError, kill_group, limits
 from colqwen_pipeline.documents.sniff import OLE_MAGIC
 
 # Zip members that tell LibreOffice's filter detection which import filter to use.
+log = logging.getLogger(__name__)
 OOXML_EXT = {"word/": ".docx", "ppt/": ".pptx", "xl/": ".xlsx"}
 ODF_EXT = {"text": ".odt", "presentation": ".odp", "spreadsheet": ".ods"}
+
+
+# Seeded into every conversion's fresh profile. A hostile document can link pictures, sections and
+# OLE objects to http:// or file:// URLs; LibreOffice would fetch them and paint them into the page
+# we index (SSRF, local file disclosure). BlockUntrustedRefererLinks refuses every link from a
+# document outside a trusted location (SecureURL is empty), which covers linked graphics; the
+# Update/Link modes say "never" (Writer: LinkUpdateModes.NEVER = 0, Calc: LM_NEVER = 1).
+PROFILE_SETTINGS = (  # (node path, property, value)
+    ("org.openoffice.Office.Common/Security/Scripting", "BlockUntrustedRefererLinks", "true"),
+    ("org.openoffice.Office.Common/Security/Scripting", "DisableMacrosExecution", "true"),
+    ("org.openoffice.Office.Writer/Content/Update", "Link", "0"),
+    ("org.openoffice.Office.Calc/Content/Update", "Link", "1"),
+)
+REGISTRY = (
+    '<?xml version="1.0" encoding="UTF-8"?>\n<oor:items xmlns:oor="http://openoffice.org/2001/registry">\n'
+    + "".join(
+        f'<item oor:path="/{node}"><prop oor:name="{name}" oor:op="fuse"><value>{value}</value></prop></item>\n'
+        for node, name, value in PROFILE_SETTINGS
+    )
+    + "</oor:items>\n"
+)
+# Network namespaces, tried in order: as root, and as a user where unprivileged user namespaces are on.
+NO_NETWORK_PREFIXES = (("unshare", "--net"), ("unshare", "--net", "--map-root-user"))
 
 
 def soffice_binary() -> str | None:
@@ -45,7 +71,9 @@ def convert_to_pdf(path: Path, work_dir: Path, memory_mb: int, deadline: float) 
 def _run_soffice(binary: str, src: Path, out: Path, scratch: Path, memory_mb: int, deadline: float) -> None:
     profile, tmp = scratch / "profile", scratch / "tmp"
     tmp.mkdir()
+    _seed_profile(profile)
     cmd = [
+        *no_network_prefix(),
         binary,
         "--headless",
         "--norestore",
@@ -73,6 +101,28 @@ def _run_soffice(binary: str, src: Path, out: Path, scratch: Path, memory_mb: in
         kill_group(proc)  # soffice can leave oosplash/soffice.bin children behind
     if proc.returncode < 0:
         raise WorkerError("memory", f"LibreOffice killed by signal {-proc.returncode}")
+
+
+@functools.cache
+def no_network_prefix() -> tuple[str, ...]:
+    """A command prefix that runs soffice without any network, or () where namespaces are not allowed.
+
+    Without one the profile settings above still block linked content; the namespace is the second wall.
+    """
+    if shutil.which("unshare") is None:
+        return ()
+    for prefix in NO_NETWORK_PREFIXES:
+        probe = subprocess.run([*prefix, "true"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+        if probe.returncode == 0:
+            return prefix
+    log.warning("no network namespace available (unshare refused): LibreOffice runs with links blocked only")
+    return ()
+
+
+def _seed_profile(profile: Path) -> None:
+    user = profile / "user"
+    user.mkdir(parents=True)
+    (user / "registrymodifications.xcu").write_text(REGISTRY)
 
 
 def _extension(path: Path) -> str:
