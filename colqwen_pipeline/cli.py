@@ -1,7 +1,9 @@
-"""``colqwen-pipeline``: ingest, search, rasterize, build-tiny-model (and more as they land).
+"""``colqwen-pipeline``: the command line of the pipeline (ingest, search, evaluate, serve, ...).
 
-Heavy imports (torch, colpali-engine, dagster) happen inside the commands that need them, so
-``--help`` and light commands start fast.
+Every command reads its settings once and turns a bad one into a single ``error:`` line; ``ingest``
+checks its configuration (inbox, model directory, Milvus) before it renders anything. Heavy
+imports (torch, colpali-engine, dagster) happen inside the commands that need them, so ``--help``
+and light commands start fast.
 """
 
 from __future__ import annotations
@@ -17,15 +19,31 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from colqwen_pipeline.errors import PipelineError
+from colqwen_pipeline.preflight import load_settings, preflight_ingest, settings_error_line
 from colqwen_pipeline.settings import Settings
+
+DESCRIPTION = """\
+Turn the documents of an inbox folder (PDF, DOCX/PPTX/XLSX, PNG/JPEG/TIFF) into a ColQwen2.5
+page index in Milvus, and search it. Start with `ingest`, then `search "your question"`.
+
+Settings come from COLQWEN_* environment variables or a .env file in the working directory.
+Relative paths are relative to the working directory: the state directory (COLQWEN_HOME,
+default ./var) and the inbox (COLQWEN_INBOX, default ./data/inbox)."""
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
     from colqwen_pipeline.runner import IngestInterrupted, ingest
 
-    settings = Settings()
-    print(f"indexing {settings.inbox} into {settings.resolved_milvus_uri} (state: {settings.home_dir})")
+    settings = load_settings()
+    preflight_ingest(settings)  # a configuration error stops here, before any document is rendered
+    print(f"indexing {settings.inbox.resolve()} into {settings.resolved_milvus_uri} (state: {settings.home_dir})")
     last_signal = stop_on_signals()
     try:
         summary = ingest(
@@ -44,7 +62,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         print(f"stopped by {signal.Signals(signo).name}: {detail}", file=sys.stderr)
         return 128 + signo
     print(
-        f"done: {summary.documents} documents, {summary.pages} pages, {summary.tokens} token vectors in Milvus, "
+        f"done: {plural(summary.documents, 'document')}, {plural(summary.pages, 'page')}, "
+        f"{plural(summary.tokens, 'token vector')} in Milvus, "
         f"{summary.removed} removed, {len(summary.failed)} failed, {summary.seconds} s"
     )
     for key, reason in summary.failed.items():
@@ -80,29 +99,64 @@ def stop_on_signals() -> Callable[[], int | None]:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from colqwen_pipeline.stages import search
+    from colqwen_pipeline.embedding.loading import model_marker
+    from colqwen_pipeline.embedding.service import model_identity
+    from colqwen_pipeline.search_scope import EmptyIndex, empty_index_message, require_documents, resolve_documents
+    from colqwen_pipeline.stages import make_index, search
 
-    hits = search(args.query, top_k=args.top_k, doc_ids=args.doc or None)
+    settings = load_settings()
+    check_query_text(args.query, settings)
+    index = make_index(settings)
+    if args.doc:
+        doc_ids = resolve_documents(settings, index, args.doc)
+    elif index.live_fingerprint() is None:  # never ingested: say so before the model loads
+        raise EmptyIndex(empty_index_message(settings))
+    else:
+        doc_ids = None
+    hits = search(args.query, top_k=args.top_k, settings=settings, doc_ids=doc_ids)
+    if not hits and not doc_ids:
+        require_documents(settings, index)  # every document removed since: the same message
+    marker = model_marker(model_identity(settings))
     results = [hit.as_dict() for hit in hits]
     if args.json:
-        print(json.dumps({"query": args.query, "results": results}, indent=1))
-    else:
-        print(f"top {len(results)} pages for {args.query!r}:")
-        for rank, r in enumerate(results, 1):
-            print(f"{rank:>3}. {r['score']:8.3f}  {r['document']} page {r['page']}  ({r['image_path']})")
+        print(json.dumps({"query": args.query, "model": marker, "results": results}, indent=1))
+        return 0
+    print(f"top {plural(len(results), 'page')} for {args.query!r}:")
+    for rank, r in enumerate(results, 1):
+        print(f"{rank:>3}. {r['score']:8.3f}  {r['document']} page {r['page']}  ({r['image_path']})")
+    print(model_line(marker))
     return 0
+
+
+def model_line(marker: dict) -> str:
+    warning = " (RANDOM TEST WEIGHTS: the scores mean nothing)" if marker["random_weights"] else ""
+    return f"model: {marker['fingerprint']}{warning}"
+
+
+def check_query_text(query: str, settings: Settings) -> None:
+    """The HTTP server's refusals (empty, not Unicode, too long), as one CLI line."""
+    from colqwen_pipeline.service.limits import Refused, check_query
+
+    try:
+        check_query(query, settings)
+    except Refused as refused:
+        raise PipelineError(refused.detail) from None
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """The eval set scored on the live collection: metric table and top pages per query."""
     from colqwen_pipeline.evaluation.collection import evaluate
-    from colqwen_pipeline.evaluation.evalset import EvalSetError
+    from colqwen_pipeline.evaluation.evalset import EvalSetError, load_eval_set
     from colqwen_pipeline.evaluation.report import report_json, report_text
+    from colqwen_pipeline.search_scope import require_documents
+    from colqwen_pipeline.stages import make_index
 
-    settings = Settings()
+    settings = load_settings()
     if args.eval_set:
         settings = settings.model_copy(update={"eval_set": Path(args.eval_set)})
     try:
+        load_eval_set(settings.eval_set, settings.eval_split)  # a bad eval set (exit 2) before an empty index (1)
+        require_documents(settings, make_index(settings))  # an empty index would score a table of zeros
         report = evaluate(settings)
     except EvalSetError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -116,7 +170,7 @@ def cmd_rasterize(args: argparse.Namespace) -> int:
     from colqwen_pipeline.documents.manifest import DocumentError
 
     try:
-        manifest = rasterize_document(Path(args.file), Path(args.out), Settings(), dpi=args.dpi)
+        manifest = rasterize_document(Path(args.file), Path(args.out), load_settings(), dpi=args.dpi)
     except DocumentError as error:
         print(str(error), file=sys.stderr)
         return 2
@@ -125,7 +179,7 @@ def cmd_rasterize(args: argparse.Namespace) -> int:
 
         print(json.dumps(asdict(manifest), indent=1))
     else:
-        print(f"{len(manifest.pages)} pages written to {args.out}")
+        print(f"{plural(len(manifest.pages), 'page')} written to {args.out}")
     return 0
 
 
@@ -140,7 +194,7 @@ def cmd_build_tiny_model(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     from colqwen_pipeline.service.app import serve
 
-    settings = Settings()
+    settings = load_settings()
     serve(settings, args.host or settings.server_host, args.port or settings.server_port)
     return 0
 
@@ -178,13 +232,25 @@ def positive_int(text: str) -> int:
     return value
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="colqwen-pipeline", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true")
-    commands = parser.add_subparsers(dest="command", required=True)
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows a default where there is one (not for flags or settings-backed options)."""
 
-    ingest = commands.add_parser("ingest", help="index inbox documents (all by default) headless")
-    ingest.add_argument("paths", nargs="*", help="files or folders inside the inbox")
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False) or not action.help:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="colqwen-pipeline", description=DESCRIPTION, formatter_class=HelpFormatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug lines from the pipeline")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, help: str) -> argparse.ArgumentParser:
+        return commands.add_parser(name, help=help, description=help, formatter_class=HelpFormatter)
+
+    ingest = command("ingest", "index the inbox documents (all by default), headless, in this process")
+    ingest.add_argument("paths", nargs="*", help="files or folders inside the inbox (default: the whole inbox)")
     ingest.add_argument("--force", action="store_true", help="redo every stage, even where nothing changed")
     ingest.add_argument(
         "--confirm-removals",
@@ -193,49 +259,56 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ingest.set_defaults(func=cmd_ingest)
 
-    search = commands.add_parser("search", help="rank indexed pages for a query by MaxSim")
-    search.add_argument("query")
-    search.add_argument("--top-k", type=positive_int, default=5, help="pages to return (default 5)")
-    search.add_argument("--doc", action="append", help="restrict to a document id (repeatable)")
-    search.add_argument("--json", action="store_true")
+    search = command("search", "rank indexed pages for a query by MaxSim")
+    search.add_argument("query", help="the words to search for")
+    search.add_argument("--top-k", type=positive_int, default=5, help="pages to return")
+    search.add_argument(
+        "--doc",
+        action="append",
+        metavar="NAME",
+        help="only this document: its file name, path in the inbox or document key (repeatable)",
+    )
+    search.add_argument("--json", action="store_true", help="print JSON (with the model's fingerprint)")
     search.set_defaults(func=cmd_search)
 
-    evaluate = commands.add_parser("evaluate", help="score the eval set on the live collection (nDCG@5, recall@k, MRR)")
+    evaluate = command("evaluate", "score the eval set on the live collection (nDCG@5, recall@k, MRR)")
     evaluate.add_argument("--eval-set", help="JSONL file or BEIR directory (default: COLQWEN_EVAL_SET)")
     evaluate.add_argument("--top-k", type=positive_int, default=5, help="pages shown per query")
-    evaluate.add_argument("--json", action="store_true")
+    evaluate.add_argument("--json", action="store_true", help="print JSON")
     evaluate.set_defaults(func=cmd_evaluate)
 
-    rasterize = commands.add_parser("rasterize", help="render a document's pages to PNG")
-    rasterize.add_argument("file")
-    rasterize.add_argument("--out", required=True)
-    rasterize.add_argument("--dpi", type=int)
-    rasterize.add_argument("--json", action="store_true")
+    rasterize = command("rasterize", "render a document's pages to PNG (no index, no model)")
+    rasterize.add_argument("file", help="PDF, office document or image")
+    rasterize.add_argument("--out", required=True, help="folder for the page PNGs and manifest.json")
+    rasterize.add_argument("--dpi", type=positive_int, help="render resolution (default: COLQWEN_DPI, 200)")
+    rasterize.add_argument("--json", action="store_true", help="print the manifest as JSON")
     rasterize.set_defaults(func=cmd_rasterize)
 
-    bench = commands.add_parser("bench", help="measure a stage against its baseline (JSON)")
-    bench.add_argument("stage", choices=["rasterize", "embed", "search", "ingest"])
-    bench.add_argument("--pages", type=int, help="pages to generate (defaults: 100 / 16 / 1000)")
-    bench.add_argument("--model", choices=["tiny", "full-random"], default="tiny", help="embed only")
-    bench.add_argument("--precision", choices=["auto", "bf16", "fp32", "4bit", "8bit"], default="auto")
-    bench.add_argument("--batch-size", type=int, default=4)
-    bench.add_argument("--queries", type=int, default=50, help="search only: queries timed")
+    bench = command("bench", "measure a stage against its baseline (JSON)")
+    bench.add_argument("stage", choices=["rasterize", "embed", "search", "ingest"], help="the stage to measure")
+    bench.add_argument("--pages", type=positive_int, help="pages to generate (default: 100 / 16 / 1000)")
+    bench.add_argument("--model", choices=["tiny", "full-random"], default="tiny", help="embed only: which model")
+    bench.add_argument(
+        "--precision", choices=["auto", "bf16", "fp32", "4bit", "8bit"], default="auto", help="embed only"
+    )
+    bench.add_argument("--batch-size", type=positive_int, default=4, help="embed only: pages per model call")
+    bench.add_argument("--queries", type=positive_int, default=50, help="search only: queries timed")
     bench.add_argument(
         "--layra-queries", type=int, help="search only: LAYRA-style baseline queries (default 5; 0 above 2,000 pages)"
     )
     bench.add_argument("--uri", help="search only: a Milvus server (http://host:19530) instead of a Lite file")
-    bench.add_argument("--docs", type=int, default=200, help="ingest only: generated documents")
-    bench.add_argument("--pages-per-doc", type=int, default=1, help="ingest only: pages per document")
+    bench.add_argument("--docs", type=positive_int, default=200, help="ingest only: generated documents")
+    bench.add_argument("--pages-per-doc", type=positive_int, default=1, help="ingest only: pages per document")
     bench.add_argument("--json", action="store_true", help="one line of JSON")
     bench.set_defaults(func=cmd_bench)
 
-    tiny = commands.add_parser("build-tiny-model", help="write the tiny random-weight test model")
-    tiny.add_argument("directory")
+    tiny = command("build-tiny-model", "write the tiny random-weight test model (scores are meaningless)")
+    tiny.add_argument("directory", help="where to write it (about 2.4 MB)")
     tiny.set_defaults(func=cmd_build_tiny_model)
 
-    serve = commands.add_parser("serve", help="HTTP model server: embed, search, health (OpenAPI at /docs)")
-    serve.add_argument("--host", help="bind address (default COLQWEN_SERVER_HOST or 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port (default COLQWEN_SERVER_PORT or 8005)")
+    serve = command("serve", "HTTP model server: embed, search, health (OpenAPI at /docs)")
+    serve.add_argument("--host", help="bind address (default: COLQWEN_SERVER_HOST, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default: COLQWEN_SERVER_PORT, 8005)")
     serve.set_defaults(func=cmd_serve)
     return parser
 
@@ -262,6 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except PipelineError as error:  # a user-facing cause: one line, no traceback
         print(f"error: {error}", file=sys.stderr)
+        return getattr(error, "exit_code", 2)
+    except ValidationError as error:  # settings read deeper down (the command's own read catches it first)
+        print(f"error: {settings_error_line(error)}", file=sys.stderr)
         return 2
 
 

@@ -6,6 +6,7 @@ fingerprint) without loading any weights, so a fully cached document never loads
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -81,9 +82,15 @@ def resolve_device(requested: str) -> str:
     available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
     kind = requested.split(":")[0]
     if kind in available and not available[kind]:
-        log.warning("COLQWEN_DEVICE=%s but %s is not available: falling back to CPU (slow)", requested, kind)
+        warn_device_fallback(requested, kind)
         return "cpu"
     return requested
+
+
+@functools.cache
+def warn_device_fallback(requested: str, kind: str) -> None:
+    """Once per process: identify() runs for the cache key and again inside load_model."""
+    log.warning("COLQWEN_DEVICE=%s but %s is not available: falling back to CPU (slow)", requested, kind)
 
 
 def resolve_precision(requested: str, device: str) -> str:
@@ -195,7 +202,7 @@ def adapter_base(adapter: Path, override: str) -> Path:
         return cached
     raise ModelLoadError(
         f"adapter {adapter} needs its base model {recorded!r}, which is not on this machine: "
-        f"set COLQWEN_BASE_MODEL to a local copy (huggingface-cli download {recorded} --local-dir DIR)"
+        f"set COLQWEN_BASE_MODEL to a local copy (hf download {recorded} --local-dir DIR)"
     )
 
 
