@@ -82,6 +82,15 @@ class Settings(BaseSettings):
     server_max_request_mb: int = Field(64, ge=1, description="Request body limit (all images together).")
     server_max_image_pixels: int = Field(40_000_000, ge=1, description="Larger images are refused, not decoded.")
     server_max_top_k: int = Field(100, ge=1)
+    server_max_query_tokens: int = Field(512, ge=1, description="Query tokens (as the processor counts them).")
+    server_max_pixels_in_flight: int = Field(
+        120_000_000, ge=1, description="Decoded image pixels held by all /embed_image requests together."
+    )
+    server_pixel_wait_s: float = Field(10.0, ge=0, description="Wait for pixel budget before answering 503.")
+    server_request_timeout_s: float = Field(
+        60.0, gt=0, description="Time a client has to send a whole request (headers and body): slow clients are cut."
+    )
+    server_expose_paths: bool = Field(False, description="Show absolute server paths (model, image_path) to clients.")
 
     # Automation (sensor, schedule)
     sensor_interval_s: int = Field(15, ge=1, description="Seconds between inbox sensor ticks.")

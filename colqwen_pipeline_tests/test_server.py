@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -32,8 +34,11 @@ LIMITS = {
     "MAX_REQUEST_MB": "1",
     "MAX_IMAGE_PIXELS": "4000000",
     "MAX_TOP_K": "20",
+    "MAX_QUERY_TOKENS": "120",  # normal test queries are 20-40 tokens of the tiny tokenizer
+    "REQUEST_TIMEOUT_S": "3",
 }
 SAMPLE = "pump_maintenance_manual.pdf"
+JSON = {"content-type": "application/json"}
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +150,32 @@ def test_info_names_the_loaded_model_and_the_limits(server: str) -> None:
     assert info["cache_enabled"] is True
 
 
+def strings_in(value: object) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from strings_in(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from strings_in(item)
+
+
+def test_info_discloses_no_server_paths(server: str, deployment: dict[str, str]) -> None:
+    info = httpx.get(f"{server}/info").json()
+
+    assert info["model"]["model"] == info["model"]["load_from"] == "tiny-colqwen2.5"  # the folder's name
+    assert [s for s in strings_in(info) if s.startswith("/")] == []
+    assert RemoteEmbedder(server).identity.fingerprint == info["model"]["fingerprint"]  # clients still work
+
+
+def test_non_ascii_document_ids_search_without_error(server: str) -> None:
+    found = httpx.post(f"{server}/search", json={"query": "pump", "doc_ids": ["résumé-é"]})
+
+    assert found.status_code == 200, found.text
+    assert found.json()["results"] == []
+
+
 def test_openapi_schema_lists_every_endpoint(server: str) -> None:
     paths = httpx.get(f"{server}/openapi.json").json()["paths"]
 
@@ -221,6 +252,11 @@ def huge_png() -> bytes:
         ("/search", {"json": {"query": "pump", "top_k": 21}}, 422, "COLQWEN_SERVER_MAX_TOP_K"),
         ("/search", {"json": {"query": "pump", "top_k": 0}}, 422, "top_k=0"),
         ("/search", {"json": {"query": ""}}, 422, "query is empty"),
+        # 60 emoji pass the 100-character cap but are 250 tokens: the token cap refuses them
+        ("/search", {"json": {"query": "\U0001f600" * 60}}, 422, "COLQWEN_SERVER_MAX_QUERY_TOKENS"),
+        ("/embed_text", {"json": {"queries": ["\U0001f600" * 60]}}, 422, "COLQWEN_SERVER_MAX_QUERY_TOKENS"),
+        ("/search", {"content": json.dumps({"query": "a \udc80 b"}), "headers": JSON}, 422, "lone surrogate"),
+        ("/search", {"json": {"query": "pump", "doc_ids": ["bad\x00id"]}}, 422, "control character"),
     ],
 )
 def test_bad_requests_get_a_4xx_naming_the_cause(server: str, path, request_kwargs, status, message) -> None:
@@ -333,6 +369,10 @@ def test_pipeline_runs_with_the_model_held_by_the_server(server: str, deployment
     assert [r["doc_id"] for r in found["results"]] == [key] * 3
     assert sorted(r["page"] for r in found["results"]) == [1, 2, 3]
     assert set(found["results"][0]) == {"doc_id", "document", "page", "score", "image_path"}
+    assert found["model"] == {"fingerprint": info["model"]["fingerprint"], "random_weights": True}
+    image_path = found["results"][0]["image_path"]
+    assert image_path.startswith(f"pages/{key}/")  # relative to the state directory, not absolute
+    assert (Path(deployment["COLQWEN_HOME"]) / image_path).is_file()
 
 
 # The real `serve`, but its model says it runs on cuda:0. Why a patch: no GPU exists on these
@@ -387,3 +427,120 @@ def test_a_remote_cuda_model_is_the_servers_device_and_never_this_hosts_gpu(depl
     assert summary.failed == {} and summary.pages == 3
     speed = {k: v.value for k, v in throughput.metadata.items()}
     assert (speed["device"], speed["device_type"], speed["served_by"]) == ("cuda:0", "cuda", url)
+
+
+# -- slow clients --------------------------------------------------------------------------------
+def seconds_until_closed(url: str, first: bytes, drip: bytes, limit_s: float = 20.0) -> tuple[float, bytes]:
+    """Send ``first``, then one byte of ``drip`` every 0.5 s (slowloris); return when the server hangs up."""
+    host, port = url.removeprefix("http://").split(":")
+    started = time.monotonic()
+    answer = b""
+    with socket.create_connection((host, int(port)), timeout=limit_s) as client:
+        client.sendall(first)
+        client.settimeout(0.5)
+        for byte in drip:
+            try:
+                client.sendall(bytes([byte]))
+                chunk = client.recv(4096)
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            answer += chunk
+            if not chunk:
+                break
+            if time.monotonic() - started > limit_s:
+                break
+    return time.monotonic() - started, answer
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        b"POST /search HTTP/1.1\r\nHost: x\r\n",  # headers never finish
+        b'POST /search HTTP/1.1\r\nHost: x\r\ncontent-type: application/json\r\ncontent-length: 200\r\n\r\n{"q',
+    ],
+    ids=["slow-headers", "slow-body"],
+)
+def test_a_slow_client_is_cut_off_at_the_request_timeout(server: str, first: bytes) -> None:
+    """COLQWEN_SERVER_REQUEST_TIMEOUT_S=3: a request dripping in for longer is answered 408 and closed."""
+    elapsed, answer = seconds_until_closed(server, first, b"a" * 40)  # 40 bytes at 2/s: 20 s if never cut
+
+    assert elapsed < 10, f"connection still open after {elapsed:.1f} s"
+    assert answer.startswith(b"HTTP/1.1 408") or answer == b""
+    assert httpx.get(f"{server}/health/live").status_code == 200  # the server itself is fine
+
+
+# -- decoded pixels in flight ----------------------------------------------------------------------
+def solid_png(width: int, height: int, colour: tuple[int, int, int]) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(buffer, format="PNG")  # a few KB for millions of pixels
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def budget_server(state: Settings) -> Iterator[tuple[str, object]]:
+    """A server with an 8-Mpx budget and no wait: two 3.8-Mpx pages at a time, the rest answered 503."""
+    from colqwen_pipeline.service.app import create_app
+
+    settings = state.model_copy(update={"server_max_pixels_in_flight": 8_000_000, "server_pixel_wait_s": 0.0})
+    app = create_app(settings)
+    with server_in_thread(app) as url:
+        wait_ready(url)
+        yield url, app.state.pixel_budget
+
+
+BIG = (2000, 1900)  # 3.8 Mpx
+
+
+def test_a_request_larger_than_the_budget_is_decoded_one_batch_at_a_time(budget_server) -> None:
+    url, budget = budget_server
+    blobs = [solid_png(*BIG, (i * 40, 90, 200)) for i in range(5)]  # 19 Mpx in all, over the budget
+
+    response = httpx.post(f"{url}/embed_image", files=files(*blobs), timeout=120)
+
+    assert response.status_code == 200, response.text
+    assert len(response.json()["embeddings"]) == 5
+    assert budget.peak <= 8_000_000 and budget.in_flight == 0
+
+
+def test_a_full_budget_answers_503_with_retry_after(budget_server) -> None:
+    url, budget = budget_server
+    with budget.reserve(budget.capacity):  # another request's pages, being decoded
+        busy = httpx.post(f"{url}/embed_image", files=files(solid_png(*BIG, (10, 200, 10))), timeout=60)
+
+    assert busy.status_code == 503 and busy.headers["Retry-After"] == "2"
+    assert "COLQWEN_SERVER_MAX_PIXELS_IN_FLIGHT" in busy.json()["detail"]
+    assert httpx.post(f"{url}/embed_image", files=files(solid_png(*BIG, (10, 200, 10))), timeout=60).status_code == 200
+
+
+def test_concurrent_large_requests_stay_inside_the_budget(budget_server) -> None:
+    """Six clients of 4 x 3.8-Mpx pages at once: the decoded pixels never exceed the budget; the overflow
+    is told to come back (503 + Retry-After), never a 500, never a decode of everything at once."""
+    url, budget = budget_server
+    start = threading.Barrier(6)
+    responses: list[httpx.Response] = []
+
+    def client(n: int) -> None:
+        blobs = [solid_png(*BIG, (n * 40, i * 60, 128)) for i in range(4)]
+        start.wait()
+        responses.append(httpx.post(f"{url}/embed_image", files=files(*blobs), timeout=120))
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    statuses = sorted(r.status_code for r in responses)
+    assert set(statuses) <= {200, 503} and 503 in statuses, statuses
+    assert all(r.headers["Retry-After"] for r in responses if r.status_code == 503)
+    assert all(len(r.json()["embeddings"]) == 4 for r in responses if r.status_code == 200)
+    assert budget.peak <= 8_000_000 and budget.in_flight == 0
+
+
+def test_an_image_larger_than_the_whole_budget_is_refused(budget_server) -> None:
+    url, _ = budget_server
+    response = httpx.post(f"{url}/embed_image", files=files(solid_png(3000, 3000, (1, 2, 3))), timeout=60)
+
+    assert response.status_code == 413 and "COLQWEN_SERVER_MAX_PIXELS_IN_FLIGHT" in response.json()["detail"]

@@ -18,15 +18,22 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
+from colqwen_pipeline.embedding.loading import model_marker
 from colqwen_pipeline.embedding.remote import Encoding, encode_vectors
+from colqwen_pipeline.service.disclosure import public_image_path, public_model_info
 from colqwen_pipeline.service.limits import (
     BodySizeLimit,
+    PixelBudget,
     Refused,
+    check_doc_ids,
     check_image_count,
     check_queries,
     check_query,
+    check_query_tokens,
     check_top_k,
     decode_image,
+    image_pixels,
+    pixel_batches,
 )
 from colqwen_pipeline.service.model import Embedded, ModelHolder, NotReady
 from colqwen_pipeline.settings import Settings
@@ -68,7 +75,7 @@ def create_app(settings: Settings | None = None, load_gate: threading.Event | No
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Refused)
     async def refused(_: Request, error: Refused) -> JSONResponse:
-        return JSONResponse({"detail": error.detail}, status_code=error.status)
+        return JSONResponse({"detail": error.detail}, status_code=error.status, headers=error.headers)
 
     @app.exception_handler(NotReady)
     async def not_ready(_: Request, error: NotReady) -> JSONResponse:
@@ -97,14 +104,19 @@ def _add_health_routes(app: FastAPI, holder: ModelHolder) -> None:
 
 
 def _add_model_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> None:
+    budget = PixelBudget(settings.server_max_pixels_in_flight, settings.server_pixel_wait_s)
+    app.state.pixel_budget = budget
+
     @app.get("/info", tags=["model"])
     def info() -> dict[str, Any]:
         """The loaded model (fingerprint, dim, device, precision), the limits, and counters."""
-        return holder.info()
+        served = holder.info()
+        return served | {"model": public_model_info(served["model"], settings.server_expose_paths)}
 
     @app.post("/embed_text", tags=["model"])
     def embed_text(request: TextRequest, encoding: Encoding = Query("float", description=ENCODING_HELP)) -> dict:
         check_queries(request.queries, settings)
+        check_query_tokens(request.queries, holder.query_tokens, settings)
         return _embeddings(holder.embed_queries(request.queries), encoding, holder)
 
     @app.post("/embed_image", tags=["model"])
@@ -113,22 +125,48 @@ def _add_model_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> 
         encoding: Encoding = Query("float", description=ENCODING_HELP),
     ) -> dict:
         check_image_count(len(images), settings)
-        pages = [
-            decode_image(upload.file.read(), _name(upload, i), settings.server_max_image_pixels)
-            for i, upload in enumerate(images)
-        ]
-        return _embeddings(holder.embed_images(pages), encoding, holder)
+        batch_size = holder.require().batch_size
+        uploads = [(_name(upload, i), upload.file.read()) for i, upload in enumerate(images)]
+        return _embeddings(_embed_uploads(uploads, holder, budget, batch_size, settings), encoding, holder)
 
     @app.post("/search", tags=["search"])
     def search(request: SearchRequest) -> dict:
         """Ranked pages, as ``colqwen-pipeline search --json`` prints them."""
         check_query(request.query, settings)
         check_top_k(request.top_k, settings)
+        check_doc_ids(request.doc_ids)
+        check_query_tokens([request.query], holder.query_tokens, settings)
+        from colqwen_pipeline.index.base import IndexRefused
         from colqwen_pipeline.stages import make_index
 
         vectors = holder.embed_queries([request.query]).vectors[0]
-        hits = make_index(holder.settings).search([vectors], top_k=request.top_k, doc_ids=request.doc_ids)[0]
-        return {"query": request.query, "results": [hit.as_dict() for hit in hits]}
+        try:
+            hits = make_index(holder.settings).search([vectors], top_k=request.top_k, doc_ids=request.doc_ids)[0]
+        except IndexRefused as error:  # e.g. a control character in doc_ids
+            raise Refused(422, str(error)) from None
+        results = [_public_hit(hit.as_dict(), settings) for hit in hits]
+        return {"query": request.query, "model": model_marker(holder.embedder.identity), "results": results}
+
+
+def _embed_uploads(
+    uploads: list[tuple[str, bytes]], holder: ModelHolder, budget: PixelBudget, batch_size: int, settings: Settings
+) -> Embedded:
+    """Check every header first (nothing decoded), then decode and embed one batch at a time inside the
+    shared pixel budget: a request holds at most one batch of decoded pages."""
+    cap = settings.server_max_image_pixels
+    pixels = [image_pixels(data, name, cap, budget) for name, data in uploads]
+    parts: list[Embedded] = []
+    for batch in pixel_batches(pixels, batch_size, budget.capacity):
+        with budget.reserve(sum(pixels[i] for i in batch)):
+            pages = [decode_image(uploads[i][1], uploads[i][0], cap) for i in batch]
+            parts.append(holder.embed_images(pages))
+            del pages  # decoded pixels go before the budget is returned
+    return Embedded.combine(parts)
+
+
+def _public_hit(hit: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    image_path = public_image_path(hit["image_path"], settings.home_dir, settings.server_expose_paths)
+    return hit | {"image_path": image_path}
 
 
 def _embeddings(embedded: Embedded, encoding: Encoding, holder: ModelHolder) -> dict[str, Any]:
@@ -150,5 +188,8 @@ def _name(upload: UploadFile, index: int) -> str:
 def serve(settings: Settings, host: str, port: int) -> None:
     import uvicorn
 
+    from colqwen_pipeline.service.transport import uvicorn_config
+
     log.info("model server on http://%s:%d (OpenAPI at /docs); loading the model in the background", host, port)
-    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=10)
+    config = uvicorn_config(create_app(settings), host, port, settings.server_request_timeout_s)
+    uvicorn.Server(config).run()

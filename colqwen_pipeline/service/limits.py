@@ -3,19 +3,56 @@ the setting that raises it; nothing over a limit is decoded or sent to the model
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
 from colqwen_pipeline.settings import Settings
 
+RETRY_AFTER_S = 2  # what a client told "busy" waits: about one batch on a CPU
+
 
 class Refused(Exception):
-    def __init__(self, status: int, detail: str):
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None):
         super().__init__(detail)
-        self.status, self.detail = status, detail
+        self.status, self.detail, self.headers = status, detail, headers or {}
+
+
+class PixelBudget:
+    """Decoded image pixels in flight, shared by every /embed_image request of the server.
+
+    A request reserves one batch's pixels before decoding that batch and returns them once the batch is
+    embedded, so memory is bounded by the budget, not by requests x images. A request that cannot get its
+    pixels within ``wait_s`` is answered 503 with Retry-After rather than queued without bound.
+    """
+
+    def __init__(self, capacity: int, wait_s: float):
+        self.capacity, self.wait_s = capacity, wait_s
+        self.in_flight = self.peak = 0
+        self._changed = threading.Condition()
+
+    @contextlib.contextmanager
+    def reserve(self, pixels: int) -> Iterator[None]:
+        with self._changed:
+            if not self._changed.wait_for(lambda: self.in_flight + pixels <= self.capacity, timeout=self.wait_s):
+                raise Refused(
+                    503,
+                    f"busy: {self.in_flight} of {self.capacity} decoded pixels are in flight "
+                    f"(COLQWEN_SERVER_MAX_PIXELS_IN_FLIGHT); retry after {RETRY_AFTER_S} s",
+                    {"Retry-After": str(RETRY_AFTER_S)},
+                )
+            self.in_flight += pixels
+            self.peak = max(self.peak, self.in_flight)
+        try:
+            yield
+        finally:
+            with self._changed:
+                self.in_flight -= pixels
+                self._changed.notify_all()
 
 
 class BodySizeLimit:
@@ -58,10 +95,8 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
-    """RGB page from upload bytes; the size is checked from the header, before decoding pixels."""
-    from colqwen_pipeline.documents.images import _to_rgb  # the conversion inbox pages get
-
+def _open_checked(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """The image with only its header read; refused if it is not an image or over the pixel cap."""
     try:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as error:
@@ -72,6 +107,39 @@ def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
     if width * height > max_pixels:
         limit = f"the limit of {max_pixels} (COLQWEN_SERVER_MAX_IMAGE_PIXELS)"
         raise Refused(413, f"{name}: {width}x{height} = {width * height} pixels exceeds {limit}")
+    return image
+
+
+def image_pixels(data: bytes, name: str, max_pixels: int, budget: PixelBudget) -> int:
+    """Pixels of an upload, from its header alone (nothing decoded); refused if no batch could hold it."""
+    with _open_checked(data, name, max_pixels) as image:
+        pixels = image.size[0] * image.size[1]
+    if pixels > budget.capacity:
+        raise Refused(
+            413,
+            f"{name}: {pixels} pixels exceed the server's whole budget of {budget.capacity} "
+            "(COLQWEN_SERVER_MAX_PIXELS_IN_FLIGHT)",
+        )
+    return pixels
+
+
+def pixel_batches(pixels: Sequence[int], batch_size: int, capacity: int) -> Iterator[list[int]]:
+    """Indices in order, at most ``batch_size`` images and ``capacity`` pixels per batch."""
+    batch: list[int] = []
+    for i, count in enumerate(pixels):
+        if batch and (len(batch) == batch_size or sum(pixels[j] for j in batch) + count > capacity):
+            yield batch
+            batch = []
+        batch.append(i)
+    if batch:
+        yield batch
+
+
+def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
+    """RGB page from upload bytes; the size is checked from the header, before decoding pixels."""
+    from colqwen_pipeline.documents.images import _to_rgb  # the conversion inbox pages get
+
+    image = _open_checked(data, name, max_pixels)
     try:
         image.load()
         return _to_rgb(image)
@@ -116,6 +184,27 @@ def check_query(query: str, settings: Settings, name: str = "query") -> None:
             f"{name} has {len(query)} characters, over the limit of {settings.server_max_query_chars} "
             "(COLQWEN_SERVER_MAX_QUERY_CHARS)",
         )
+
+
+def check_query_tokens(queries: Sequence[str], count_tokens: Callable[[str], int], settings: Settings) -> None:
+    """The character cap does not bound tokens (2,000 emoji are ~8,000 byte-level tokens): cap those too."""
+    for i, query in enumerate(queries):
+        tokens = count_tokens(query)
+        if tokens > settings.server_max_query_tokens:
+            name = "query" if len(queries) == 1 else f"queries[{i}]"
+            raise Refused(
+                422,
+                f"{name} has {tokens} tokens, over the limit of {settings.server_max_query_tokens} "
+                "(COLQWEN_SERVER_MAX_QUERY_TOKENS)",
+            )
+
+
+def check_doc_ids(doc_ids: Sequence[str] | None) -> None:
+    """Refused before any work, whatever the index holds: control characters and lone surrogates cannot
+    be written into Milvus's filter expression (non-ASCII text can)."""
+    for i, doc_id in enumerate(doc_ids or []):
+        if any(ord(c) < 32 or 0xD800 <= ord(c) < 0xE000 for c in doc_id):
+            raise Refused(422, f"doc_ids[{i}] = {doc_id!r} holds a control character or a lone surrogate")
 
 
 def check_top_k(top_k: int, settings: Settings) -> None:

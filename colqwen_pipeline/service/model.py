@@ -29,6 +29,16 @@ class Embedded:
     batch_size_used: int
     cache_hits: int
 
+    @staticmethod
+    def combine(parts: Sequence[Embedded]) -> Embedded:
+        """One answer from the batches a request was embedded in, in order."""
+        return Embedded(
+            [vectors for part in parts for vectors in part.vectors],
+            sum(part.forward_calls for part in parts),
+            max((part.batch_size_used for part in parts), default=0),
+            sum(part.cache_hits for part in parts),
+        )
+
 
 class ModelHolder:
     def __init__(self, settings: Settings, load_gate: threading.Event | None = None):
@@ -71,6 +81,10 @@ class ModelHolder:
             raise NotReady("model is loading; retry when GET /health/ready answers READY")
         return self.embedder
 
+    def query_tokens(self, query: str) -> int:
+        """Tokens of a query as the model would see them (prefix and padding included)."""
+        return len(self.require().processor.process_queries([query])["input_ids"][0])
+
     def info(self) -> dict[str, Any]:
         embedder = self.require()
         settings = self.settings
@@ -80,6 +94,8 @@ class ModelHolder:
                 "max_images": settings.server_max_images,
                 "max_queries": settings.server_max_queries,
                 "max_query_chars": settings.server_max_query_chars,
+                "max_query_tokens": settings.server_max_query_tokens,
+                "max_pixels_in_flight": settings.server_max_pixels_in_flight,
                 "max_request_mb": settings.server_max_request_mb,
                 "max_image_pixels": settings.server_max_image_pixels,
                 "max_top_k": settings.server_max_top_k,
