@@ -179,7 +179,8 @@ def cmd_rasterize(args: argparse.Namespace) -> int:
 
         print(json.dumps(asdict(manifest), indent=1))
     else:
-        print(f"{plural(len(manifest.pages), 'page')} written to {args.out}")
+        rendered = manifest.summary() if manifest.skipped else plural(len(manifest.pages), "page")
+        print(f"{rendered} written to {args.out}")  # partial: "2 of 3 pages rendered; skipped: 2 (why)"
     return 0
 
 

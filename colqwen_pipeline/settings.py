@@ -42,6 +42,9 @@ class Settings(BaseSettings):
     render_memory_mb: int = Field(4096, ge=256)
     pdf_renderer: Literal["pypdfium2", "pdf2image"] = "pypdfium2"
     pdf_password: str = Field("", description="Password tried on encrypted PDFs.")
+    allow_partial: bool = Field(
+        True, description="Index a PDF without the pages no renderer can draw (false: the document fails)."
+    )
     render_workers: int = Field(
         2, ge=1, description="Documents read and rendered at once, ahead of the model (each in its own subprocess)."
     )

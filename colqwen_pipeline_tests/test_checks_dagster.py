@@ -42,6 +42,7 @@ def test_every_check_is_declared_on_its_asset():
     keys = {(k.asset_key.to_user_string(), k.name) for k in defs.resolve_asset_graph().asset_check_keys}
 
     assert keys == {
+        ("page_images", "pages_complete"),
         ("page_embeddings", "embedding_dimension"),
         ("page_embeddings", "throughput"),
         ("milvus_collection", "retrieval_quality"),
@@ -59,7 +60,9 @@ def test_all_checks_pass_on_a_freshly_ingested_document(eval_state, instance):
     assert result.success
     checks = evaluations(instance, result)
     assert {name: e.passed for name, e in checks.items()} == dict.fromkeys(
-        ["embedding_dimension", "throughput", "retrieval_quality", "index_fidelity", "collection_consistency"], True
+        ["pages_complete", "embedding_dimension", "throughput", "retrieval_quality", "index_fidelity"]
+        + ["collection_consistency"],
+        True,
     )
     assert checks["embedding_dimension"].partition == key
     dimension = {k: v.value for k, v in checks["embedding_dimension"].metadata.items()}

@@ -231,7 +231,7 @@ def test_empty_owner_password_opens_through_the_fallback(tmp_path: Path) -> None
 def test_huge_page_is_refused_before_allocating_and_large_page_is_scaled(tmp_path: Path) -> None:
     poster = make_pdf(tmp_path / "poster.pdf", pages=1, size=(200 * 72, 200 * 72))
     # Under a 512 MB cap, allocating the 4.5 GB bitmap would end as "renderer exceeded 512 MB".
-    assert_refused(poster, tmp_path, "page 1 would be 40000×40000 px, over the cap", render_memory_mb=512)
+    assert_refused(poster, tmp_path, "page 1: would be 40000×40000 px, over the cap", render_memory_mb=512)
     big = make_pdf(tmp_path / "big.pdf", pages=1, size=(50 * 72, 50 * 72))
     page = render(big, tmp_path, render_memory_mb=1024).pages[0]
     assert page.width * page.height <= 40_000_000 and page.width > 6000
@@ -455,7 +455,7 @@ def test_legacy_ole_doc_through_libreoffice(tmp_path: Path) -> None:
 
 
 def test_broken_page_tree_tries_both_renderers(tmp_path: Path) -> None:
-    # /Kids is not an array: pdfium cannot size the page, pdftoppm draws a 1×1 "page". Both must refuse.
+    # /Kids is not an array: neither pdfium nor poppler can size the page. Both must refuse.
     page = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R >>"
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
@@ -469,5 +469,6 @@ def test_broken_page_tree_tries_both_renderers(tmp_path: Path) -> None:
     with pytest.raises(DocumentError) as info:
         rasterize_document(src, tmp_path / "out", settings(), log=logged.append)
     message = str(info.value)
-    assert "pypdfium2: page 1:" in message and "pdf2image: page 1: pdftoppm produced no image" in message
-    assert any("pypdfium2 could not render it" in line for line in logged)
+    assert message.startswith("kids.pdf: no page could be rendered: page 1: pypdfium2: ")
+    assert "; pdf2image: Syntax Error: Kids object (page 1) is wrong type" in message
+    assert any("pypdfium2 could not render page(s) 1; trying the next renderer" in line for line in logged)

@@ -55,6 +55,7 @@ class DocumentResult:
     stages: dict[str, StageOutcome] = field(default_factory=dict)
     error: str = ""
     embedding_check: CheckOutcome | None = None  # set when the embeddings were (re)made
+    pages_check: CheckOutcome | None = None  # set when the pages were (re)rendered
 
     @property
     def ok(self) -> bool:
@@ -165,7 +166,7 @@ class _Run:
             result.stages["raw"] = self._raw(path, previous)
             if "pages" in self.stages:
                 stage = "pages"
-                result.stages["pages"] = self._pages(key, path, result.stages["raw"], previous)
+                result.stages["pages"] = self._pages(key, path, result.stages["raw"], previous, result)
         except Exception as error:  # noqa: BLE001 - one document must not take down the others
             if not isinstance(error, DocumentError | OSError):
                 log.debug("preparing %s failed", key, exc_info=True)
@@ -195,10 +196,13 @@ class _Run:
         }
         return StageOutcome(sha, previous is None or previous.source_sha256 != sha, metadata)
 
-    def _pages(self, key: str, path: Path, raw: StageOutcome, previous: Manifest | None) -> StageOutcome:
+    def _pages(
+        self, key: str, path: Path, raw: StageOutcome, previous: Manifest | None, result: DocumentResult
+    ) -> StageOutcome:
         version = versions.pages_version(raw.version, self.settings)
         out = self.settings.pages_dir / key
-        if previous is not None and previous.version == version and not self.force:
+        partial_refused = previous is not None and previous.skipped and not self.settings.allow_partial
+        if previous is not None and previous.version == version and not self.force and not partial_refused:
             stat = (raw.metadata["bytes"], raw.metadata["mtime_ns"])
             if (previous.source_size, previous.source_mtime_ns) != stat:  # touched, same content: hash once
                 replace(previous, source_size=stat[0], source_mtime_ns=stat[1]).write(out)
@@ -214,6 +218,7 @@ class _Run:
             source_mtime_ns=raw.metadata["mtime_ns"],
         )
         stamped.write(out)
+        result.pages_check = check_pages(stamped)
         return StageOutcome(version, True, _pages_metadata(stamped, out) | {"seconds": _since(started)})
 
     # -- embeddings + index: in waves on the main thread --------------------------------------------
@@ -423,10 +428,19 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
 def _pages_metadata(manifest: Manifest, directory: Path) -> dict[str, Any]:
     return {
         "pages": len(manifest.pages),
+        "rendered": manifest.summary(),  # "N of M pages rendered; skipped: 7 (reason)"
+        "pages_skipped": len(manifest.skipped),
         "kind": manifest.kind,
         "renderer": manifest.pages[0].renderer if manifest.pages else "",
         "path": str(directory),
     }
+
+
+def check_pages(manifest: Manifest) -> CheckOutcome:
+    """pages_complete (WARN): a partial document is indexed, and this says which pages it lacks."""
+    skipped = [{"page": s.page, "reason": s.reason} for s in manifest.skipped]
+    metadata = {"pages_rendered": len(manifest.pages), "pages_skipped": len(skipped)}
+    return CheckOutcome(manifest.complete, manifest.summary(), metadata, {"skipped_pages": skipped})
 
 
 def _embeddings_metadata(artifact: EmbeddingArtifact) -> dict[str, Any]:

@@ -13,7 +13,7 @@ import json
 
 from colqwen_pipeline.settings import Settings
 
-RENDER_CODE = "1"
+RENDER_CODE = "2"  # 2: page-level fallback, partial documents (manifest.skipped)
 EMBED_CODE = "1"
 INDEX_CODE = "1"
 

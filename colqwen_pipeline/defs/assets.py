@@ -139,6 +139,8 @@ def _record(context: dg.AssetExecutionContext, selected: list[str], result: Any)
                 STAGE_ASSETS[stage], partition=result.key, metadata=metadata, tags=_provenance(stage, result)
             )
         )
+    if "pages" in selected and result.pages_check is not None:
+        checks.log_document_check(context, "pages_complete", result.key, result.pages_check)
     if "embeddings" in selected and result.embedding_check is not None:
         checks.log_document_check(context, "embedding_dimension", result.key, result.embedding_check)
 

@@ -2,7 +2,8 @@
 
 All checks are declared on ``document_pipeline`` and evaluated inside its step, in every path
 (CLI, sensor, schedule, UI), so a run's checks judge exactly what the run wrote:
-- per document (partitioned evaluations): ``embedding_dimension`` (blocking: a document whose
+- per document (partitioned evaluations): ``pages_complete`` (WARN: pages no renderer could draw
+  were skipped, the rest is indexed), ``embedding_dimension`` (blocking: a document whose
   embeddings fail it is not indexed and fails alone) and ``throughput`` (forward-only pages/s of
   the run that embedded it);
 - once per run, and only when the run changed the index: ``retrieval_quality``,
@@ -20,6 +21,7 @@ from colqwen_pipeline.evaluation.checks import CheckOutcome
 from colqwen_pipeline.settings import Settings
 
 DOCUMENT_CHECKS = {
+    "pages_complete": ("page_images", "Every page of the document rendered (WARN: a partial document is indexed)."),
     "embedding_dimension": ("page_embeddings", "Every page has tokens; vectors are 128-d, finite and unit-norm."),
     "throughput": ("page_embeddings", "Forward-only pages/s of the run that embedded the document, vs the floor."),
 }
@@ -28,7 +30,11 @@ COLLECTION_CHECKS = {
     "index_fidelity": ("milvus_collection", "The collection's top-k against exact MaxSim over the stored embeddings."),
     "collection_consistency": ("milvus_collection", "Rows per document equal its embeddings; none for vanished ones."),
 }
-SEVERITY = {"embedding_dimension": dg.AssetCheckSeverity.ERROR, "throughput": dg.AssetCheckSeverity.WARN}
+SEVERITY = {
+    "pages_complete": dg.AssetCheckSeverity.WARN,
+    "embedding_dimension": dg.AssetCheckSeverity.ERROR,
+    "throughput": dg.AssetCheckSeverity.WARN,
+}
 CHECK_SPECS = [
     dg.AssetCheckSpec(name, asset=asset, description=text, blocking=name == "embedding_dimension")
     for name, (asset, text) in (DOCUMENT_CHECKS | COLLECTION_CHECKS).items()
@@ -110,6 +116,7 @@ def evaluate_selected(context: dg.AssetExecutionContext, settings: Settings) -> 
 
     keys = context.partition_keys if context.has_partition_key or context.has_partition_key_range else []
     for key in keys:
+        _pages_complete_from_disk(context, settings, key)
         directory = settings.embeddings_dir / key
         log_document_check(
             context,
@@ -118,6 +125,17 @@ def evaluate_selected(context: dg.AssetExecutionContext, settings: Settings) -> 
             check_embeddings(directory, settings.embedding_dim, settings.norm_tolerance),
         )
     collection_checks(context, settings)
+
+
+def _pages_complete_from_disk(context: dg.AssetExecutionContext, settings: Settings, key: str) -> None:
+    from colqwen_pipeline.bulk.engine import check_pages
+    from colqwen_pipeline.documents.manifest import Manifest
+
+    try:
+        outcome = check_pages(Manifest.read(settings.pages_dir / key))
+    except (OSError, ValueError, KeyError, TypeError):
+        outcome = CheckOutcome(False, f"no readable page manifest at {settings.pages_dir / key}")
+    log_document_check(context, "pages_complete", key, outcome)
 
 
 def _floors(settings: Settings) -> dict[str, float]:

@@ -21,16 +21,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
+from colqwen_pipeline.documents.failures import FailureCode, RenderError
+
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder that holds colqwen_pipeline/
 WORKER_MODULE = "colqwen_pipeline.documents.worker"
 
 
-class WorkerError(Exception):
-    """A failed render step; ``code`` says what kind ("open", "password", "memory", "timeout", ...)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+# The one render exception under the name the parent side has always used (office.py imports it).
+WorkerError = RenderError
 
 
 def limits(memory_mb: int) -> Callable[[], None]:
@@ -59,7 +57,7 @@ def kill_group(proc: subprocess.Popen) -> None:
 def run_workers(
     jobs: list[dict[str, Any]], memory_mb: int, deadline: float, on_line: Callable[[dict[str, Any]], None]
 ) -> None:
-    """Run one worker per job concurrently; call on_line for every record; raise WorkerError on failure.
+    """Run one worker per job concurrently; call on_line for every record; raise RenderError on failure.
 
     The first failing worker stops the others: a document renders completely or not at all.
     """
@@ -104,7 +102,7 @@ def _pump(
     while sel.get_map():
         remaining = deadline - time.monotonic()
         if remaining <= 0:
-            raise WorkerError("timeout", "time limit")
+            raise RenderError(FailureCode.TIMEOUT, "time limit")
         for key, _ in sel.select(timeout=min(remaining, 1.0)):
             i = key.data
             chunk = os.read(key.fd, 1 << 16)
@@ -123,17 +121,17 @@ def _dispatch(line: bytes, on_line: Callable[[dict[str, Any]], None]) -> None:
     except ValueError:
         return  # not ours: the worker routes stray prints to stderr, but be tolerant anyway
     if "error" in obj:
-        raise WorkerError(obj["error"], obj["message"])
+        raise RenderError(obj["error"], obj["message"])
     on_line(obj)
 
 
 def _finish(entry: tuple[subprocess.Popen, IO[bytes]], rest: bytes, deadline: float) -> None:
-    """The worker closed stdout: collect its exit status and turn a bad one into a WorkerError."""
+    """The worker closed stdout: collect its exit status and turn a bad one into a RenderError."""
     proc, stderr = entry
     try:
         rc = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
-        raise WorkerError("timeout", "time limit") from None
+        raise RenderError(FailureCode.TIMEOUT, "time limit") from None
     if rest.strip():
         _dispatch(rest, lambda _: None)
     if rc == 0:
@@ -141,5 +139,5 @@ def _finish(entry: tuple[subprocess.Popen, IO[bytes]], rest: bytes, deadline: fl
     stderr.seek(0)
     tail = stderr.read().decode(errors="replace").strip().splitlines()
     if rc < 0 or any("MemoryError" in line for line in tail[-3:]):
-        raise WorkerError("memory", f"killed by signal {-rc}" if rc < 0 else "out of memory")
-    raise WorkerError("open", f"worker exited {rc}: {tail[-1] if tail else 'no output'}")
+        raise RenderError(FailureCode.MEMORY, f"killed by signal {-rc}" if rc < 0 else "out of memory")
+    raise RenderError(FailureCode.OPEN, f"worker exited {rc}: {tail[-1] if tail else 'no output'}")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from PIL import Image, ImageOps, ImageSequence
 
-from colqwen_pipeline.documents.pages import RenderFailure
+from colqwen_pipeline.documents.failures import FailureCode, RenderError
 
 MULTI_PAGE_FORMATS = {"TIFF"}  # GIF/APNG/WebP animations: the first frame is the page
 SIXTEEN_BIT_MODES = {"I", "I;16", "I;16B", "I;16L", "I;16N"}
@@ -39,18 +39,18 @@ def decode_pages(
             n = getattr(im, "n_frames", 1) if im.format in MULTI_PAGE_FORMATS else 1
             if n > max_pages:
                 cap = f"over the cap of {max_pages} (COLQWEN_MAX_PAGES)"
-                raise RenderFailure("pages", f"image has {n} pages, {cap}")
+                raise RenderError(FailureCode.PAGES, f"image has {n} pages, {cap}")
             n = min(n, page_limit or n)
             frames = ImageSequence.Iterator(im) if n > 1 else [im]
             for page, frame in zip(range(1, n + 1), frames, strict=False):
                 w, h = frame.size  # known from the header: nothing decoded yet
                 if w * h > max_page_pixels * DECODE_FACTOR:
-                    raise RenderFailure("pixels", f"page {page} is {w}×{h} px, over the cap")
+                    raise RenderError(FailureCode.PIXELS, f"page {page} is {w}×{h} px, over the cap")
                 yield _to_page(frame, max_page_pixels)
     except Image.DecompressionBombError as e:
-        raise RenderFailure("pixels", f"image over the pixel cap: {e}") from e
+        raise RenderError(FailureCode.PIXELS, f"image over the pixel cap: {e}") from e
     except (OSError, SyntaxError, ValueError) as e:  # Pillow's ways of saying "corrupt"
-        raise RenderFailure("open", f"cannot decode image: {e}") from e
+        raise RenderError(FailureCode.OPEN, f"cannot decode image: {e}") from e
 
 
 def _to_page(frame: Image.Image, max_page_pixels: int) -> tuple[Image.Image, float]:

@@ -9,14 +9,6 @@ from typing import Any
 from PIL import Image
 
 
-class RenderFailure(Exception):
-    """A worker-side failure with a machine-readable code the parent turns into a DocumentError."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code  # "open", "password", "nopages", "memory", "pixels", "pages"
-
-
 def page_name(page: int) -> str:
     return f"page-{page:04d}.png"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import zipfile
 from pathlib import Path
 from typing import Literal
@@ -21,6 +22,9 @@ IMAGE_MAGICS = (
     b"GIF87a",
     b"GIF89a",
 )
+# A PDF without its "%PDF-" header (poppler reads such files, "May not be a PDF file (continuing
+# anyway)"): only comment lines (e.g. the binary marker "%âãÏÓ") and whitespace before "N G obj".
+HEADERLESS_PDF = re.compile(rb"\A(?:[ \t\r\n]*%[^\r\n]*[\r\n]+)*[ \t\r\n]*\d+[ \t\r\n]+\d+[ \t\r\n]+obj\b")
 # Members that mark a zip as an OOXML or ODF document (and not just any zip).
 OFFICE_ZIP_MEMBERS = ("[Content_Types].xml", "mimetype", "content.xml")
 
@@ -31,8 +35,8 @@ def sniff(path: Path) -> Kind:
         head = f.read(HEAD_BYTES)
     if not head:
         raise DocumentError(f"{path.name}: empty file")
-    if b"%PDF-" in head:
-        return "pdf"
+    if b"%PDF-" in head or HEADERLESS_PDF.match(head):
+        return "pdf"  # whether the body really parses is for the renderers to say
     if head.startswith(IMAGE_MAGICS) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP"):
         return "image"
     if head.startswith(OLE_MAGIC):

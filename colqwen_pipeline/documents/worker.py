@@ -2,8 +2,10 @@
 
 It runs in its own process under an address-space limit so that a renderer crash, abort or memory
 blow-up kills only the worker. It prints one JSON object per line on stdout: a page record per
-finished page (or ``{"sizes": ...}`` for a probe), and on failure ``{"error": code, "message": ...}``
-before exiting with EXIT_FAILED. Imports stay light (PIL, pypdfium2): no torch, no pydantic.
+finished page, ``{"page": n, "failed": reason}`` for a page it could not draw (the others go on),
+``{"sizes": ..., "unsized": ...}`` for a probe, and on a failure of the whole job
+``{"error": code, "message": ...}`` before exiting with EXIT_FAILED. Imports stay light (PIL,
+pypdfium2): no torch, no pydantic.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from colqwen_pipeline.documents.pages import RenderFailure, save_page
+from colqwen_pipeline.documents.failures import FailureCode, RenderError
+from colqwen_pipeline.documents.pages import save_page
 
 EXIT_FAILED = 3
 
@@ -24,13 +27,15 @@ def run(job: dict[str, Any]) -> None:
     if job["op"] == "probe":
         from colqwen_pipeline.documents.pdf import probe
 
-        _emit({"sizes": probe(path, job["renderer"], job["password"])})
+        sizes, unsized = probe(path, job["renderer"], job["password"])
+        _emit({"sizes": sizes, "unsized": unsized})
     elif job["op"] == "pdf":
         from colqwen_pipeline.documents.pdf import render_pages
 
         pages = render_pages(path, job["renderer"], job["password"], [tuple(j) for j in job["jobs"]])
         for page_no, dpi, img in pages:
-            _emit(save_page(img, Path(job["out_dir"]), page_no, dpi))
+            failed = isinstance(img, str)
+            _emit({"page": page_no, "failed": img} if failed else save_page(img, Path(job["out_dir"]), page_no, dpi))
     elif job["op"] == "image":
         from colqwen_pipeline.documents.images import decode_pages
 
@@ -62,14 +67,14 @@ def main() -> int:
     job = json.loads(sys.stdin.read())
     try:
         run(job)
-    except RenderFailure as e:
-        _emit({"error": e.code, "message": str(e)})
+    except RenderError as e:
+        _emit({"error": e.code.value, "message": str(e)})
         return EXIT_FAILED
     except MemoryError:
-        _emit({"error": "memory", "message": "out of memory"})
+        _emit({"error": FailureCode.MEMORY.value, "message": "out of memory"})
         return EXIT_FAILED
     except Exception as e:  # anything else a renderer throws means "could not render this file"
-        _emit({"error": "open", "message": f"{type(e).__name__}: {e}".splitlines()[0]})
+        _emit({"error": FailureCode.OPEN.value, "message": f"{type(e).__name__}: {e}".splitlines()[0]})
         return EXIT_FAILED
     return 0
 
