@@ -9,6 +9,7 @@ from pathlib import Path
 
 from colqwen_pipeline_tests.conftest import REPO
 from colqwen_pipeline_tests.test_documents import encrypted_pdf, make_pdf, xobject_bomb
+from colqwen_pipeline_tests.test_documents_partial import _page, kids_with_a_hole, two_page_pdf
 
 SCRIPT = REPO / "scripts" / "corpus_check.py"
 
@@ -21,6 +22,8 @@ def make_corpus(tmp_path: Path) -> Path:
     make_pdf(folder / "nested" / "good.pdf", pages=5)
     encrypted_pdf(tmp_path, "s3cret").rename(folder / "secret.pdf")
     (folder / "notes.txt").write_text("not a PDF: skipped")
+    kids_with_a_hole(tmp_path).rename(folder / "hole.pdf")  # page 2 of 3 renders nowhere: partial
+    (folder / "tree.pdf").write_bytes(two_page_pdf(_page(7, kind=b"/Pages")))  # page 2 only in poppler
     return folder
 
 
@@ -34,14 +37,18 @@ def test_every_pdf_is_rendered_or_fails_with_a_grouped_clear_cause(tmp_path: Pat
     code, summary = corpus_check(make_corpus(tmp_path), "--timeout", "1.5")
 
     assert code == 0
-    assert (summary["files"], summary["rendered"], summary["rendered_pages"]) == (4, 1, 2)
+    assert (summary["files"], summary["rendered"], summary["rendered_pages"]) == (6, 3, 5)
+    assert (summary["partial"], summary["skipped_pages"]) == (1, 1)
+    assert list(summary["partials"]) == [str(tmp_path / "corpus" / "hole.pdf")]
     assert (summary["failed_clear"], summary["failed_unclear"], summary["crashed"], summary["hung"]) == (3, 0, 0, 0)
     causes = summary["causes"]
     assert causes["renderer exceeded N.N s"] == 1  # numbers are masked so that alike causes group
     assert causes["encrypted PDF: no password configured (set COLQWEN_PDF_PASSWORD)"] == 1
     assert any(c.startswith("cannot render PDF: pypdfium2:") for c in causes)
-    # bad.pdf and secret.pdf: pdfium refuses, pdftoppm is tried and refuses too
-    assert summary["fallback"] == {"first_renderer_refused": 2, "rescued_by_fallback": 0}
+    # bad.pdf and secret.pdf: pdfium refuses, pdftoppm is tried and refuses too; hole.pdf and tree.pdf:
+    # pdfium fails page 2, pdftoppm is tried for it (and draws it in tree.pdf)
+    assert summary["fallback"] == {"first_renderer_refused": 4, "rescued_by_fallback": 1}
+    assert summary["rescued"] == [str(tmp_path / "corpus" / "tree.pdf")]
 
 
 def test_a_file_past_the_watchdog_counts_as_hung_and_the_rest_still_run(tmp_path: Path) -> None:
@@ -50,4 +57,4 @@ def test_a_file_past_the_watchdog_counts_as_hung_and_the_rest_still_run(tmp_path
 
     assert code == 1
     assert summary["hung"] == 1 and summary["problems"][0]["file"].endswith("a_slow.pdf")
-    assert (summary["rendered"], summary["failed_clear"]) == (1, 2)
+    assert (summary["rendered"], summary["failed_clear"]) == (3, 2)

@@ -7,10 +7,10 @@ Each file gets the first ``--pages`` pages rendered into a throw-away folder wit
 helper process watched from here: if one has not answered ``--grace`` seconds after its own limit,
 the file counts as *hung*, the helper's whole process tree is killed and a fresh helper goes on.
 
-Outcomes per file: rendered (by the configured renderer, or by the fallback after the first one
-refused), failed with a clear error (a one-line DocumentError that names the file; grouped by
-cause), failed with an unclear error (one that leaks internals), crashed (any other exception) or
-hung. The last three should be 0.
+Outcomes per file: rendered (every page; by the configured renderer, or partly or wholly by the
+other one), partial (rendered without the pages neither renderer could draw), failed with a clear
+error (a one-line DocumentError that names the file; grouped by cause), failed with an unclear
+error (one that leaks internals), crashed (any other exception) or hung. The last three should be 0.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from typing import Any
 
 import psutil
 
-FALLBACK_MARK = "could not render it"  # what rasterize_document logs before trying the other renderer
 # Internals leaking into a message: a Python exception name ("KeyError: ..."), a bare exit status.
 UNCLEAR = re.compile(r"worker exited|no output|Traceback|object has no attribute|\b[A-Za-z]+(Error|Exception): |\n")
 
@@ -41,21 +40,26 @@ def render_one(path: str, options: dict[str, Any]) -> dict[str, Any]:
     from colqwen_pipeline.settings import Settings
 
     settings = Settings(_env_file=None, render_timeout_s=options["timeout"], pdf_renderer=options["renderer"])
-    logged: list[str] = []
     started = time.perf_counter()
-    result: dict[str, Any] = {"file": path}
+    result: dict[str, Any] = {"file": path, "fallback_tried": False, "by_fallback": False}
     with tempfile.TemporaryDirectory(prefix="corpus-check-") as tmp:
         try:
             manifest = rasterize_document(
-                Path(path), Path(tmp) / "out", settings, options["dpi"], logged.append, page_limit=options["pages"]
+                Path(path), Path(tmp) / "out", settings, options["dpi"], page_limit=options["pages"]
             )
             renderers = {p.renderer for p in manifest.pages}
-            result |= {"status": "rendered", "pages": len(manifest.pages), "renderer": ",".join(sorted(renderers))}
+            result |= {
+                "status": "partial" if manifest.skipped else "rendered",
+                "pages": len(manifest.pages),
+                "skipped": [{"page": s.page, "reason": s.reason} for s in manifest.skipped],
+                "renderer": ",".join(sorted(renderers)),
+                "fallback_tried": len(manifest.renderers_tried) > 1,
+                "by_fallback": renderers != {options["renderer"]},  # some or all pages by the other one
+            }
         except DocumentError as e:
-            result |= {"status": "failed", "message": str(e)}
+            result |= {"status": "failed", "message": str(e), "fallback_tried": len(e.renderers_tried) > 1}
         except Exception as e:  # noqa: BLE001 - anything but DocumentError is a bug to report
             result |= {"status": "crashed", "message": f"{type(e).__name__}: {e}"}
-    result["fallback_tried"] = any(FALLBACK_MARK in line for line in logged)
     result["seconds"] = round(time.perf_counter() - started, 3)
     return result
 
@@ -90,7 +94,14 @@ class Helper:
             status, message = "hung", f"no answer after {wait_s:g} s"
         self.restart()
         seconds = round(time.perf_counter() - started, 3)
-        return {"file": str(path), "status": status, "message": message, "fallback_tried": False, "seconds": seconds}
+        return {
+            "file": str(path),
+            "status": status,
+            "message": message,
+            "fallback_tried": False,
+            "by_fallback": False,
+            "seconds": seconds,
+        }
 
     def restart(self) -> None:
         self.kill()
@@ -129,11 +140,12 @@ def is_clear(message: str, file_name: str) -> bool:
 
 
 def summarise(results: list[dict[str, Any]], options: dict[str, Any]) -> dict[str, Any]:
-    rendered = [r for r in results if r["status"] == "rendered"]
+    rendered = [r for r in results if r["status"] in ("rendered", "partial")]
+    partial = [r for r in rendered if r["status"] == "partial"]
     failed = [r for r in results if r["status"] == "failed"]
     clear = [r for r in failed if is_clear(r["message"], Path(r["file"]).name)]
     unclear = [r for r in failed if r not in clear]
-    by_fallback = [r for r in rendered if r["fallback_tried"]]
+    by_fallback = [r for r in rendered if r["by_fallback"]]
     slowest = max(results, key=lambda r: r["seconds"], default=None)
     return {
         "files": len(results),
@@ -141,12 +153,14 @@ def summarise(results: list[dict[str, Any]], options: dict[str, Any]) -> dict[st
         "rendered": len(rendered),
         "rendered_pages": sum(r["pages"] for r in rendered),
         "rendered_by_fallback": len(by_fallback),
+        "partial": len(partial),
+        "skipped_pages": sum(len(r["skipped"]) for r in partial),
         "failed_clear": len(clear),
         "failed_unclear": len(unclear),
         "crashed": sum(r["status"] == "crashed" for r in results),
         "hung": sum(r["status"] == "hung" for r in results),
         "fallback": {
-            "first_renderer_refused": len(by_fallback) + sum(r["fallback_tried"] for r in failed),
+            "first_renderer_refused": sum(r["fallback_tried"] for r in rendered + failed),
             "rescued_by_fallback": len(by_fallback),
         },
         "causes": dict(Counter(cause(r["message"], Path(r["file"]).name) for r in clear).most_common()),
@@ -154,6 +168,7 @@ def summarise(results: list[dict[str, Any]], options: dict[str, Any]) -> dict[st
         "seconds_total": round(sum(r["seconds"] for r in results), 1),
         "failures": {r["file"]: r["message"] for r in clear},
         "rescued": [r["file"] for r in by_fallback],
+        "partials": {r["file"]: r["skipped"] for r in partial},
         "problems": [r for r in results if r["status"] in ("crashed", "hung")] + unclear,
     }
 
@@ -161,7 +176,8 @@ def summarise(results: list[dict[str, Any]], options: dict[str, Any]) -> dict[st
 def print_report(summary: dict[str, Any]) -> None:
     print(f"files                    {summary['files']}")
     print(f"rendered                 {summary['rendered']} ({summary['rendered_pages']} pages)")
-    print(f"  of which by fallback   {summary['rendered_by_fallback']}")
+    print(f"  of which by fallback   {summary['rendered_by_fallback']} (some or all pages)")
+    print(f"  of which partial       {summary['partial']} ({summary['skipped_pages']} pages skipped)")
     print(f"failed, clear error      {summary['failed_clear']}")
     for text, count in summary["causes"].items():
         print(f"  {count:4d}  {text}")
