@@ -229,3 +229,16 @@ def test_results_carry_the_model_fingerprint_and_the_random_weights_marker(index
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "top 1 page for 'invoice':"
     assert lines[-1] == f"model: {marker['fingerprint']} (RANDOM TEST WEIGHTS: the scores mean nothing)"
+
+
+def test_search_after_every_document_was_removed_says_the_index_is_empty(tmp_path, config):
+    first = run_cli("ingest", cwd=tmp_path, **config)
+    assert first.returncode == 0, first.stderr
+    assert "done: 1 document, 1 page, " in first.stdout  # not "1 documents, 1 pages"
+    (Path(config["COLQWEN_INBOX"]) / "page.png").unlink()
+    assert run_cli("ingest", cwd=tmp_path, **config).returncode == 0  # prunes the vanished document
+
+    run = run_cli("search", "invoice", cwd=tmp_path, **config)
+
+    assert run.returncode == 1
+    assert one_error_line(run).startswith(f"error: the index at {config['COLQWEN_HOME']}/milvus.db is empty: ")
