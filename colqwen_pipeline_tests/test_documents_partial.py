@@ -3,6 +3,8 @@ pages neither renderer can draw (partial documents), built here byte by byte."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -172,3 +174,17 @@ def test_partial_document_is_indexed_with_a_warning(state: Settings) -> None:
     assert check.description.startswith("2 of 3 pages rendered; skipped: 2 (")
     assert pages[0].metadata["rendered"].value == check.description
     assert any(line.startswith(f"    check pages_complete ({key}): WARN: 2 of 3 pages rendered") for line in lines)
+
+
+def test_rasterize_command_names_the_skipped_page(tmp_path: Path) -> None:
+    src = kids_with_a_hole(tmp_path)
+    ok = subprocess.run(
+        [sys.executable, "-m", "colqwen_pipeline.cli", "rasterize", str(src), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.startswith("2 of 3 pages rendered; skipped: 2 (pypdfium2: ")
+    assert ok.stdout.strip().endswith(f"written to {tmp_path / 'out'}")
