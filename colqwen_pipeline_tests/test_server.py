@@ -314,6 +314,7 @@ def test_a_model_that_fails_to_load_is_reported_not_ready(state: Settings, tmp_p
                 break
             time.sleep(0.05)
         assert ready.status_code == 503 and ready.json()["status"] == "FAILED"
+        assert "Retry-After" not in httpx.post(f"{url}/embed_text", json={"queries": ["q"]}).headers
         assert "no-such-model does not exist" in ready.json()["detail"]
         assert httpx.get(f"{url}/health/live").status_code == 200
         assert "failed to load" in httpx.post(f"{url}/embed_text", json={"queries": ["q"]}).json()["detail"]
@@ -537,6 +538,28 @@ def test_concurrent_large_requests_stay_inside_the_budget(budget_server) -> None
     assert all(r.headers["Retry-After"] for r in responses if r.status_code == 503)
     assert all(len(r.json()["embeddings"]) == 4 for r in responses if r.status_code == 200)
     assert budget.peak <= 8_000_000 and budget.in_flight == 0
+
+
+def test_the_pipelines_client_waits_out_a_busy_server(budget_server) -> None:
+    """RemoteEmbedder honours 503 + Retry-After: a document is delayed by a busy server, not failed."""
+    url, budget = budget_server
+    held = threading.Event()
+
+    def hold_budget() -> None:
+        with budget.reserve(budget.capacity):
+            held.set()
+            time.sleep(3)
+
+    holder = threading.Thread(target=hold_budget)
+    holder.start()
+    held.wait()
+    try:
+        vectors = RemoteEmbedder(url, wait_s=60).embed_images([Image.open(io.BytesIO(solid_png(*BIG, (9, 9, 9))))])
+    finally:
+        holder.join()
+
+    assert len(vectors) == 1 and vectors[0].shape[1] == 128
+    assert budget.refused >= 1 and budget.in_flight == 0  # refused while the budget was full, then served
 
 
 def test_an_image_larger_than_the_whole_budget_is_refused(budget_server) -> None:

@@ -77,6 +77,7 @@ class RemoteEmbedder(IdentifiedModel):
         self.url = url.rstrip("/")
         self.batch_size = batch_size  # kept for the interface; the server batches its own forwards
         self.stats = EmbedStats()
+        self.busy_wait_s = wait_s  # how long a busy server's 503 + Retry-After is waited out
         self._http = httpx.Client(base_url=self.url, timeout=timeout_s)
         self._wait_until_ready(wait_s)
         served = self._call("GET", "/info")
@@ -139,10 +140,16 @@ class RemoteEmbedder(IdentifiedModel):
     def _call(self, method: str, path: str, **request: Any) -> dict[str, Any]:
         import httpx
 
-        try:
-            response = self._http.request(method, path, **request)
-        except httpx.HTTPError as error:
-            raise ModelServerError(f"model server {self.url}{path}: {type(error).__name__}: {error}") from error
+        deadline = time.monotonic() + self.busy_wait_s
+        while True:
+            try:
+                response = self._http.request(method, path, **request)
+            except httpx.HTTPError as error:
+                raise ModelServerError(f"model server {self.url}{path}: {type(error).__name__}: {error}") from error
+            retry_after = _retry_after(response)
+            if retry_after is None or time.monotonic() + retry_after > deadline:
+                break
+            time.sleep(retry_after)  # busy (its pixel budget is full) or still loading: it said when to come back
         if response.status_code != 200:
             raise ModelServerError(f"model server {self.url}{path}: HTTP {response.status_code}: {_detail(response)}")
         return response.json()
@@ -193,3 +200,9 @@ def remote_embedder(settings: Settings) -> RemoteEmbedder:
         embedder = _clients[url]
     embedder.batch_size = settings.batch_size
     return embedder
+
+
+def _retry_after(response: Any) -> float | None:
+    """Seconds a 503 asks the client to wait, or None for any other answer."""
+    value = response.headers.get("Retry-After", "")
+    return float(value) if response.status_code == 503 and value.isdigit() else None

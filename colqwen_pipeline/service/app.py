@@ -78,8 +78,9 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": error.detail}, status_code=error.status, headers=error.headers)
 
     @app.exception_handler(NotReady)
-    async def not_ready(_: Request, error: NotReady) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": "5"})
+    async def not_ready(request: Request, error: NotReady) -> JSONResponse:
+        loading = request.app.state.holder.status == "LOADING"  # a failed load does not heal: no Retry-After
+        return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": "5"} if loading else {})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, error: RequestValidationError) -> JSONResponse:

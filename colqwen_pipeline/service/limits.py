@@ -32,13 +32,14 @@ class PixelBudget:
 
     def __init__(self, capacity: int, wait_s: float):
         self.capacity, self.wait_s = capacity, wait_s
-        self.in_flight = self.peak = 0
+        self.in_flight = self.peak = self.refused = 0
         self._changed = threading.Condition()
 
     @contextlib.contextmanager
     def reserve(self, pixels: int) -> Iterator[None]:
         with self._changed:
             if not self._changed.wait_for(lambda: self.in_flight + pixels <= self.capacity, timeout=self.wait_s):
+                self.refused += 1
                 raise Refused(
                     503,
                     f"busy: {self.in_flight} of {self.capacity} decoded pixels are in flight "
