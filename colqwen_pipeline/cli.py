@@ -101,21 +101,16 @@ def stop_on_signals() -> Callable[[], int | None]:
 def cmd_search(args: argparse.Namespace) -> int:
     from colqwen_pipeline.embedding.loading import model_marker
     from colqwen_pipeline.embedding.service import model_identity
-    from colqwen_pipeline.search_scope import EmptyIndex, empty_index_message, require_documents, resolve_documents
+    from colqwen_pipeline.search_scope import require_documents, search_scope
     from colqwen_pipeline.stages import make_index, search
 
     settings = load_settings()
     check_query_text(args.query, settings)
     index = make_index(settings)
-    if args.doc:
-        doc_ids = resolve_documents(settings, index, args.doc)
-    elif index.live_fingerprint() is None:  # never ingested: say so before the model loads
-        raise EmptyIndex(empty_index_message(settings))
-    else:
-        doc_ids = None
+    doc_ids = search_scope(settings, index, args.doc or [])
     hits = search(args.query, top_k=args.top_k, settings=settings, doc_ids=doc_ids)
     if not hits and not doc_ids:
-        require_documents(settings, index)  # every document removed since: the same message
+        require_documents(settings, index)  # every document removed since the last ingest: say so
     marker = model_marker(model_identity(settings))
     results = [hit.as_dict() for hit in hits]
     if args.json:

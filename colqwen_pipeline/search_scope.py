@@ -38,6 +38,16 @@ def require_documents(settings: Settings, index: DocumentIndex) -> set[str]:
     return keys
 
 
+def search_scope(settings: Settings, index: DocumentIndex, wanted: list[str]) -> list[str] | None:
+    """The document keys a search covers (None: all). An index never written to is refused here,
+    before the query model loads; one emptied since is found by its empty result."""
+    if wanted:
+        return resolve_documents(settings, index, wanted)
+    if index.live_fingerprint() is None:
+        raise EmptyIndex(empty_index_message(settings))
+    return None
+
+
 def indexed_names(settings: Settings, keys: set[str]) -> dict[str, str]:
     """Key -> path relative to the inbox, for the indexed documents still in the inbox (others: the key)."""
     try:
