@@ -87,7 +87,7 @@ class Settings(BaseSettings):
     server_max_top_k: int = Field(100, ge=1)
     server_max_query_tokens: int = Field(512, ge=1, description="Query tokens (as the processor counts them).")
     server_max_pixels_in_flight: int = Field(
-        120_000_000, ge=1, description="Decoded image pixels held by all /embed_image requests together."
+        40_000_000, ge=1, description="Decoded pixels of all /embed_image requests together (~30 bytes each at peak)."
     )
     server_pixel_wait_s: float = Field(10.0, ge=0, description="Wait for pixel budget before answering 503.")
     server_request_timeout_s: float = Field(
