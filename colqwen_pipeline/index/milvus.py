@@ -26,7 +26,6 @@ import hashlib
 import json
 import logging
 import secrets
-import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from colqwen_pipeline.index.base import DocumentIndex, DocumentRows, Hit, IndexRefused, PageRows
+from colqwen_pipeline.index.connection import LiteBusy, load_once, shared_client
 from colqwen_pipeline.index.maxsim import (
     VARCHAR_LIMIT,
     maxsim,
@@ -95,12 +95,6 @@ def _quote(values: Sequence[str]) -> str:
     return "[" + ", ".join(_literal(v) for v in values) + "]"
 
 
-# A Lite file is served by an in-process gRPC server that holds the file's lock until released;
-# closing the client does not release it, so count this process's users and release at zero.
-_lite_users: dict[str, int] = {}
-_lite_guard = threading.Lock()
-
-
 def _quiet_pymilvus() -> None:
     """pymilvus configures its own loggers at import (INFO, with handlers) and logs a traceback for
     every RPC error, including the ones this module expects and handles (a missing alias); Milvus
@@ -108,17 +102,6 @@ def _quiet_pymilvus() -> None:
     process holds the file's lock (``_open`` waits for it quietly, then raises one line)."""
     for name in ("pymilvus", "pymilvus.milvus_client", "grpc._server", "milvus_lite.server_manager"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-
-
-def _release_lite(path: str) -> None:
-    with _lite_guard:
-        _lite_users[path] -= 1
-        if _lite_users[path]:
-            return
-        del _lite_users[path]
-    from milvus_lite.server_manager import server_manager_instance
-
-    server_manager_instance.release_server(path)
 
 
 class MilvusIndex(DocumentIndex):
@@ -178,19 +161,22 @@ class MilvusIndex(DocumentIndex):
     # -- connection ------------------------------------------------------------------------------
     @contextlib.contextmanager
     def client(self) -> Iterator[Any]:
-        """Open briefly and close: a Milvus Lite file admits one process at a time, so hold it
-        only for the operation, and wait for another process's operation to finish. Inside
-        ``session()`` the held client is reused."""
+        """This process's shared client (``connection.shared_client``): a Milvus Lite file admits
+        one process at a time, so it is held only while some thread of this process uses it, and
+        processes take turns in arrival order. Inside ``session()`` the held client is reused."""
         if self._held is not None:
             yield self._held
             return
-        client = self._open()
+        lite_file = Path(self.uri).resolve() if self.is_lite else None
+        key = str(lite_file) if lite_file else f"{self.uri}|{hashlib.sha256(self.token.encode()).hexdigest()}"
         try:
-            yield client
-        finally:
-            client.close()
-            if self.is_lite:
-                _release_lite(str(Path(self.uri).resolve()))
+            with shared_client(key, self._open, lite_file, self.lock_wait_s) as client:
+                yield client
+        except LiteBusy as error:
+            raise IndexRefused(
+                f"Milvus Lite file {self.uri} stayed busy for {self.lock_wait_s:.0f} s ({error}); "
+                "try again, or serve it to many processes with a Milvus server (COLQWEN_MILVUS_URI)"
+            ) from None
 
     @contextlib.contextmanager
     def session(self) -> Iterator[MilvusIndex]:
@@ -204,19 +190,20 @@ class MilvusIndex(DocumentIndex):
                 self._held = None
 
     def _open(self) -> Any:
+        """A new client; on Lite, called in this process's turn (a process outside the turn queue,
+        such as an older version of this project, may still hold the file: wait for it too)."""
         from pymilvus import MilvusClient
 
         _quiet_pymilvus()
         if self.is_lite:
-            path = Path(self.uri).resolve()
-            path.parent.mkdir(parents=True, exist_ok=True)
-            with _lite_guard:
-                _lite_users[str(path)] = _lite_users.get(str(path), 0) + 1
+            Path(self.uri).resolve().parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.lock_wait_s
         while True:
             try:
                 client = MilvusClient(uri=self.uri, token=self.token) if self.token else MilvusClient(uri=self.uri)
-                if not self.is_lite:
+                if self.is_lite:
+                    _open_collections(client)
+                else:
                     require_supported_server(client, self.uri)
                 return client
             except IndexRefused:
@@ -226,8 +213,6 @@ class MilvusIndex(DocumentIndex):
                 message = str(error).lower()
                 locked = self.is_lite and ("lock" in message or "open local milvus failed" in message)
                 if not locked or time.monotonic() > deadline:
-                    if self.is_lite:
-                        _release_lite(str(Path(self.uri).resolve()))
                     raise IndexRefused(f"cannot open Milvus at {self.uri}: {str(error).splitlines()[0]}") from error
                 time.sleep(0.25)
 
@@ -525,7 +510,7 @@ class MilvusIndex(DocumentIndex):
         """A reopened collection starts released; loading is idempotent. Load only what a call
         needs: loading the pages of a large Lite file costs seconds."""
         for name in names:
-            client.load_collection(name)
+            load_once(client, name)
 
     def _iterate(self, client: Any, name: str, expression: str, fields: list[str]) -> Iterator[dict]:
         iterator = client.query_iterator(name, batch_size=4096, filter=expression, output_fields=fields)
@@ -671,6 +656,14 @@ class MilvusIndex(DocumentIndex):
 
 MIN_SERVER = (2, 3)  # partition keys, query iterators, collection properties (docs/search.md)
 _server_versions: dict[int, tuple[int, int]] = {}
+
+
+def _open_collections(client: Any) -> None:
+    """Open every collection of a new Lite client before its threads share it: Lite opens a
+    collection on first use without a lock, and two threads racing there got two instances of
+    one collection (a load on one, the other still released: pymilvus then waited forever)."""
+    for name in client.list_collections():
+        client.get_collection_stats(name)
 
 
 def server_version(client: Any) -> tuple[int, int]:
