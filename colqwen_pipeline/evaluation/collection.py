@@ -86,7 +86,18 @@ def consistency(settings: Settings, index: DocumentIndex | None = None) -> Check
     artifact_tokens = {d: a.total_tokens for d, a in load_artifacts(settings.embeddings_dir, inbox).items()}
     with index.session():  # one connection for every count
         indexed = tokens_by_document(index, set(artifact_tokens))
-    return check_consistency(artifact_tokens, indexed, inbox)
+        unreachable = index.unreachable_rows()
+    outcome = check_consistency(artifact_tokens, indexed, inbox)
+    if not unreachable:
+        return outcome
+    summary = ", ".join(f"{doc_id}: {n}" for doc_id, n in sorted(unreachable.items())[:5])
+    return CheckOutcome(
+        False,
+        f"{sum(unreachable.values())} unreachable index rows (a crashed or raced write; re-ingest "
+        f"the document to remove them): {summary}. {outcome.description}",
+        outcome.metadata | {"unreachable_rows": sum(unreachable.values())},
+        outcome.tables,
+    )
 
 
 def tokens_by_document(index: DocumentIndex, expected: set[str]) -> dict[str, int]:

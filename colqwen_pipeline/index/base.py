@@ -107,6 +107,10 @@ class DocumentIndex(ABC):
     def document_ids(self) -> set[str]: ...
 
     @abstractmethod
+    def unreachable_rows(self) -> dict[str, int]:
+        """Rows per document that no search can reach (left by a crashed or raced write)."""
+
+    @abstractmethod
     def page_rows(self, doc_id: str) -> list[dict]:
         """One dict per stored page: page, page_sha256, n_tokens, generation."""
 

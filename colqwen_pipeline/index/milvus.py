@@ -68,6 +68,19 @@ FETCH_PAGES = 256
 EXACT_SHARE = 4
 
 
+_GEN_FIELDS = ["doc_id", "generation"]
+
+
+@dataclass
+class NewRows:
+    """One generation's rows of some documents, before they are written."""
+
+    pages: list[tuple[DocumentRows, PageRows, int]]  # (document, page, page uid)
+    page_rows: list[list[dict]]
+    centroid_rows: list[list[dict]]
+    generation: str
+
+
 @dataclass
 class StoredPage:
     """One page as the exact stage reads it back."""
@@ -363,34 +376,66 @@ class MilvusIndex(DocumentIndex):
     def replace_documents(self, documents: Sequence[DocumentRows], fingerprint: str, dim: int) -> dict[str, int]:
         """Many documents in one connection and few large inserts, each document still all-or-nothing
         for search: every document gets a new generation (pages rows of all documents first, then
-        their centroid rows), then the older generations are deleted. Returns tokens per doc_id."""
-        for doc in documents:
-            check_shapes(doc.doc_id, doc.pages, dim)
-        generation = new_generation()  # unique to this call, so one per document written here
-        # Rows (k-means centroids, packed tokens) are computed before the connection opens: a Lite
-        # file stays locked only for the inserts and deletes.
-        pages = [(doc, page, secrets.randbits(54)) for doc in documents for page in doc.pages]
-        page_rows = [self._page_rows(uid, d.doc_id, d.document, p, generation) for d, p, uid in pages]
-        centroid_rows = [self._centroid_rows(uid, d.doc_id, p, generation, dim) for d, p, uid in pages]
+        their centroid rows), then its older generations are deleted. Returns tokens per doc_id."""
+        rows = self._new_rows(documents, dim)
         with self.client() as client:
             self._ensure(client, fingerprint, dim)
             self._load(client, self.pages, self.collection)
-            for i in self._taken(client, [uid for _, _, uid in pages]):  # a 54-bit clash: draw again
-                doc, page, _ = pages[i]
-                uid = self._new_page_uids(client, 1)[0]
-                page_rows[i] = self._page_rows(uid, doc.doc_id, doc.document, page, generation)
-                centroid_rows[i] = self._centroid_rows(uid, doc.doc_id, page, generation, dim)
-            # Pages first: a centroid row never points at a page that is not fully written.
-            self._insert(client, self.pages, _flat(page_rows), bytes_per_row=lambda r: len(r["tokens"]) + 4 * dim + 512)
-            self._insert(client, self.collection, _flat(centroid_rows), bytes_per_row=lambda r: 4 * dim + 128)
+            self._insert_pages(client, rows, dim)
+            self._insert_centroids(client, rows, dim)
             for doc in documents:
-                self._delete_generations(client, doc.doc_id, keep=generation)
+                self._settle(client, doc.doc_id)
         return {doc.doc_id: sum(len(page.vectors) for page in doc.pages) for doc in documents}
 
     def delete_document(self, doc_id: str) -> None:
         with self.client() as client:
             if client.has_collection(self.collection):
-                self._delete_generations(client, doc_id, keep=None)
+                self._load(client, self.pages, self.collection)
+                self._delete_generations(client, doc_id, self._generations(client, doc_id))
+
+    def _new_rows(self, documents: Sequence[DocumentRows], dim: int) -> NewRows:
+        """Rows of a new generation (k-means centroids, packed tokens), computed before a connection
+        opens: a Lite file stays locked only for the inserts and deletes."""
+        for doc in documents:
+            check_shapes(doc.doc_id, doc.pages, dim)
+        generation = new_generation()  # unique to this call, so one per document written here
+        pages = [(doc, page, secrets.randbits(54)) for doc in documents for page in doc.pages]
+        return NewRows(
+            pages,
+            [self._page_rows(uid, d.doc_id, d.document, p, generation) for d, p, uid in pages],
+            [self._centroid_rows(uid, d.doc_id, p, generation, dim) for d, p, uid in pages],
+            generation,
+        )
+
+    def _insert_pages(self, client: Any, rows: NewRows, dim: int) -> None:
+        """Pages first: a centroid row never points at a page that is not fully written."""
+        for i in self._taken(client, [uid for _, _, uid in rows.pages]):  # a 54-bit clash: draw again
+            doc, page, _ = rows.pages[i]
+            uid = self._new_page_uids(client, 1)[0]
+            rows.page_rows[i] = self._page_rows(uid, doc.doc_id, doc.document, page, rows.generation)
+            rows.centroid_rows[i] = self._centroid_rows(uid, doc.doc_id, page, rows.generation, dim)
+        size = lambda r: len(r["tokens"]) + 4 * dim + 512  # noqa: E731 - a one-line estimate
+        self._insert(client, self.pages, _flat(rows.page_rows), bytes_per_row=size)
+
+    def _insert_centroids(self, client: Any, rows: NewRows, dim: int) -> None:
+        self._insert(client, self.collection, _flat(rows.centroid_rows), bytes_per_row=lambda r: 4 * dim + 128)
+
+    def _settle(self, client: Any, doc_id: str) -> None:
+        """Keep only the newest generation of a document. Two writers of one document (the sensor
+        and the nightly reindex on a server, which has no file lock) may interleave: each deletes
+        every generation older than the newest it sees, its own included when it lost, so they
+        converge on one copy instead of deleting each other's (issue 20: all pages rows gone,
+        24 orphan centroid rows left)."""
+        generations = self._generations(client, doc_id)
+        if len(generations) > 1:
+            self._delete_generations(client, doc_id, generations - {max(generations)})
+
+    def _generations(self, client: Any, doc_id: str) -> set[str]:
+        """Generations of a document in either collection: a centroid row can outlive its pages
+        (a writer that lost a race inserts its centroids after its pages were deleted)."""
+        return self._row_generations(client, self.pages, doc_id, "chunk == 0 and ") | self._row_generations(
+            client, self.collection, doc_id
+        )
 
     def _new_page_uids(self, client: Any, count: int) -> list[int]:
         """Random 54-bit page ids, re-drawn if taken (random ids need no coordination between writers)."""
@@ -445,24 +490,39 @@ class MilvusIndex(DocumentIndex):
         if batch:
             client.insert(name, batch)
 
-    def _delete_generations(self, client: Any, doc_id: str, keep: str | None) -> None:
+    def _delete_generations(self, client: Any, doc_id: str, stale: set[str]) -> None:
         """Centroid rows first, then pages rows: centroid rows never outlive their pages rows, so
         search never meets half a page, and a re-run finds through the pages what it still has
         to delete."""
-        self._load(client, self.pages, self.collection)
-        stale = self._page_generations(client, doc_id) - {keep}
         if not stale:
             return
         expression = f"doc_id == {_literal(doc_id)} and generation in {_quote(sorted(stale))}"
         client.delete(self.collection, filter=expression)
         client.delete(self.pages, filter=expression)
 
-    def _page_generations(self, client: Any, doc_id: str) -> set[str]:
-        expression = f"doc_id == {_literal(doc_id)} and chunk == 0"
-        rows = client.query(self.pages, filter=expression, output_fields=["generation"], limit=MAX_REQUEST_ROWS)
+    def _row_generations(self, client: Any, name: str, doc_id: str, condition: str = "") -> set[str]:
+        expression = f"{condition}doc_id == {_literal(doc_id)}"
+        rows = client.query(name, filter=expression, output_fields=["generation"], limit=MAX_REQUEST_ROWS)
         if len(rows) == MAX_REQUEST_ROWS:  # a huge document: page through all of it
-            rows = list(self._iterate(client, self.pages, expression, ["generation"]))
+            rows = list(self._iterate(client, name, expression, ["generation"]))
         return {row["generation"] for row in rows}
+
+    def unreachable_rows(self) -> dict[str, int]:
+        """Centroid rows per document whose generation has no pages rows: search cannot score
+        them (a write that lost a race or crashed left them; the next write of the document
+        removes them)."""
+        with self.client() as client:
+            if not client.has_collection(self.collection):
+                return {}
+            self._load(client, self.pages, self.collection)
+            pages = {
+                (r["doc_id"], r["generation"]) for r in self._iterate(client, self.pages, "chunk == 0", _GEN_FIELDS)
+            }
+            orphans: dict[str, int] = {}
+            for row in self._iterate(client, self.collection, "id >= 0", _GEN_FIELDS):
+                if (row["doc_id"], row["generation"]) not in pages:
+                    orphans[row["doc_id"]] = orphans.get(row["doc_id"], 0) + 1
+        return orphans
 
     # -- reads -----------------------------------------------------------------------------------
     def count_tokens(self, doc_id: str | None = None) -> int:
