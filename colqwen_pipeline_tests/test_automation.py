@@ -287,3 +287,46 @@ def test_sensor_spreads_hashing_over_ticks_within_its_byte_budget(state, instanc
         seen += added
 
     assert sorted(seen) == sorted(document_key(f"scan-{i}.jpg") for i in range(3))
+
+
+def test_first_sensor_tick_after_a_cli_ingest_requests_only_new_files(state, tmp_path):
+    """Issue 16 item 7: `colqwen-pipeline ingest`, then `dagster dev` (an empty sensor cursor, on the
+    CLI's Dagster home or on a fresh one): the indexed documents are not requested again."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    invoice = settled(add_sample(state, "scanned_invoice.jpg"))
+    settled(add_sample(state, "pump_maintenance_manual.pdf"))
+    indexed = {document_key("scanned_invoice.jpg"), document_key("pump_maintenance_manual.pdf")}
+    clean = {k: v for k, v in os.environ.items() if k != "DAGSTER_HOME"}
+    cli = subprocess.run(
+        [str(Path(sys.executable).parent / "colqwen-pipeline"), "ingest"],
+        cwd=tmp_path,
+        env=clean,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert cli.returncode == 0, cli.stderr
+    os.utime(invoice, (OLD - 60, OLD - 60))  # touched, same content: hashed, not ingested
+
+    with dg.instance_for_test() as fresh:  # `dagster dev` without DAGSTER_HOME: a temporary home
+        result, _ = tick(fresh)
+        assert result.run_requests == []
+        assert {k for r in result.dynamic_partitions_requests for k in r.partition_keys} == indexed
+
+    instance = dg.DagsterInstance.from_config(str(state.dagster_home))  # the CLI's home
+    try:
+        assert set(instance.get_dynamic_partitions("documents")) == indexed
+        first, cursor = tick(instance)
+        assert first.run_requests == [] and first.dynamic_partitions_requests == []
+        settled(add_sample(state, "acme_annual_report_2025.pdf"))
+
+        second, _ = tick(instance, cursor)
+
+        new = document_key("acme_annual_report_2025.pdf")
+        assert ranges(second) == [(new, new)]
+        assert [list(r.partition_keys) for r in second.dynamic_partitions_requests] == [[new]]
+    finally:
+        instance.dispose()

@@ -9,6 +9,7 @@ import time
 import dagster as dg
 
 from colqwen_pipeline import stages
+from colqwen_pipeline.bulk.indexed import indexed_inbox_state
 from colqwen_pipeline.bulk.runs import partition_ranges, range_tags, stable_key
 from colqwen_pipeline.defs.assets import documents, ingest_job
 from colqwen_pipeline.defs.resources import ColQwenResource
@@ -49,6 +50,7 @@ def inbox_sensor(context: dg.SensorEvaluationContext, colqwen: ColQwenResource) 
     for run_id in fail_dead_cli_runs(context.instance):  # else they hold the run queue forever
         context.log.warning(f"marked run {run_id} failed: its `colqwen-pipeline ingest` process is gone")
     previous = json.loads(context.cursor) if context.cursor else {}
+    seeded = [] if context.cursor else _start_from_the_index(context, settings, previous)
     changes, state = scan_inbox(  # InboxError: the tick fails, cursor kept
         settings.inbox,
         previous,
@@ -63,7 +65,8 @@ def inbox_sensor(context: dg.SensorEvaluationContext, colqwen: ColQwenResource) 
         context.log.warning(refusal)
         state |= {key: previous[key] for key in changes.deleted}
         changes.deleted = []
-    new = [key for key in changes.to_ingest if key not in known]
+    # New files, and indexed documents this instance has no partition for (so the UI lists them).
+    new = list(dict.fromkeys(key for key in [*seeded, *changes.to_ingest] if key not in known))
     ordered = [*ordered, *new]  # the order the partitions have once the add request is applied
     requests = []
     for first, last in partition_ranges(ordered, changes.to_ingest, settings.max_documents_per_run):
@@ -92,6 +95,14 @@ def inbox_sensor(context: dg.SensorEvaluationContext, colqwen: ColQwenResource) 
         dynamic_partitions_requests=[r for r in partition_requests if r.partition_keys],
         cursor=json.dumps(state, separators=(",", ":")),
     )
+
+
+def _start_from_the_index(context: dg.SensorEvaluationContext, settings: Settings, state: dict) -> list[str]:
+    """First tick (empty cursor): documents already indexed (a CLI ingest, an earlier Dagster home)
+    enter the cursor as they were indexed, so only new or changed files are requested."""
+    state.update(indexed_inbox_state(settings))
+    context.log.info(f"first tick: {len(state)} document(s) already indexed; only new or changed files are ingested")
+    return list(state)
 
 
 @dg.schedule(
