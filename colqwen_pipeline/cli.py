@@ -189,9 +189,12 @@ def cmd_build_tiny_model(args: argparse.Namespace) -> int:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from colqwen_pipeline.service.app import serve
+    from colqwen_pipeline.service.auth import ApiKeys, require_keys_off_loopback
 
     settings = load_settings()
-    serve(settings, args.host or settings.server_host, args.port or settings.server_port)
+    host = args.host or settings.server_host
+    require_keys_off_loopback(host, ApiKeys.from_settings(settings), args.insecure)  # one line, exit 2
+    serve(settings, host, args.port or settings.server_port)
     return 0
 
 
@@ -302,9 +305,12 @@ def build_parser() -> argparse.ArgumentParser:
     tiny.add_argument("directory", help="where to write it (about 2.4 MB)")
     tiny.set_defaults(func=cmd_build_tiny_model)
 
-    serve = command("serve", "HTTP model server: embed, search, health (OpenAPI at /docs)")
+    serve = command("serve", "HTTP server: search page, page images, uploads, embed, health (OpenAPI at /docs)")
     serve.add_argument("--host", help="bind address (default: COLQWEN_SERVER_HOST, 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default: COLQWEN_SERVER_PORT, 8005)")
+    serve.add_argument(
+        "--insecure", action="store_true", help="serve a non-loopback address without API keys (anyone may search)"
+    )
     serve.set_defaults(func=cmd_serve)
     return parser
 

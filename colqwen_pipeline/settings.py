@@ -94,6 +94,13 @@ class Settings(BaseSettings):
         60.0, gt=0, description="Time a client has to send a whole request (headers and body): slow clients are cut."
     )
     server_expose_paths: bool = Field(False, description="Show absolute server paths (model, image_path) to clients.")
+    # Server web page, uploads and API keys (issue 15; docs/deployment.md)
+    server_api_keys: str = Field("", description="Comma-separated API keys; empty (and no keys file) = no auth.")
+    server_api_keys_file: str = Field("", description="File of API keys, one per line (a secrets mount).")
+    server_max_upload_mb: int = Field(100, ge=1, description="Largest document accepted by POST /documents.")
+    server_index_uploads: Literal["auto", "always", "never"] = Field(
+        "auto", description="Who indexes uploads: auto = the server unless a Dagster daemon is running."
+    )
 
     # Automation (sensor, schedule)
     sensor_interval_s: int = Field(15, ge=1, description="Seconds between inbox sensor ticks.")

@@ -1,7 +1,8 @@
 """HTTP routes of the model server (FastAPI on uvicorn). OpenAPI: /openapi.json and /docs.
 
 Endpoints keep the original model server's contract (/embed_text, /embed_image, the three
-health checks, JSON float lists) and add /search, /info and a compact base64 fp16 encoding.
+health checks, JSON float lists) and add /search, /info and a compact base64 fp16 encoding; web.py
+adds the search page, page images and heatmaps, and documents over HTTP; auth.py the API keys.
 Handlers are plain functions: FastAPI runs them in its thread pool, the model lock in
 ``ModelHolder`` serialises forwards, and cache look-ups and Milvus reads run beside them.
 """
@@ -15,27 +16,28 @@ from typing import Any
 
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
 from colqwen_pipeline.embedding.loading import model_marker
 from colqwen_pipeline.embedding.remote import Encoding, encode_vectors
-from colqwen_pipeline.service.disclosure import public_image_path, public_model_info
+from colqwen_pipeline.service.auth import ApiKeyAuth, ApiKeys
+from colqwen_pipeline.service.disclosure import public_model_info
+from colqwen_pipeline.service.html import sign_in_page
 from colqwen_pipeline.service.limits import (
     BodySizeLimit,
     PixelBudget,
     Refused,
-    check_doc_ids,
     check_image_count,
     check_queries,
-    check_query,
     check_query_tokens,
-    check_top_k,
     decode_image,
     image_pixels,
     pixel_batches,
 )
 from colqwen_pipeline.service.model import Embedded, ModelHolder, NotReady
+from colqwen_pipeline.service.searching import search_pages
+from colqwen_pipeline.service.web import add_web_routes, html_error
 from colqwen_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -52,10 +54,16 @@ class SearchRequest(BaseModel):
     doc_ids: list[str] | None = Field(None, description="Restrict to these document ids.")
 
 
-def create_app(settings: Settings | None = None, load_gate: threading.Event | None = None) -> FastAPI:
+UPLOAD_PATHS = ("/documents", "/upload")
+
+
+def create_app(
+    settings: Settings | None = None, load_gate: threading.Event | None = None, keys: ApiKeys | None = None
+) -> FastAPI:
     """The app; the model starts loading in the background when the app starts (``load_gate``
-    lets a test hold the load to observe the not-ready state)."""
+    lets a test hold the load to observe the not-ready state). Keys: from the settings by default."""
     settings = settings or Settings()
+    keys = keys or ApiKeys.from_settings(settings)
     holder = ModelHolder(settings, load_gate)
 
     @contextlib.asynccontextmanager
@@ -65,17 +73,33 @@ def create_app(settings: Settings | None = None, load_gate: threading.Event | No
 
     app = FastAPI(title="colqwen-pipeline model server", version="1", lifespan=lifespan)
     app.state.holder = holder
-    app.add_middleware(BodySizeLimit, max_bytes=settings.server_max_request_mb * 2**20)
+    upload_bytes = settings.server_max_upload_mb * 2**20
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.server_max_request_mb * 2**20,
+        upload_bytes=upload_bytes,
+        upload_paths=UPLOAD_PATHS,
+    )
+    app.add_middleware(ApiKeyAuth, keys=keys, sign_in_page=sign_in_page)  # outermost: before any body is read
     _add_error_handlers(app)
     _add_health_routes(app, holder)
     _add_model_routes(app, holder, settings)
+    app.state.web = add_web_routes(app, holder, settings, keys)
     return app
 
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Refused)
-    async def refused(_: Request, error: Refused) -> JSONResponse:
-        return JSONResponse({"detail": error.detail}, status_code=error.status, headers=error.headers)
+    async def refused(request: Request, error: Refused) -> Response:
+        page = html_error(request, error.status, error.detail, request.app.state.web)
+        return page or JSONResponse({"detail": error.detail}, status_code=error.status, headers=error.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, error: Exception) -> Response:
+        """A bug or a broken dependency: logged here with its traceback, one line to the client."""
+        log.exception("%s %s failed", request.method, request.url.path)
+        message = f"internal error ({type(error).__name__}); the server log has the details"
+        return html_error(request, 500, message, request.app.state.web) or JSONResponse({"detail": message}, 500)
 
     @app.exception_handler(NotReady)
     async def not_ready(request: Request, error: NotReady) -> JSONResponse:
@@ -132,20 +156,8 @@ def _add_model_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> 
 
     @app.post("/search", tags=["search"])
     def search(request: SearchRequest) -> dict:
-        """Ranked pages, as ``colqwen-pipeline search --json`` prints them."""
-        check_query(request.query, settings)
-        check_top_k(request.top_k, settings)
-        check_doc_ids(request.doc_ids)
-        check_query_tokens([request.query], holder.query_tokens, settings)
-        from colqwen_pipeline.index.base import IndexRefused
-        from colqwen_pipeline.stages import make_index
-
-        vectors = holder.embed_queries([request.query]).vectors[0]
-        try:
-            hits = make_index(holder.settings).search([vectors], top_k=request.top_k, doc_ids=request.doc_ids)[0]
-        except IndexRefused as error:  # e.g. a control character in doc_ids
-            raise Refused(422, str(error)) from None
-        results = [_public_hit(hit.as_dict(), settings) for hit in hits]
+        """Ranked pages, as ``colqwen-pipeline search --json`` prints them, each with its ``page_url``."""
+        results = search_pages(holder, settings, request.query, request.top_k, request.doc_ids)
         return {"query": request.query, "model": model_marker(holder.embedder.identity), "results": results}
 
 
@@ -163,11 +175,6 @@ def _embed_uploads(
             parts.append(holder.embed_images(pages))
             del pages  # decoded pixels go before the budget is returned
     return Embedded.combine(parts)
-
-
-def _public_hit(hit: dict[str, Any], settings: Settings) -> dict[str, Any]:
-    image_path = public_image_path(hit["image_path"], settings.home_dir, settings.server_expose_paths)
-    return hit | {"image_path": image_path}
 
 
 def _embeddings(embedded: Embedded, encoding: Encoding, holder: ModelHolder) -> dict[str, Any]:

@@ -60,16 +60,18 @@ class BodySizeLimit:
     """ASGI middleware: refuse a body over the limit from its Content-Length, or while it streams
     (chunked uploads declare no length), before any of it is parsed."""
 
-    def __init__(self, app, max_bytes: int):
+    def __init__(self, app, max_bytes: int, upload_bytes: int = 0, upload_paths: tuple[str, ...] = ()):
         self.app, self.max_bytes = app, max_bytes
+        self.upload_bytes, self.upload_paths = upload_bytes, upload_paths  # document uploads have their own cap
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit, setting = self._limit(scope)
         declared = dict(scope["headers"]).get(b"content-length", b"0")
-        if declared.isdigit() and int(declared) > self.max_bytes:
-            await self._refuse(send, int(declared))
+        if declared.isdigit() and int(declared) > limit:
+            await self._refuse(send, int(declared), limit, setting)
             return
         received = 0
 
@@ -77,20 +79,25 @@ class BodySizeLimit:
             nonlocal received
             message = await receive()
             received += len(message.get("body", b""))
-            if received > self.max_bytes:
+            if received > limit:
                 from fastapi import HTTPException  # FastAPI re-raises HTTPException from body parsing
 
-                raise HTTPException(413, self._message(received))
+                raise HTTPException(413, self._message(received, limit, setting))
             return message
 
         await self.app(scope, limited_receive, send)
 
-    def _message(self, size: int) -> str:
-        mb = self.max_bytes // 2**20
-        return f"request body of {size} bytes exceeds the limit of {mb} MB (COLQWEN_SERVER_MAX_REQUEST_MB)"
+    def _limit(self, scope) -> tuple[int, str]:
+        if self.upload_bytes and scope["method"] == "POST" and scope["path"] in self.upload_paths:
+            return self.upload_bytes + 2**16, "COLQWEN_SERVER_MAX_UPLOAD_MB"  # room for the multipart framing
+        return self.max_bytes, "COLQWEN_SERVER_MAX_REQUEST_MB"
 
-    async def _refuse(self, send, size: int) -> None:
-        body = json.dumps({"detail": self._message(size)}).encode()
+    @staticmethod
+    def _message(size: int, limit: int, setting: str) -> str:
+        return f"request body of {size} bytes exceeds the limit of {limit // 2**20} MB ({setting})"
+
+    async def _refuse(self, send, size: int, limit: int, setting: str) -> None:
+        body = json.dumps({"detail": self._message(size, limit, setting)}).encode()
         headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         await send({"type": "http.response.start", "status": 413, "headers": headers})
         await send({"type": "http.response.body", "body": body})

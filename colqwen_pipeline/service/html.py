@@ -1,0 +1,211 @@
+"""The server's HTML: plain server-rendered pages (no build step, no framework), every value escaped.
+
+The result list, upload and removal are links and forms that work without JavaScript; one small inline
+script only refreshes the status of documents still being indexed.
+"""
+
+from __future__ import annotations
+
+from html import escape
+from typing import Any
+from urllib.parse import quote, urlencode
+
+THUMB_WIDTH = 360
+VIEW_WIDTH = 1000
+
+STYLE = """
+:root { color-scheme: light; --ink: #1b1f24; --muted: #57606a; --line: #d0d7de; --accent: #0b5cad; }
+* { box-sizing: border-box; }
+body { margin: 0; font: 16px/1.5 system-ui, sans-serif; color: var(--ink); background: #f6f8fa; }
+header, main { max-width: 1400px; margin: 0 auto; padding: 0.75rem 1rem; }
+header { display: flex; flex-wrap: wrap; gap: 1rem; align-items: baseline; }
+header h1 { font-size: 1.25rem; margin: 0; } header a { color: var(--ink); }
+a { color: var(--accent); }
+:focus-visible { outline: 3px solid #f0a000; outline-offset: 2px; }
+.skip { position: absolute; left: -9999px; } .skip:focus { left: 1rem; top: 0.5rem; background: #fff; }
+.warning { background: #fff4ce; border: 1px solid #d4a72c; padding: 0.5rem 0.75rem; border-radius: 6px; }
+.error { background: #ffebe9; border: 1px solid #cf222e; padding: 0.5rem 0.75rem; border-radius: 6px; }
+form.search { display: flex; gap: 0.5rem; flex-wrap: wrap; margin: 0.5rem 0 1rem; }
+form.search label { flex-basis: 100%; font-weight: 600; }
+input[type=search] { flex: 1 1 16rem; font-size: 1.1rem; padding: 0.5rem; border: 1px solid var(--line); }
+button { font-size: 1rem; padding: 0.45rem 1rem; border: 1px solid var(--accent); background: var(--accent);
+  color: #fff; border-radius: 6px; cursor: pointer; }
+button.quiet { background: #fff; color: var(--accent); }
+ol.results { list-style: none; padding: 0; display: grid; gap: 1rem;
+  grid-template-columns: repeat(auto-fill, minmax(200px, 1fr)); }
+ol.results a { display: block; background: #fff; border: 1px solid var(--line); border-radius: 6px;
+  padding: 0.5rem; text-decoration: none; color: var(--ink); height: 100%; }
+ol.results img { width: 100%; height: auto; display: block; border: 1px solid var(--line); background: #fff; }
+.meta { display: block; margin-top: 0.4rem; overflow-wrap: anywhere; } .muted { color: var(--muted); }
+table { border-collapse: collapse; width: 100%; background: #fff; }
+th, td { text-align: left; padding: 0.4rem; border-bottom: 1px solid var(--line); overflow-wrap: anywhere; }
+.view { display: grid; gap: 1rem; grid-template-columns: minmax(0, 3fr) minmax(14rem, 1fr); }
+.view img { width: 100%; height: auto; border: 1px solid var(--line); background: #fff; }
+.tokens { display: flex; flex-wrap: wrap; gap: 0.35rem; padding: 0; list-style: none; }
+.tokens a { display: inline-block; padding: 0.15rem 0.5rem; border: 1px solid var(--line); border-radius: 4px;
+  background: #fff; text-decoration: none; } .tokens a[aria-current] { background: var(--accent); color: #fff; }
+@media (max-width: 640px) { .view { grid-template-columns: 1fr; }
+  ol.results { grid-template-columns: repeat(2, minmax(0, 1fr)); } }
+"""
+
+STATUS_SCRIPT = """
+(function () {
+  if (!document.querySelector('[data-status="pending"]')) return;
+  setTimeout(function poll() {
+    fetch('/documents', {credentials: 'same-origin'}).then(function (r) { return r.json(); }).then(function (body) {
+      var pending = false;
+      body.documents.forEach(function (d) {
+        var cell = document.getElementById('status-' + d.doc_id);
+        if (cell) { cell.textContent = statusText(d); cell.dataset.status = d.status; }
+        pending = pending || d.status === 'pending';
+      });
+      if (pending) setTimeout(poll, 3000);
+    }).catch(function () { setTimeout(poll, 10000); });
+  }, 3000);
+  function statusText(d) {
+    if (d.status === 'indexed') return 'indexed, ' + d.pages + (d.pages === 1 ? ' page' : ' pages');
+    if (d.status === 'failed') return 'failed: ' + d.reason;
+    return d.detail === 'indexing' ? 'pending (indexing now)' : 'pending';
+  }
+})();
+"""
+
+
+def layout(title: str, body: str, model: dict[str, Any] | None, signed_in: bool = False) -> str:
+    sign_out = '<form method="post" action="/sign-out"><button class="quiet">Sign out</button></form>'
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{escape(title)} · colqwen-pipeline</title><style>{STYLE}</style></head>
+<body><a class="skip" href="#main">Skip to content</a>
+<header><h1><a href="/">colqwen-pipeline</a></h1><span class="muted">visual search over document pages</span>
+<a href="/#documents">Documents</a>{sign_out if signed_in else ""}</header>
+<main id="main">{model_banner(model)}{body}</main></body></html>"""
+
+
+def model_banner(model: dict[str, Any] | None) -> str:
+    if model is None:
+        return '<p class="warning" role="status">The model is still loading: search works once it is ready.</p>'
+    if model.get("random_weights"):
+        return (
+            '<p class="warning" role="note"><strong>Test model in use:</strong> the server holds the tiny '
+            "random-weight test model, so rankings, scores and heatmaps mean nothing. Set COLQWEN_MODEL to "
+            "real ColQwen2.5 weights for real retrieval.</p>"
+        )
+    return ""
+
+
+def search_form(query: str) -> str:
+    return f"""<form class="search" role="search" action="/" method="get">
+<label for="q">Search the pages</label>
+<input id="q" name="q" type="search" value="{escape(query)}" required autofocus placeholder="e.g. pump pressure">
+<button type="submit">Search</button></form>"""
+
+
+def results_list(query: str, hits: list[dict[str, Any]], sizes: dict[tuple[str, int], tuple[int, int]]) -> str:
+    if not hits:
+        return f'<p role="status">No indexed page matches “{escape(query)}”.</p>'
+    items = []
+    for rank, hit in enumerate(hits, 1):
+        width, height = sizes.get((hit["doc_id"], hit["page"]), (THUMB_WIDTH, round(THUMB_WIDTH * 1.3)))
+        label = f"{hit['document']}, page {hit['page']}"
+        items.append(
+            f"""<li><a href="{escape(view_url(hit["doc_id"], hit["page"], query))}">
+<img src="{escape(hit["page_url"])}?width={THUMB_WIDTH}" alt="{escape(label)}" width="{width}" height="{height}"
+ loading="lazy"><span class="meta"><strong>{rank}. {escape(hit["document"])}</strong><br>
+page {hit["page"]} · score {hit["score"]:.3f}</span></a></li>"""
+        )
+    return f'<p role="status">{len(hits)} best pages for “{escape(query)}”</p><ol class="results">{"".join(items)}</ol>'
+
+
+def view_url(doc_id: str, page: int, query: str, token: int | None = None) -> str:
+    params = {"q": query} | ({"token": token} if token is not None else {})
+    return f"/view/{quote(doc_id, safe='')}/{page}?{urlencode(params)}"
+
+
+def documents_section(documents: list[dict[str, Any]], notice: str = "") -> str:
+    rows = "".join(document_row(d) for d in documents) or '<tr><td colspan="3">No documents yet.</td></tr>'
+    notice_html = f'<p role="status" class="warning">{escape(notice)}</p>' if notice else ""
+    return f"""<section id="documents" aria-labelledby="documents-title"><h2 id="documents-title">Documents</h2>
+{notice_html}<form action="/upload" method="post" enctype="multipart/form-data">
+<label for="file">Add a document (PDF, DOCX, PPTX, XLSX, PNG, JPEG, TIFF):</label>
+<input id="file" name="file" type="file" required> <button type="submit">Upload</button></form>
+<table><thead><tr><th scope="col">Document</th><th scope="col">Status</th><th scope="col">
+<span class="muted">Remove</span></th></tr></thead><tbody>{rows}</tbody></table>
+<script>{STATUS_SCRIPT}</script></section>"""
+
+
+def document_row(document: dict[str, Any]) -> str:
+    doc_id = document["doc_id"]
+    action = f"/documents/{quote(doc_id, safe='')}/delete"
+    return f"""<tr><td>{escape(document["document"])}</td>
+<td id="status-{escape(doc_id)}" data-status="{escape(document["status"])}">{escape(status_text(document))}</td>
+<td><form method="post" action="{escape(action)}"><button class="quiet"
+ aria-label="Remove {escape(document["document"])}">Remove</button></form></td></tr>"""
+
+
+def status_text(document: dict[str, Any]) -> str:
+    if document["status"] == "indexed":
+        pages = document.get("pages")
+        return f"indexed, {pages} {'page' if pages == 1 else 'pages'}" if pages is not None else "indexed"
+    if document["status"] == "failed":
+        return f"failed: {document['reason']}"
+    return "pending (indexing now)" if document.get("detail") == "indexing" else "pending"
+
+
+def page_view(doc: dict[str, Any], query: str, tokens: list[str], token: int | None, pages: int) -> str:
+    doc_id, page = doc["doc_id"], doc["page"]
+    image = f"/pages/{quote(doc_id, safe='')}/{page}"
+    if query:
+        params = {"q": query, "width": VIEW_WIDTH} | ({"token": token} if token is not None else {})
+        src, what = f"{image}/heatmap?{urlencode(params)}", "with the similarity heatmap"
+    else:
+        src, what = image, ""
+    return f"""<p><a href="/?{urlencode({"q": query})}">← Back to the results</a></p>
+<h2>{escape(doc["document"])}, page {page} of {pages}</h2>
+<div class="view"><img id="page-image" src="{escape(src)}" alt="{escape(doc["document"])} page {page} {what}">
+<div>{token_picker(doc_id, page, query, tokens, token)}
+<p><a href="{escape(image)}">Open the page image without the heatmap</a></p>
+{page_links(doc_id, page, pages, query)}</div></div>"""
+
+
+def token_picker(doc_id: str, page: int, query: str, tokens: list[str], token: int | None) -> str:
+    if not query:
+        return "<p>Search for something to see where on the page it matches.</p>"
+    current = ' aria-current="true"'
+
+    def link(label: str, number: int | None) -> str:
+        selected = current if number == token else ""
+        return f'<li><a href="{escape(view_url(doc_id, page, query, number))}"{selected}>{escape(label)}</a></li>'
+
+    items = [link("all tokens (max)", None)] + [link(text, i) for i, text in enumerate(tokens)]
+    return f"""<h3>Where “{escape(query)}” matches</h3>
+<p class="muted">Red marks the page patches most similar to the query: per patch, the best similarity over the
+query's tokens (scaled to this page). Pick one token to see its own map.</p>
+<ul class="tokens" aria-label="Query tokens">{"".join(items)}</ul>"""
+
+
+def page_links(doc_id: str, page: int, pages: int, query: str) -> str:
+    links = []
+    if page > 1:
+        links.append(f'<a href="{escape(view_url(doc_id, page - 1, query))}">← page {page - 1}</a>')
+    if page < pages:
+        links.append(f'<a href="{escape(view_url(doc_id, page + 1, query))}">page {page + 1} →</a>')
+    return f"<p>{' · '.join(links)}</p>" if links else ""
+
+
+def sign_in_page(message: str) -> str:
+    problem = f'<p class="error" role="alert">{escape(message)}</p>' if message else ""
+    body = f"""<h2>Sign in</h2>{problem}<form method="post" action="/sign-in">
+<label for="key">API key</label><br><input id="key" name="key" type="password" autocomplete="current-password"
+ required autofocus size="40"> <button type="submit">Sign in</button></form>
+<p class="muted">Programs send the key as <code>Authorization: Bearer KEY</code>.</p>"""
+    return layout("Sign in", body, {})
+
+
+def message_page(title: str, message: str, model: dict[str, Any] | None) -> str:
+    return layout(
+        title,
+        f'<h2>{escape(title)}</h2><p class="error" role="alert">{escape(message)}</p>'
+        '<p><a href="/">Back to the search page</a></p>',
+        model,
+    )
