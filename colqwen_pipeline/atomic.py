@@ -1,10 +1,13 @@
-"""Put a finished directory in place of another in one step, so readers never see half a document."""
+"""Put a finished directory in place of another in one step, so readers never see half a document;
+sweep the temporaries a crashed write left behind."""
 
 from __future__ import annotations
 
 import ctypes
 import os
 import shutil
+import tempfile
+import time
 from pathlib import Path
 
 AT_FDCWD = -100
@@ -38,3 +41,27 @@ def replace_dir(new: Path, target: Path) -> None:
         old.rename(target)
         raise
     shutil.rmtree(old)
+
+
+STALE_AFTER_S = 3600.0  # a live writer's temporary is younger: each file written into it refreshes its mtime
+SCRATCH_PREFIXES = ("colqwen-office-", "colqwen-lo-")  # conversions in the system temp folder
+
+
+def sweep_temporaries(folders: list[Path], older_than_s: float = STALE_AFTER_S) -> list[Path]:
+    """Remove what crashed or killed writes left: hidden ``.<name>.*`` directories beside the
+    documents' pages and embeddings, and this user's conversion scratch in the temp folder, once
+    they are older than ``older_than_s``. Returns what was removed."""
+    candidates = [entry for folder in folders if folder.is_dir() for entry in folder.glob(".*") if entry.is_dir()]
+    scratch = Path(tempfile.gettempdir())
+    candidates += [entry for prefix in SCRATCH_PREFIXES for entry in scratch.glob(f"{prefix}*")]
+    cutoff = time.time() - older_than_s
+    removed = []
+    for entry in candidates:
+        try:
+            info = entry.lstat()
+        except OSError:
+            continue
+        if info.st_uid == os.getuid() and info.st_mtime < cutoff and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed

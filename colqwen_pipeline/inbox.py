@@ -27,6 +27,12 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def printable(name: str) -> str:
+    """A file name as it may appear in one log line: control characters (a newline in a name
+    would split the line) written as escapes; any other character, non-ASCII included, as is."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in name)
+
+
 def document_key(relative_path: str) -> str:
     """Stable, readable and safe: a slug of the path plus a short hash of it.
 

@@ -72,3 +72,43 @@ def test_links_out_of_the_inbox_are_not_documents(state, tmp_path):
     names = sorted(path.name for path in inbox_files(state.inbox).values())
 
     assert names == ["inside.png", "inside_link.png"]
+
+
+def test_a_newline_in_a_file_name_stays_in_one_failure_line(state):
+    (state.inbox / "bad\nname.pdf").write_bytes(b"")  # empty: fails with its name in the reason
+    Image.new("RGB", (60, 60), "white").save(state.inbox / "good.png")
+    keys = sorted(inbox_files(state.inbox))
+
+    report = run_documents(state, keys, until="pages")
+
+    (reason,) = report.failed.values()
+    assert "\n" not in reason and reason.startswith("bad\\nname.pdf: ") and "empty" in reason
+    assert len(report.documents) == 2 and len(report.failed) == 1
+
+
+def test_temporaries_left_by_killed_runs_are_swept_and_a_live_one_is_kept(state):
+    import os
+    import tempfile
+    import time
+
+    Image.new("RGB", (60, 60), "white").save(state.inbox / "good.png")
+    state.pages_dir.mkdir(parents=True)
+    state.embeddings_dir.mkdir(parents=True)
+    stale = [
+        state.pages_dir / ".good.png-1a2b3c4d.tmp-x1",  # a render killed mid-document
+        state.embeddings_dir / ".good.png-1a2b3c4d.y2",  # an artifact killed before its rename
+        Path(tempfile.mkdtemp(prefix="colqwen-office-")),  # a worker killed during conversion
+    ]
+    live = state.pages_dir / ".other.pdf-00000000.tmp-z3"  # another run's, still being written
+    for folder in [*stale, live]:
+        folder.mkdir(exist_ok=True)
+        (folder / "page-0001.png").write_bytes(b"partial")
+    two_hours_ago = time.time() - 7200
+    for folder in stale:
+        os.utime(folder, (two_hours_ago, two_hours_ago))
+
+    report = run_documents(state, sorted(inbox_files(state.inbox)), until="pages")
+
+    assert report.failed == {}
+    assert [folder.exists() for folder in stale] == [False, False, False]
+    assert live.exists()

@@ -23,12 +23,13 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from colqwen_pipeline.atomic import sweep_temporaries
 from colqwen_pipeline.bulk import versions
 from colqwen_pipeline.documents.manifest import DocumentError, Manifest
 from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
 from colqwen_pipeline.errors import PipelineError
 from colqwen_pipeline.evaluation.checks import CheckOutcome, check_embeddings
-from colqwen_pipeline.inbox import file_sha256, inbox_files
+from colqwen_pipeline.inbox import file_sha256, inbox_files, printable
 from colqwen_pipeline.index.base import DocumentIndex, DocumentRows, IndexRefused, PageRows
 from colqwen_pipeline.index.milvus import check_shapes
 from colqwen_pipeline.settings import Settings
@@ -63,8 +64,10 @@ class DocumentResult:
 
     def fail(self, stage: str, error: BaseException | str) -> None:
         reason = str(error) if isinstance(error, PipelineError | str) else f"{type(error).__name__}: {error}"
+        name = printable(self.document or self.key)
+        for raw in {self.document, Path(self.document).name} - {""}:  # a newline in a name: one line still
+            reason = reason.replace(raw, printable(raw))
         reason = reason.strip().splitlines()[0] if reason.strip() else type(error).__name__
-        name = self.document or self.key
         self.error = reason if reason.startswith(name) else f"{name}: {reason}"
         self.error = f"{self.error} ({stage})" if stage not in ("raw", "pages") else self.error
 
@@ -206,6 +209,8 @@ class _Run:
             stat = (raw.metadata["bytes"], raw.metadata["mtime_ns"])
             if (previous.source_size, previous.source_mtime_ns) != stat:  # touched, same content: hash once
                 replace(previous, source_size=stat[0], source_mtime_ns=stat[1]).write(out)
+            if previous.skipped:  # still partial: its warning stands in this run too
+                result.pages_check = check_pages(previous)
             return StageOutcome(version, False, _pages_metadata(previous, out))
         from colqwen_pipeline.documents import rasterize_document
 
@@ -224,6 +229,8 @@ class _Run:
     # -- embeddings + index: in waves on the main thread --------------------------------------------
     def run(self, keys: Sequence[str]) -> RunReport:
         started = time.perf_counter()
+        if swept := sweep_temporaries([self.settings.pages_dir, self.settings.embeddings_dir]):
+            self.say(f"removed {len(swept)} temporary folder(s) left by interrupted runs")
         files = inbox_files(self.settings.inbox)  # one walk of the inbox for the whole run
         wave: list[tuple[DocumentResult, Any]] = []
         wave_pages = 0
