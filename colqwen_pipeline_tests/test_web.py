@@ -1,0 +1,416 @@
+"""The server's web side, for real: one PDF ingested by the CLI's ingest, then `colqwen-pipeline serve`
+with API keys in a subprocess (tiny model, Milvus Lite); page images, heatmaps, uploads indexed by the
+server itself, removal, keys and the sign-in cookie over HTTP; the search page in Debian's Chromium."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from colqwen_pipeline.inbox import document_key
+from colqwen_pipeline.settings import Settings
+from colqwen_pipeline_tests.conftest import SAMPLES, free_port
+from colqwen_pipeline_tests.test_server import wait_ready
+from colqwen_pipeline_tests.test_ui import browser
+
+KEY = "test-key-0123456789abcdef"
+SAMPLE = "pump_maintenance_manual.pdf"
+DOC = document_key(SAMPLE)
+AUTH = {"authorization": f"Bearer {KEY}"}
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, str]:
+    """A state directory holding one indexed PDF, as `colqwen-pipeline ingest` leaves it."""
+    from colqwen_pipeline.runner import ingest
+
+    root = tmp_path_factory.mktemp("web")
+    (root / "inbox").mkdir()
+    (root / "inbox" / SAMPLE).write_bytes((SAMPLES / SAMPLE).read_bytes())
+    env = {
+        "COLQWEN_HOME": str(root / "var"),
+        "COLQWEN_INBOX": str(root / "inbox"),
+        "COLQWEN_MODEL": str(tiny_model_dir),
+        "DAGSTER_HOME": str(root / "var" / "dagster"),
+    }
+    Path(env["DAGSTER_HOME"]).mkdir(parents=True)
+    with pytest.MonkeyPatch.context() as patch:  # the job's resources read their settings from the environment
+        for name, value in env.items():
+            patch.setenv(name, value)
+        patch.delenv("COLQWEN_REDIS_URL", raising=False)
+        patch.delenv("COLQWEN_MILVUS_URI", raising=False)
+        assert ingest(Settings(), echo=lambda _: None).pages == 3
+    return env | {"COLQWEN_SERVER_API_KEYS": f"other-key-abcdefghijklmnop,{KEY}", "COLQWEN_SERVER_MAX_UPLOAD_MB": "1"}
+
+
+def settings_of(deployment: dict[str, str]) -> Settings:
+    home, inbox = Path(deployment["COLQWEN_HOME"]), Path(deployment["COLQWEN_INBOX"])
+    return Settings(home=home, inbox=inbox, model=deployment["COLQWEN_MODEL"])
+
+
+def start_serve(env: dict[str, str], *args: str) -> subprocess.Popen:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("COLQWEN_")} | env
+    command = [sys.executable, "-m", "colqwen_pipeline.cli", "serve", *args]
+    return subprocess.Popen(command, env=clean, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+@pytest.fixture(scope="module")
+def server(deployment: dict[str, str]) -> Iterator[str]:
+    port = free_port()
+    process = start_serve(deployment, "--port", str(port))
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, process)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def client(server: str) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server, headers=AUTH, timeout=60) as http:
+        yield http
+
+
+def wait_for_status(client: httpx.Client, doc_id: str, wanted: str, timeout_s: float = 120) -> dict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        entries = {d["doc_id"]: d for d in client.get("/documents").json()["documents"]}
+        if entries.get(doc_id, {}).get("status") == wanted:
+            return entries[doc_id]
+        time.sleep(1)
+    raise AssertionError(f"{doc_id} not {wanted} after {timeout_s} s: {entries.get(doc_id)}")
+
+
+# -- API keys ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "method, path",
+    [("POST", "/search"), ("GET", "/documents"), ("GET", f"/pages/{DOC}/1"), ("GET", "/info"), ("GET", "/docs")],
+)
+def test_every_route_needs_a_key(server: str, method: str, path: str) -> None:
+    for headers in ({}, {"authorization": "Bearer wrong-key-0123456789abcdef"}, {"authorization": KEY}):
+        response = httpx.request(method, server + path, headers=headers, json={"query": "pump"})
+        assert response.status_code == 401, (headers, response.text)
+        assert "Bearer" in response.json()["detail"] and KEY not in response.text
+
+
+def test_health_checks_stay_open_and_keys_are_accepted(server: str, client: httpx.Client) -> None:
+    assert httpx.get(f"{server}/health/ready").status_code == 200
+    assert client.post("/search", json={"query": "pump"}).status_code == 200
+    other = {"authorization": "Bearer other-key-abcdefghijklmnop"}
+    assert httpx.get(f"{server}/documents", headers=other).status_code == 200
+
+
+def test_sign_in_sets_an_http_only_cookie_that_opens_the_page(server: str) -> None:
+    with httpx.Client(base_url=server) as browser_like:
+        page = browser_like.get("/", headers={"accept": "text/html"})
+        assert page.status_code == 401 and 'name="key"' in page.text  # the sign-in form, not a JSON error
+        assert browser_like.post("/sign-in", data={"key": "not-the-key-0123456789"}).status_code == 401
+        signed = browser_like.post("/sign-in", data={"key": KEY})
+        assert signed.status_code == 303
+        cookie = signed.headers["set-cookie"]
+        assert "HttpOnly" in cookie and "samesite=strict" in cookie.lower() and KEY not in cookie
+        assert browser_like.get("/", headers={"accept": "text/html"}).status_code == 200
+        assert browser_like.get(f"/pages/{DOC}/1?width=100").status_code == 200
+
+
+def test_serve_refuses_a_network_address_without_keys(deployment: dict[str, str]) -> None:
+    open_env = {k: v for k, v in deployment.items() if k != "COLQWEN_SERVER_API_KEYS"}
+    process = start_serve(open_env, "--host", "0.0.0.0", "--port", str(free_port()))
+    output = process.communicate(timeout=60)[0].decode()
+    assert process.returncode == 2
+    assert output.strip().splitlines() == [output.strip()] and "--insecure" in output and "API keys" in output
+
+
+def test_a_short_or_unreadable_key_setting_stops_serve_with_one_line(deployment: dict[str, str], tmp_path) -> None:
+    for env, cause in (
+        ({"COLQWEN_SERVER_API_KEYS": "zq9x"}, "too short"),
+        ({"COLQWEN_SERVER_API_KEYS_FILE": str(tmp_path / "missing")}, "cannot read"),
+    ):
+        process = start_serve(deployment | env, "--port", str(free_port()))
+        output = process.communicate(timeout=60)[0].decode().strip()
+        assert process.returncode == 2 and cause in output and len(output.splitlines()) == 1, output
+        assert "zq9x" not in output  # the key itself is never printed
+
+
+def test_keys_file_lines_and_comments(tmp_path: Path) -> None:
+    from colqwen_pipeline.service.auth import ApiKeys
+
+    (tmp_path / "keys").write_text("# ops team\nfile-key-0123456789abcdef\n\n")
+    keys = ApiKeys.from_settings(Settings(server_api_keys="", server_api_keys_file=str(tmp_path / "keys")))
+    assert keys.accepts("file-key-0123456789abcdef") and not keys.accepts("# ops team")
+
+
+# -- pages, search, heatmaps -------------------------------------------------------------------------
+
+
+def test_search_results_carry_page_urls_that_serve_the_page(client: httpx.Client, deployment) -> None:
+    from colqwen_pipeline.documents.manifest import Manifest
+
+    results = client.post("/search", json={"query": "pump pressure", "top_k": 3}).json()["results"]
+    assert len(results) == 3 and all(r["page_url"] == f"/pages/{r['doc_id']}/{r['page']}" for r in results)
+    manifest = Manifest.read(settings_of(deployment).pages_dir / DOC)
+    for result in results:
+        png = client.get(result["page_url"])
+        assert png.headers["content-type"] == "image/png"
+        record = manifest.pages[result["page"] - 1]
+        assert Image.open(io.BytesIO(png.content)).size == (record.width, record.height)
+    thumbnail = client.get(f"{results[0]['page_url']}?width=200")
+    assert thumbnail.headers["content-type"] == "image/jpeg"
+    assert Image.open(io.BytesIO(thumbnail.content)).width == 200
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        f"/pages/{DOC}/0",
+        f"/pages/{DOC}/4",
+        f"/pages/{DOC}/-1",
+        f"/pages/{DOC}/one",
+        "/pages/..%2F..%2Fetc%2Fpasswd/1",
+        "/pages/%2Fetc%2Fpasswd/1",
+        "/pages/../../etc/passwd",
+        f"/pages/{DOC}%2F..%2F..%2Fdagster/1",
+        "/pages/unknown.pdf-0000abcd/1",
+        f"/pages/{DOC}/1?width=0",
+        f"/pages/{DOC}/1?width=99999",
+        f"/pages/{DOC}/0/heatmap?q=pump",
+        f"/pages/{DOC}/1/heatmap?q=",
+        f"/pages/{DOC}/1/heatmap?q=pump&token=9999",
+    ],
+)
+def test_bad_page_requests_are_4xx_without_internals(client: httpx.Client, path: str) -> None:
+    response = client.get(path)
+    assert 400 <= response.status_code < 500, (path, response.status_code)
+    assert "Traceback" not in response.text and "/tmp" not in response.text
+
+
+def test_heatmap_is_the_page_with_its_matches_painted(client: httpx.Client) -> None:
+    plain = Image.open(io.BytesIO(client.get(f"/pages/{DOC}/1?width=400").content)).convert("RGB")
+    painted = client.get(f"/pages/{DOC}/1/heatmap", params={"q": "pump pressure", "width": 400})
+    assert painted.status_code == 200 and painted.headers["content-type"] == "image/png"
+    heat = Image.open(io.BytesIO(painted.content)).convert("RGB")
+    assert heat.size == plain.size
+    reddening = np.asarray(heat, dtype=float)[..., 0] - np.asarray(heat, dtype=float)[..., 2]
+    assert reddening.max() > 100  # the strongest patch is painted red over a white/black page
+    one_token = client.get(f"/pages/{DOC}/1/heatmap", params={"q": "pump pressure", "token": 1, "width": 400})
+    assert one_token.status_code == 200 and one_token.content != painted.content
+
+
+def test_patch_grid_matches_every_stored_page(deployment, tiny_model_dir: Path) -> None:
+    """The processor's grid for each page's size plus the prompt's tokens is exactly what was stored."""
+    from colqwen_pipeline.documents.manifest import Manifest
+    from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
+    from colqwen_pipeline.embedding.service import get_embedder
+    from colqwen_pipeline.service import heatmap
+
+    settings = settings_of(deployment)
+    embedder = get_embedder(settings.model_copy(update={"redis_url": ""}))
+    artifact = EmbeddingArtifact.read(settings.embeddings_dir / DOC)
+    prompt = heatmap.prompt_tokens(embedder.processor)
+    for record, stored in zip(Manifest.read(settings.pages_dir / DOC).pages, artifact.pages, strict=True):
+        size = (record.width, record.height)
+        grid = heatmap.patch_grid(embedder.processor, embedder.model.spatial_merge_size, size, stored["count"], prompt)
+        assert grid.n_x * grid.n_y > 100 and grid.tokens == stored["count"]
+        with pytest.raises(heatmap.GridMismatch, match="reindex"):
+            heatmap.patch_grid(embedder.processor, embedder.model.spatial_merge_size, size, stored["count"] + 1, prompt)
+
+
+def test_similarity_map_peaks_where_the_query_token_is() -> None:
+    from colqwen_pipeline.service.heatmap import PatchGrid, normalised, similarity_maps
+
+    grid = PatchGrid(prefix=2, n_x=4, n_y=3, suffix=1)
+    rng = np.random.default_rng(0)
+    page = rng.normal(size=(grid.tokens, 8)) * 0.1
+    query = np.eye(8)[:2]
+    page[grid.prefix + 1 * 4 + 3] = query[0]  # row 1, column 3
+    page[0] = query[0] * 5  # a prompt token: must not show on the map
+    maps = similarity_maps(page, query, grid)
+    assert maps.shape == (2, 3, 4)
+    assert np.unravel_index(np.argmax(maps[0]), (3, 4)) == (1, 3)
+    assert normalised(maps.max(axis=0)).max() == 1.0
+
+
+# -- documents over HTTP -----------------------------------------------------------------------------
+
+
+def scan(label: str) -> bytes:
+    from PIL import ImageDraw
+
+    image = Image.new("RGB", (600, 800), "white")
+    ImageDraw.Draw(image).text((40, 40), label, fill="black")
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_upload_is_indexed_by_the_server_then_removed(client: httpx.Client, deployment) -> None:
+    settings = settings_of(deployment)
+    response = client.post("/documents", files={"file": ("../../etc/.receipt 7.png", scan("receipt"), "image/png")})
+    assert response.status_code == 202, response.text
+    accepted = response.json()
+    assert accepted["document"] == "receipt 7.png" and accepted["indexed_by"] == "server"
+    assert (settings.inbox / "receipt 7.png").read_bytes() == scan("receipt")
+    assert not [p for p in settings.inbox.iterdir() if p.name.startswith(".")]  # no temporary file left
+    doc_id = accepted["doc_id"]
+    assert wait_for_status(client, doc_id, "indexed")["pages"] == 1
+    hits = client.post("/search", json={"query": "receipt", "doc_ids": [doc_id]}).json()["results"]
+    assert [h["doc_id"] for h in hits] == [doc_id]
+
+    again = client.post("/documents", files={"file": ("receipt 7.png", scan("another receipt"), "image/png")})
+    assert again.json()["document"] == "receipt 7-2.png"  # numbered: the first upload is untouched
+    assert (settings.inbox / "receipt 7.png").read_bytes() == scan("receipt")
+    second = again.json()["doc_id"]
+    wait_for_status(client, second, "indexed")
+
+    for removed in (doc_id, second):
+        assert client.delete(f"/documents/{removed}").status_code == 200
+    assert not (settings.inbox / "receipt 7.png").exists()
+    remaining = {d["doc_id"] for d in client.get("/documents").json()["documents"]}
+    assert remaining == {DOC}
+    assert client.post("/search", json={"query": "receipt", "doc_ids": [doc_id]}).json()["results"] == []
+    assert client.delete(f"/documents/{doc_id}").status_code == 404
+
+
+def test_bad_uploads_are_refused_naming_the_file(client: httpx.Client, deployment) -> None:
+    settings = settings_of(deployment)
+    before = sorted(p.name for p in settings.inbox.iterdir())
+    not_a_document = client.post("/documents", files={"file": ("notes.pdf", b"hello, not a pdf", "application/pdf")})
+    assert not_a_document.status_code == 415
+    assert not_a_document.json()["detail"].startswith("notes.pdf: not a supported document")
+    too_big = client.post("/documents", files={"file": ("big.pdf", b"%PDF-1.7\n" + b"0" * 2**21, "application/pdf")})
+    assert too_big.status_code == 413 and "COLQWEN_SERVER_MAX_UPLOAD_MB" in too_big.json()["detail"]
+    assert client.post("/documents", files={"other": ("a.pdf", b"%PDF-", "application/pdf")}).status_code == 422
+    assert sorted(p.name for p in settings.inbox.iterdir()) == before
+
+
+def test_a_document_that_fails_to_render_is_listed_as_failed(client: httpx.Client) -> None:
+    response = client.post("/documents", files={"file": ("broken.pdf", b"%PDF-1.7\n garbage", "application/pdf")})
+    doc_id = response.json()["doc_id"]
+    failed = wait_for_status(client, doc_id, "failed")
+    assert "broken.pdf" in failed["reason"] and "\n" not in failed["reason"]
+    assert client.delete(f"/documents/{doc_id}").status_code == 200
+
+
+def test_safe_names_keep_uploads_plain_files_of_the_inbox() -> None:
+    from colqwen_pipeline.service.uploads import safe_name
+
+    assert safe_name("../../etc/passwd") == "passwd"
+    assert safe_name("C:\\Users\\me\\Q3 report.pdf") == "Q3 report.pdf"
+    assert safe_name(".bashrc") == "bashrc"
+    assert safe_name("~$lock.docx") == "lock.docx"
+    assert safe_name("") == "upload"
+    assert safe_name("a\x00b;rm -rf.pdf") == "a_b_rm -rf.pdf"
+    assert len(safe_name("x" * 500 + ".pdf")) <= 120
+
+
+def test_auto_indexing_leaves_uploads_to_a_live_daemons_sensor(tmp_path: Path, monkeypatch) -> None:
+    """A fresh SENSOR heartbeat in the instance: the sensor indexes; a stale one: the server does."""
+    import threading
+
+    import dagster as dg
+    from dagster._daemon.types import DaemonHeartbeat
+
+    from colqwen_pipeline.service.uploads import AutoIndexer, daemon_heartbeat_is_fresh
+
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
+    (tmp_path / "dagster").mkdir()
+    settings = Settings(home=tmp_path / "var", inbox=tmp_path)
+    assert not daemon_heartbeat_is_fresh(settings)
+    instance = dg.DagsterInstance.get()
+    instance.add_daemon_heartbeat(DaemonHeartbeat(time.time() - 600, "SENSOR", "old"))
+    assert not daemon_heartbeat_is_fresh(settings)
+    instance.add_daemon_heartbeat(DaemonHeartbeat(time.time(), "SENSOR", "live"))
+    assert daemon_heartbeat_is_fresh(settings)
+
+    class RecordingServer:  # stands in for the worker thread only: the decision is what is tested
+        failed: dict[str, str] = {}
+        submitted: list[str] = []
+
+        def submit(self, doc_id: str, path: Path) -> str:
+            self.submitted.append(doc_id)
+            return "server"
+
+    server = RecordingServer()
+    alive = threading.Event()
+    indexer = AutoIndexer(server, alive.is_set)  # type: ignore[arg-type]
+    assert indexer.submit("a", tmp_path / "a") == "server" and server.submitted == ["a"]
+    alive.set()
+    assert indexer.submit("b", tmp_path / "b") == "sensor" and server.submitted == ["a"]
+
+
+# -- the page in a real browser ----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_search_page_heatmap_and_upload_in_chromium(server: str, deployment, tmp_path: Path) -> None:
+    shots = tmp_path  # COLQWEN_UPDATE_SCREENSHOTS=1 copies them into docs/ (the README links them)
+    with browser() as page:
+        page.set_viewport_size({"width": 1400, "height": 1000})
+        page.goto(f"{server}/")
+        page.fill("#key", KEY)
+        page.keyboard.press("Enter")  # the sign-in form by keyboard
+        page.wait_for_url(f"{server}/")
+        assert "random-weight test model" in page.inner_text("body")
+
+        page.fill("#q", "pump pressure")
+        page.keyboard.press("Enter")
+        page.wait_for_selector("ol.results img")
+        images = page.locator("ol.results img")
+        assert images.count() == 3
+        page.wait_for_function("[...document.querySelectorAll('ol.results img')].every(i => i.complete)")
+        widths = page.eval_on_selector_all("ol.results img", "imgs => imgs.map(i => i.naturalWidth)")
+        assert all(width > 100 for width in widths), widths  # every thumbnail loaded
+        page.screenshot(path=str(shots / "web-search.png"))
+
+        page.locator("ol.results a").first.focus()
+        page.keyboard.press("Enter")
+        page.wait_for_selector("#page-image")
+        page.wait_for_function("document.getElementById('page-image').naturalWidth > 0")
+        assert "/heatmap?" in page.get_attribute("#page-image", "src")
+        assert page.locator(".tokens a").count() > 2
+        page.screenshot(path=str(shots / "web-heatmap.png"))
+
+        page.set_viewport_size({"width": 390, "height": 844})  # a phone: nothing wider than the screen
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+
+        upload = tmp_path / "valve inspection.png"
+        upload.write_bytes(scan("valve inspection"))
+        page.goto(f"{server}/")
+        page.set_input_files("#file", str(upload))
+        page.click("text=Upload")
+        page.wait_for_url("**/?notice=*")
+        assert "valve inspection.png added" in page.inner_text("body")
+        doc_id = document_key("valve inspection.png")
+        page.wait_for_selector(f'[id="status-{doc_id}"][data-status="indexed"]', timeout=120_000)  # the inline poll
+        page.goto(f"{server}/?q=valve+inspection")
+        assert "valve inspection.png" in page.inner_text("ol.results")
+
+        page.goto(f"{server}/pages/..%2F..%2Fetc%2Fpasswd/1")
+        assert "root:" not in page.content()
+    with httpx.Client(base_url=server, headers=AUTH) as http:
+        assert http.delete(f"/documents/{doc_id}").status_code == 200
+    if os.environ.get("COLQWEN_UPDATE_SCREENSHOTS"):
+        docs = Path(__file__).resolve().parent.parent / "docs"
+        for name in ("web-search.png", "web-heatmap.png"):
+            shrink_screenshot(shots / name, docs / name)
+
+
+def shrink_screenshot(source: Path, target: Path) -> None:
+    """A small PNG for the repository: 60% size, 64-colour palette."""
+    with Image.open(source) as shot:
+        small = shot.convert("RGB").resize((shot.width * 3 // 5, shot.height * 3 // 5), Image.Resampling.LANCZOS)
+    small.quantize(64).save(target, optimize=True)
