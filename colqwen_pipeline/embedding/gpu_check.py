@@ -261,37 +261,47 @@ def importable(name: str) -> bool:
         return False
 
 
-def run_step(name: str, config: dict[str, Any]) -> None:
+def run_step(name: str, config: dict[str, Any]) -> bool:
+    """True when every measurement of the step succeeded (a skip counts as success: it says why)."""
     out, device = Path(config["out"]), config["device"]
     if name == "env":
-        guarded(out, name, "environment", lambda: environment(device))
-    elif name == "build":
-        guarded(out, name, f"build {config['model']}", lambda: build(config))
-    elif name == "e2e":
-        guarded(out, name, "end-to-end bulk run", lambda: end_to_end(config))
-    elif name in {"4bit", "8bit"} and not importable("bitsandbytes"):
+        return guarded(out, name, "environment", lambda: environment(device))
+    if name == "build":
+        return guarded(out, name, f"build {config['model']}", lambda: build(config))
+    if name == "e2e":
+        return guarded(out, name, "end-to-end bulk run", lambda: end_to_end(config))
+    if name in {"4bit", "8bit"} and not importable("bitsandbytes"):
         why = "bitsandbytes is not importable (wheel not carried?)"
         write_record(out, {"step": name, "kind": "skipped", "why": why})
-    elif name == "sdpa" and not (device.startswith("cuda") and importable("flash_attn")):
+        return True
+    if name == "sdpa" and not (device.startswith("cuda") and importable("flash_attn")):
         why = "flash_attn is not importable: the bf16 rows ran with sdpa; no flash-attention-2 row"
         write_record(out, {"step": name, "kind": "skipped", "why": why})
-    else:
-        measure_precision(name, config)
+        return True
+    return measure_precision(name, config)
 
 
-def measure_precision(name: str, config: dict[str, Any]) -> None:
+def measure_precision(name: str, config: dict[str, Any]) -> bool:
     """One model load, then its rows (bf16: every batch size, then invariance)."""
-    precision = "bf16" if name == "sdpa" else name
-    embedder, load_s = load(config, precision, attention="sdpa" if name == "sdpa" else None)
+    out, precision = Path(config["out"]), "bf16" if name == "sdpa" else name
+    loaded: list[Any] = []
+
+    def load_once() -> dict[str, Any]:
+        loaded.extend(load(config, precision, attention="sdpa" if name == "sdpa" else None))
+        return {"kind": "load", "precision": precision, "seconds": loaded[1]}
+
+    if not guarded(out, name, f"{name} load", load_once):
+        return False
+    embedder, load_s = loaded
     paths = page_files(config)
     if name != "bf16":  # int8 matmuls are slow: fewer pages keep the step inside its limit
         paths = paths[: config["quant_pages"]]
     sizes = config["batch_sizes"] if name == "bf16" else [config["quant_batch"]]
-    for size in sizes:
-        row = functools.partial(embed_row, embedder, paths, size, load_s)
-        guarded(Path(config["out"]), name, f"{name} batch {size}", row)
+    rows = {n: functools.partial(embed_row, embedder, paths, n, load_s) for n in sizes}
+    ok = [guarded(out, name, f"{name} batch {n}", row) for n, row in rows.items()]
     if name == "bf16":
-        guarded(Path(config["out"]), name, "bf16 invariance", lambda: invariance(embedder, config))
+        ok.append(guarded(out, name, "bf16 invariance", lambda: invariance(embedder, config)))
+    return all(ok)
 
 
 # --- the orchestrator ---------------------------------------------------------------------------
@@ -346,6 +356,7 @@ def summary(config: dict[str, Any], steps: dict[str, Any]) -> dict[str, Any]:
         "rows": [r for r in records if r.get("kind") in {"embed", "e2e"}],
         "invariance": [r for r in records if r.get("kind") == "invariance"],
         "build": [r for r in records if r.get("kind") == "build"],
+        "loads": [r for r in records if r.get("kind") == "load"],
         "skipped": [r for r in records if r.get("kind") == "skipped"],
         "errors": [r for r in records if r.get("kind") == "error"],
     }
@@ -421,8 +432,7 @@ def parse(argv: list[str]) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["step"]:
-        run_step(argv[1], json.loads(argv[2]))
-        return 0
+        return 0 if run_step(argv[1], json.loads(argv[2])) else 1
     config = parse(argv)
     out = Path(config["out"]).resolve()
     out.mkdir(parents=True, exist_ok=True)
