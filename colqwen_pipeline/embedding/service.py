@@ -16,6 +16,7 @@ import numpy as np
 from colqwen_pipeline.embedding.cache import EmbeddingCache
 from colqwen_pipeline.embedding.embedder import Embedder, warm_up
 from colqwen_pipeline.embedding.loading import ModelIdentity, ModelSpec, identify, load_model
+from colqwen_pipeline.embedding.queries import encode_queries
 from colqwen_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -121,16 +122,7 @@ def open_cache(settings: Settings, identity: ModelIdentity) -> EmbeddingCache:
 
 
 def embed_queries_cached(settings: Settings, queries: Sequence[str]) -> tuple[list[np.ndarray], EmbeddingCache]:
-    """Query multi-vectors (float32), from ``cache:embed:text:...`` when present; the model loads only on a miss."""
-    identity = model_identity(settings)
-    cache = open_cache(settings, identity)
-    keys = [cache.text_key(q) for q in queries]
-    found = cache.get_many(keys)
-    missing = [i for i, vectors in enumerate(found) if vectors is None]
-    if missing:
-        fresh = get_embedder(settings).embed_queries([queries[i] for i in missing])
-        cache.set_many({keys[i]: v for i, v in zip(missing, fresh, strict=True)})
-        for i, vectors in zip(missing, fresh, strict=True):
-            found[i] = vectors
-    # through fp16 either way, so a cached query scores exactly like a fresh one
-    return [np.asarray(v, dtype=np.float16).astype(np.float32) for v in found], cache
+    """Query multi-vectors through ``encode_queries``; the model loads only on a cache miss."""
+    cache = open_cache(settings, model_identity(settings))
+    vectors, _ = encode_queries(cache, lambda texts: get_embedder(settings).embed_queries(texts), queries)
+    return vectors, cache

@@ -36,12 +36,12 @@ def checked_index(settings: Settings) -> DocumentIndex:
 
 
 def _lazy_embedder(settings: Settings) -> EmbedQueries:
-    """The pipeline's model (loaded once per process), loaded only when there is a query to embed."""
+    """The queries as search embeds them (cache, then the model, loaded only on a miss)."""
 
     def embed(texts: list[str]):
-        from colqwen_pipeline.embedding.service import get_embedder
+        from colqwen_pipeline.embedding.service import embed_queries_cached
 
-        return get_embedder(settings).embed_queries(texts)
+        return embed_queries_cached(settings, texts)[0]
 
     return embed
 

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from colqwen_pipeline.embedding.queries import encode_queries, through_cache
 from colqwen_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -109,33 +110,37 @@ class ModelHolder:
 
         embedder = self.require()
         keys = [self.cache.image_key(pixel_sha256(image)) for image in images]  # the pipeline's page keys
-        result = self._cached(keys, lambda missing: embedder.embed_images([images[i] for i in missing]))
+        counted = _Forwards(self)
+        vectors, hits = through_cache(
+            self.cache, keys, lambda missing: counted.run(lambda: embedder.embed_images([images[i] for i in missing]))
+        )
         self.served["images"] += len(images)
-        return result
+        return counted.result(vectors, hits)
 
     def embed_queries(self, queries: Sequence[str]) -> Embedded:
         embedder = self.require()
-        keys = [self.cache.text_key(query) for query in queries]
-        result = self._cached(keys, lambda missing: embedder.embed_queries([queries[i] for i in missing]))
-        # through fp16 either way (as the CLI's cached queries): a cache hit answers exactly like a fresh query
-        result.vectors = [np.asarray(v, dtype=np.float16).astype(np.float32) for v in result.vectors]
+        counted = _Forwards(self)
+        vectors, hits = encode_queries(
+            self.cache, lambda texts: counted.run(lambda: embedder.embed_queries(texts)), queries
+        )
         self.served["queries"] += len(queries)
-        return result
+        return counted.result(vectors, hits)
 
-    def _cached(self, keys: list[str], embed: Callable[[list[int]], list[np.ndarray]]) -> Embedded:
-        found = self.cache.get_many(keys) if self.cache.enabled else [None] * len(keys)
-        missing = [i for i, vectors in enumerate(found) if vectors is None]
-        forwards = batch_used = 0
-        if missing:
-            with self._forward_lock:
-                stats = self.embedder.stats
-                before = stats.forward_calls
-                stats.batch_size_used = 0
-                fresh = embed(missing)
-                forwards, batch_used = stats.forward_calls - before, stats.batch_size_used
-            for i, vectors in zip(missing, fresh, strict=True):
-                found[i] = vectors
-            self.cache.set_many({keys[i]: found[i] for i in missing})
-        hits = len(keys) - len(missing)
-        self.served["cache_hits"] += hits
-        return Embedded(found, forwards, batch_used, hits)  # type: ignore[arg-type]
+
+class _Forwards:
+    """The model's forward passes for one request, one request at a time on the accelerator."""
+
+    def __init__(self, model: ModelHolder):
+        self.model, self.forwards, self.batch_used = model, 0, 0
+
+    def run(self, embed: Callable[[], list[np.ndarray]]) -> list[np.ndarray]:
+        with self.model._forward_lock:
+            stats = self.model.embedder.stats
+            before, stats.batch_size_used = stats.forward_calls, 0
+            vectors = embed()
+            self.forwards, self.batch_used = stats.forward_calls - before, stats.batch_size_used
+        return vectors
+
+    def result(self, vectors: list[np.ndarray], hits: int) -> Embedded:
+        self.model.served["cache_hits"] += hits
+        return Embedded(vectors, self.forwards, self.batch_used, hits)
