@@ -81,6 +81,7 @@ def ingest(
     documents; prune vanished ones. ``force`` redoes every stage."""
     from colqwen_pipeline.bulk.runs import partition_ranges, range_tags
     from colqwen_pipeline.definitions import defs
+    from colqwen_pipeline.defs.checks import COLLECTION_CHECKS
     from colqwen_pipeline.stale_runs import fail_dead_cli_runs, process_tags
 
     started = time.perf_counter()
@@ -119,7 +120,7 @@ def ingest(
         evaluations = run_check_evaluations(instance, result.run_id)
         for line in _check_lines(evaluations):
             echo(f"    {line}")
-        for evaluation in (e for e in evaluations if e.partition is None):
+        for evaluation in (e for e in evaluations if e.partition is None and e.check_name in COLLECTION_CHECKS):
             summary.checks[evaluation.check_name] = _check_line(evaluation)
             echo(f"check {evaluation.check_name}: {summary.checks[evaluation.check_name]}")
     for key in documents:
@@ -179,9 +180,11 @@ def collection_checks(instance: dg.DagsterInstance, echo: Callable[[str], None])
 
 
 def _check_line(evaluation) -> str:
+    from colqwen_pipeline.defs.checks import WARNING_LABEL  # the UI's label; the severity says it here
+
     if evaluation.passed:
         return "passed"
-    return f"{evaluation.severity.value}: {evaluation.description or 'did not pass'}"
+    return f"{evaluation.severity.value}: {(evaluation.description or 'did not pass').removeprefix(WARNING_LABEL)}"
 
 
 def run_check_evaluations(instance: dg.DagsterInstance, run_id: str) -> list[dg.AssetCheckEvaluation]:

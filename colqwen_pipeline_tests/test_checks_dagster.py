@@ -120,4 +120,5 @@ def test_collection_checks_fail_when_the_index_loses_a_document(eval_state, inst
     assert outcomes["collection_consistency"].startswith("ERROR: 1 inconsistent documents")
     fidelity = outcomes["index_fidelity"]
     assert fidelity.startswith("ERROR: collection top-3 vs exact MaxSim over 3 stored pages: recall 0.0000"), fidelity
-    assert outcomes["retrieval_quality"].startswith("WARN: nDCG@5 0.000 (min 0.0), recall@5 0.000")
+    quality = outcomes["retrieval_quality"]
+    assert quality.startswith("WARN: RANDOM-WEIGHT TEST MODEL, scores near chance") and "recall@5 0.000" in quality

@@ -171,8 +171,8 @@ def test_partial_document_is_indexed_with_a_warning(state: Settings) -> None:
     assert summary.failed == {} and summary.pages == 2  # pages 1 and 3 are searchable
     check = checks["pages_complete"]
     assert not check.passed and check.severity == dg.AssetCheckSeverity.WARN and check.partition == key
-    assert check.description.startswith("2 of 3 pages rendered; skipped: 2 (")
-    assert pages[0].metadata["rendered"].value == check.description
+    assert check.description.startswith("Warning: 2 of 3 pages rendered; skipped: 2 (")  # issue 16 item 5
+    assert pages[0].metadata["rendered"].value == check.description.removeprefix("Warning: ")
     assert any(line.startswith(f"    check pages_complete ({key}): WARN: 2 of 3 pages rendered") for line in lines)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import dagster as dg
 
 from colqwen_pipeline.bulk import versions
+from colqwen_pipeline.bulk.runs import TRIGGER
 from colqwen_pipeline.defs import checks
 from colqwen_pipeline.defs.resources import ColQwenResource
 from colqwen_pipeline.settings import Settings
@@ -85,6 +86,7 @@ with warnings.catch_warnings():
     def document_pipeline(context: dg.AssetExecutionContext, config: IngestConfig, colqwen: ColQwenResource):
         """Bring the run's documents up to date, stage by stage, as far as the selection reaches."""
         settings = colqwen.settings()
+        _tag_trigger(context)
         selected = [stage for stage, asset in STAGE_ASSETS.items() if dg.AssetKey(asset) in context.selected_asset_keys]
         if not selected:  # a run of checks only
             checks.evaluate_selected(context, settings)
@@ -98,15 +100,19 @@ with warnings.catch_warnings():
             log.info(message)
 
         say(f"{len(keys)} document(s), stages up to {STAGE_ASSETS[selected[-1]]}")
-        report = run_documents(
-            settings,
-            keys,
-            until=selected[-1],
-            force=config.force,
-            say=say,
-            on_document=lambda result: _record(context, selected, result),
-        )
-        checks.evaluate_after_run(context, settings, report)
+        run_checks = checks.RunChecks(context, settings)
+        try:
+            report = run_documents(
+                settings,
+                keys,
+                until=selected[-1],
+                force=config.force,
+                say=say,
+                on_document=lambda result: _record(context, selected, result, run_checks),
+            )
+            checks.evaluate_after_run(context, run_checks, report)
+        finally:  # an interrupted or crashed run keeps the verdicts on the documents it finished
+            run_checks.log_documents()
         if report.failed:
             lines = sorted(report.failed.values())
             raise dg.Failure(
@@ -118,8 +124,18 @@ with warnings.catch_warnings():
         yield from ()
 
 
-def _record(context: dg.AssetExecutionContext, selected: list[str], result: Any) -> None:
-    """One materialisation per stage that did work for this document, with its data version."""
+def _tag_trigger(context: dg.AssetExecutionContext) -> None:
+    """Runs the project launches say who did (cli, sensor, schedule); any other run was launched
+    through Dagster itself (the UI's Materialize button runs ``__ASSET_JOB``, a backfill, the API)."""
+    if TRIGGER not in context.run.tags:
+        context.instance.add_run_tags(context.run_id, {TRIGGER: "ui"})
+
+
+def _record(context: dg.AssetExecutionContext, selected: list[str], result: Any, run_checks: checks.RunChecks) -> None:
+    """One materialisation per stage that did work for this document, with its data version; a
+    failed document's one-line cause on the partition of the first asset it did not reach."""
+    if not result.ok:
+        _record_failure(context, selected, result)
     for stage in selected:
         outcome = result.stages.get(stage)
         if outcome is None or not outcome.changed:
@@ -140,9 +156,18 @@ def _record(context: dg.AssetExecutionContext, selected: list[str], result: Any)
             )
         )
     if "pages" in selected and result.pages_check is not None:
-        checks.log_document_check(context, "pages_complete", result.key, result.pages_check)
+        run_checks.document("pages_complete", result.key, result.pages_check)
     if "embeddings" in selected and result.embedding_check is not None:
-        checks.log_document_check(context, "embedding_dimension", result.key, result.embedding_check)
+        run_checks.document("embedding_dimension", result.key, result.embedding_check)
+
+
+def _record_failure(context: dg.AssetExecutionContext, selected: list[str], result: Any) -> None:
+    """An observation, shown on the partition's page beside "Run … failed": the cause in one line."""
+    stage = next((s for s in selected if s not in result.stages or s == selected[-1]), selected[-1])
+    metadata = {"error": result.error, "run_id": context.run_id}
+    context.log_event(
+        dg.AssetObservation(STAGE_ASSETS[stage], partition=result.key, description=result.error, metadata=metadata)
+    )
 
 
 def _provenance(stage: str, result: Any) -> dict[str, str]:
@@ -175,5 +200,6 @@ ingest_job = dg.define_asset_job(
     "ingest_job",
     selection=dg.AssetSelection.assets(document_pipeline),
     partitions_def=documents,
+    run_tags={TRIGGER: "ui"},  # launched from the UI; the CLI, sensor and schedule set their own
     description="Bring documents up to date: new or changed files through every stage, the rest untouched.",
 )

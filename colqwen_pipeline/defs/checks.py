@@ -9,10 +9,17 @@ All checks are declared on ``document_pipeline`` and evaluated inside its step, 
 - once per run, and only when the run changed the index: ``retrieval_quality``,
   ``index_fidelity`` and ``collection_consistency``, which judge the whole collection.
 A run of checks only (the UI's "Execute checks") evaluates what is selected from what is on disk.
+
+Every check the step plans gets an evaluation for the run before the step ends, even when the run
+fails for one broken document: Dagster shows a planned check without one as "Execution failed"
+(or "Skipped"). A check with nothing to judge passes saying so; collection checks of a run that did
+not change the index carry over their last verdict; documents are logged worst last, because the UI
+shows a check's latest evaluation.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import dagster as dg
@@ -41,6 +48,16 @@ CHECK_SPECS = [
 ]
 
 
+WARNING_LABEL = "Warning: "  # Dagster's UI tags a failed WARN check "Failed": the description says what it is
+NOT_INDEXED = "; not indexed: "
+CARRIED_OVER = " (carried over: the index is unchanged since run "
+NOTHING_TO_JUDGE = {
+    "pages_complete": "nothing to judge: no document was rendered in this run",
+    "embedding_dimension": "nothing to judge: no document was embedded in this run",
+    "throughput": "nothing to judge: no page went through the model in this run",
+}
+
+
 def evaluation(
     name: str, outcome: CheckOutcome, severity: dg.AssetCheckSeverity, partition: str | None = None
 ) -> dg.AssetCheckEvaluation:
@@ -48,12 +65,15 @@ def evaluation(
     for table, rows in outcome.tables.items():
         metadata[table] = _table(rows)
     asset = (DOCUMENT_CHECKS | COLLECTION_CHECKS)[name][0]
+    description = outcome.description
+    if not outcome.passed and severity == dg.AssetCheckSeverity.WARN and not description.startswith(WARNING_LABEL):
+        description = WARNING_LABEL + description
     return dg.AssetCheckEvaluation(
         asset_key=dg.AssetKey(asset),
         check_name=name,
         passed=outcome.passed,
         severity=severity,
-        description=outcome.description,
+        description=description,
         metadata=metadata,
         partition=partition,
     )
@@ -67,18 +87,117 @@ def _table(rows: list[dict[str, Any]]) -> dg.MetadataValue:
     return dg.MetadataValue.table([dg.TableRecord(row) for row in rows], dg.TableSchema(columns=columns))
 
 
-def _selected(context: dg.AssetExecutionContext, name: str) -> bool:
-    asset = (DOCUMENT_CHECKS | COLLECTION_CHECKS)[name][0]
-    return dg.AssetCheckKey(dg.AssetKey(asset), name) in context.selected_asset_check_keys
+def _key(name: str) -> dg.AssetCheckKey:
+    return dg.AssetCheckKey(dg.AssetKey((DOCUMENT_CHECKS | COLLECTION_CHECKS)[name][0]), name)
 
 
-def log_document_check(context: dg.AssetExecutionContext, name: str, key: str, outcome: CheckOutcome) -> None:
-    if _selected(context, name):
-        context.log_event(evaluation(name, outcome, SEVERITY[name], partition=key))
+class RunChecks:
+    """The check evaluations of one step. Per-document outcomes are collected as documents finish
+    and logged by ``log_documents`` (passing ones first, so the latest a check shows is its worst);
+    ``finish`` gives every selected check its evaluation for the run."""
+
+    def __init__(self, context: dg.AssetExecutionContext, settings: Settings):
+        self.context, self.settings = context, settings
+        self.outcomes: dict[str, dict[str, CheckOutcome]] = {name: {} for name in DOCUMENT_CHECKS}
+        self.logged = False
+
+    def selected(self, name: str) -> bool:
+        return _key(name) in self.context.selected_asset_check_keys
+
+    def document(self, name: str, key: str, outcome: CheckOutcome) -> None:
+        if self.selected(name):
+            self.outcomes[name][key] = outcome
+
+    def log_documents(self) -> None:
+        """Also when the step is failing: what was judged stays judged."""
+        if self.logged:
+            return
+        self.logged = True
+        for name, by_key in self.outcomes.items():
+            for key, outcome in sorted(by_key.items(), key=lambda item: not item[1].passed):
+                self.context.log_event(evaluation(name, outcome, SEVERITY[name], partition=key))
+
+    def finish(self, failed: dict[str, str], index_changed: bool, judge_collection: bool = False) -> None:
+        """One evaluation per selected check for the run; collection checks judge the collection when
+        the run changed the index (or ``judge_collection``), else carry over their last verdict."""
+        for name in DOCUMENT_CHECKS:
+            if self.selected(name):
+                self.context.log_event(evaluation(name, _run_summary(name, self.outcomes[name]), SEVERITY[name]))
+        self.log_documents()
+        for name, (judge, severity) in _collection_judges(self.settings).items():
+            if not self.selected(name):
+                continue
+            carried = None if index_changed or judge_collection else _last_verdict(self.context, name)
+            outcome, severity = carried or (_judged(judge, self.settings), severity)
+            self.context.log_event(evaluation(name, _not_indexed(outcome, failed), severity))
 
 
-def evaluate_after_run(context: dg.AssetExecutionContext, settings: Settings, report: Any) -> None:
-    """Throughput of every document the run embedded; the collection checks if the index changed."""
+def _run_summary(name: str, by_key: dict[str, CheckOutcome]) -> CheckOutcome:
+    """The run's verdict on a per-document check: all of its documents passed, or which did not."""
+    if not by_key:
+        return CheckOutcome(True, NOTHING_TO_JUDGE[name], {"documents": 0})
+    failing = {key: outcome.description for key, outcome in by_key.items() if not outcome.passed}
+    metadata = {"documents": len(by_key), "not_passed": len(failing)}
+    if not failing:
+        only = next(iter(by_key.values())).description if len(by_key) == 1 else ""
+        return CheckOutcome(True, f"{len(by_key)} document(s), all passed" + (f": {only}" if only else ""), metadata)
+    shown = "; ".join(f"{key}: {reason}" for key, reason in list(failing.items())[:3])
+    more = f"; … and {len(failing) - 3} more" if len(failing) > 3 else ""
+    tables = {"documents_not_passed": [{"document": k, "reason": r} for k, r in failing.items()]}
+    return CheckOutcome(
+        False, f"{len(failing)} of {len(by_key)} document(s) did not pass: {shown}{more}", metadata, tables
+    )
+
+
+def _collection_judges(settings: Settings) -> dict[str, tuple[Callable[[Settings], CheckOutcome], Any]]:
+    from colqwen_pipeline.evaluation import collection
+
+    return {
+        "retrieval_quality": (collection.retrieval_quality, dg.AssetCheckSeverity(settings.quality_severity)),
+        "index_fidelity": (collection.fidelity, dg.AssetCheckSeverity.ERROR),
+        "collection_consistency": (collection.consistency, dg.AssetCheckSeverity.ERROR),
+    }
+
+
+def _judged(judge: Callable[[Settings], CheckOutcome], settings: Settings) -> CheckOutcome:
+    """A judge that cannot run fails its check with one line; it never fails the documents' step."""
+    try:
+        return judge(settings)
+    except Exception as error:  # noqa: BLE001 - the run's documents are indexed whatever a check hits
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        return CheckOutcome(False, f"could not evaluate: {type(error).__name__}: {first_line}")
+
+
+def _not_indexed(outcome: CheckOutcome, failed: dict[str, str]) -> CheckOutcome:
+    """The collection is judged on the documents that are indexed; the run's failures are listed."""
+    if not failed:
+        return outcome
+    metadata = outcome.metadata | {"failed_documents": dg.MetadataValue.json(failed)}
+    names = ", ".join(sorted(failed)[:3]) + (f" and {len(failed) - 3} more" if len(failed) > 3 else "")
+    description = f"{outcome.description}{NOT_INDEXED}{names} (failed in this run, see the run's failure)"
+    return CheckOutcome(outcome.passed, description, metadata, outcome.tables)
+
+
+def _last_verdict(context: dg.AssetExecutionContext, name: str) -> tuple[CheckOutcome, Any] | None:
+    """The check's last completed evaluation and its severity, carried over to this run (None: never
+    evaluated). It is the verdict on the same index: this run did not change it."""
+    from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus as Status
+
+    history = context.instance.event_log_storage.get_asset_check_execution_history(
+        _key(name), limit=1, status={Status.SUCCEEDED, Status.FAILED}
+    )
+    previous = history[0].evaluation if history else None
+    if previous is None:
+        return None
+    metadata = {k: v for k, v in previous.metadata.items() if k != "failed_documents"}
+    judged_in = str(metadata.get("judged_in_run", dg.MetadataValue.text(history[0].run_id)).value)
+    verdict = (previous.description or "").removeprefix(WARNING_LABEL).split(CARRIED_OVER)[0].split(NOT_INDEXED)[0]
+    metadata["judged_in_run"] = dg.MetadataValue.text(judged_in)
+    return CheckOutcome(previous.passed, f"{verdict}{CARRIED_OVER}{judged_in[:8]})", metadata), previous.severity
+
+
+def evaluate_after_run(context: dg.AssetExecutionContext, run_checks: RunChecks, report: Any) -> None:
+    """Throughput of every document the run embedded, then every selected check's run verdict."""
     from colqwen_pipeline.evaluation.checks import check_throughput
 
     embedded = [d for d in report.documents if d.ok and "embeddings" in d.stages and d.stages["embeddings"].changed]
@@ -89,53 +208,34 @@ def evaluate_after_run(context: dg.AssetExecutionContext, settings: Settings, re
             "end_to_end_pages_per_s": report.end_to_end_pages_per_s,
             "model_load_s": report.model_load_s,
         }
-        outcome = check_throughput(metrics, _floors(settings))
+        outcome = check_throughput(metrics, _floors(run_checks.settings))
         for document in embedded:
-            log_document_check(context, "throughput", document.key, outcome)
-    changed = report.count("index") or report.switched_to
-    if changed:
-        collection_checks(context, settings)
-
-
-def collection_checks(context: dg.AssetExecutionContext, settings: Settings) -> None:
-    from colqwen_pipeline.evaluation import collection
-
-    judges = {
-        "retrieval_quality": (collection.retrieval_quality, dg.AssetCheckSeverity(settings.quality_severity)),
-        "index_fidelity": (collection.fidelity, dg.AssetCheckSeverity.ERROR),
-        "collection_consistency": (collection.consistency, dg.AssetCheckSeverity.ERROR),
-    }
-    for name, (judge, severity) in judges.items():
-        if _selected(context, name):
-            context.log_event(evaluation(name, judge(settings), severity))
+            run_checks.document("throughput", document.key, outcome)
+    run_checks.finish(report.failed, index_changed=bool(report.count("index") or report.switched_to))
 
 
 def evaluate_selected(context: dg.AssetExecutionContext, settings: Settings) -> None:
     """A run of checks only: per-document checks from the artifacts on disk, then the collection's."""
     from colqwen_pipeline.evaluation.checks import check_embeddings
 
+    run_checks = RunChecks(context, settings)
     keys = context.partition_keys if context.has_partition_key or context.has_partition_key_range else []
     for key in keys:
-        _pages_complete_from_disk(context, settings, key)
+        run_checks.document("pages_complete", key, _pages_complete_from_disk(settings, key))
         directory = settings.embeddings_dir / key
-        log_document_check(
-            context,
-            "embedding_dimension",
-            key,
-            check_embeddings(directory, settings.embedding_dim, settings.norm_tolerance),
-        )
-    collection_checks(context, settings)
+        outcome = check_embeddings(directory, settings.embedding_dim, settings.norm_tolerance)
+        run_checks.document("embedding_dimension", key, outcome)
+    run_checks.finish({}, index_changed=False, judge_collection=True)
 
 
-def _pages_complete_from_disk(context: dg.AssetExecutionContext, settings: Settings, key: str) -> None:
+def _pages_complete_from_disk(settings: Settings, key: str) -> CheckOutcome:
     from colqwen_pipeline.bulk.engine import check_pages
     from colqwen_pipeline.documents.manifest import Manifest
 
     try:
-        outcome = check_pages(Manifest.read(settings.pages_dir / key))
+        return check_pages(Manifest.read(settings.pages_dir / key))
     except (OSError, ValueError, KeyError, TypeError):
-        outcome = CheckOutcome(False, f"no readable page manifest at {settings.pages_dir / key}")
-    log_document_check(context, "pages_complete", key, outcome)
+        return CheckOutcome(False, f"no readable page manifest at {settings.pages_dir / key}")
 
 
 def _floors(settings: Settings) -> dict[str, float]:
