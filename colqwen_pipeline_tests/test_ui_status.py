@@ -160,3 +160,21 @@ def test_every_kind_of_run_carries_a_trigger_tag(state, instance):
     assert launched.success and clicked.success
     runs = [(run.job_name, run.tags.get("colqwen/trigger")) for run in instance.get_runs()]  # newest first
     assert runs == [("__ASSET_JOB", "ui"), ("ingest_job", "ui"), ("ingest_job", "cli")]
+
+
+def test_a_partial_document_keeps_its_warning_on_top_in_every_run(state, instance):
+    """Item 5: the UI shows a check's latest evaluation, so a run logs its documents worst last, and
+    an unchanged partial document is judged again rather than left to "nothing to judge"."""
+    from colqwen_pipeline_tests.test_documents_partial import kids_with_a_hole
+
+    (state.inbox / "hole.pdf").write_bytes(kids_with_a_hole(state.inbox.parent).read_bytes())
+    add_sample(state, INVOICE, "zz_invoice.jpg")  # rendered after hole.pdf: its pass must not hide the warning
+    hole = document_key("hole.pdf")
+
+    for _ in range(2):
+        ingest(state, instance=instance, echo=lambda _: None)
+
+        pages = check_statuses(instance)["pages_complete"]
+        assert (pages["status"], pages["partition"]) == ("FAILED", hole)
+        assert pages["evaluation"]["severity"] == "WARN"
+        assert pages["evaluation"]["description"].startswith(WARNING_LABEL + "2 of 3 pages rendered; skipped: 2 (")
