@@ -362,12 +362,14 @@ def test_search_page_heatmap_and_upload_in_chromium(server: str, deployment, tmp
         page.set_viewport_size({"width": 1400, "height": 1000})
         page.goto(f"{server}/")
         page.fill("#key", KEY)
-        page.keyboard.press("Enter")  # the sign-in form by keyboard
-        page.wait_for_url(f"{server}/")
+        with page.expect_navigation():
+            page.keyboard.press("Enter")  # the sign-in form, by keyboard
+        page.wait_for_selector("#q")
         assert "random-weight test model" in page.inner_text("body")
 
         page.fill("#q", "pump pressure")
-        page.keyboard.press("Enter")
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
         page.wait_for_selector("ol.results img")
         images = page.locator("ol.results img")
         assert images.count() == 3
@@ -377,7 +379,8 @@ def test_search_page_heatmap_and_upload_in_chromium(server: str, deployment, tmp
         page.screenshot(path=str(shots / "web-search.png"))
 
         page.locator("ol.results a").first.focus()
-        page.keyboard.press("Enter")
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
         page.wait_for_selector("#page-image")
         page.wait_for_function("document.getElementById('page-image').naturalWidth > 0")
         assert "/heatmap?" in page.get_attribute("#page-image", "src")
