@@ -53,7 +53,7 @@ class Settings(BaseSettings):
     milvus_uri: str = Field("", description="Milvus URI; empty = Milvus Lite file under home.")
     milvus_token: str = Field("", description="Milvus token/password (server only).")
     collection: str = "colqwen_pages"
-    # Index and search (Milvus index area): strategy, first-stage size, vector index types
+    # Search (index/milvus.py): first-stage size and vector index types
     index_centroids_per_page: int = Field(8, ge=1, le=255, description="k-means centroids per page (first stage).")
     index_hits_per_token: int = Field(64, ge=1, le=16384, description="First-stage ANN hits per query token.")
     index_candidates: int = Field(32, ge=1, description="Pages scored by exact MaxSim per query.")
@@ -113,7 +113,7 @@ class Settings(BaseSettings):
     settle_s: float = Field(5.0, ge=0, description="A file untouched this long counts as fully written.")
     reindex_cron: str = Field("0 2 * * *", description="Bulk reindex schedule (cron).")
 
-    # Asset checks and evaluation (area: checks/evaluation; see docs/evaluation.md)
+    # Asset checks and evaluation (evaluation/, defs/checks.py; see docs/evaluation.md)
     eval_set: Path = Field(Path("data/eval/queries.jsonl"), description="Eval JSONL file or BEIR/ViDoRe directory.")
     eval_split: str = Field("test", description="qrels/<split>.tsv of a BEIR directory.")
     embedding_dim: int = Field(128, ge=1, description="Token vector dimension the embedding check expects.")
@@ -150,6 +150,3 @@ class Settings(BaseSettings):
     def resolved_milvus_uri(self) -> str:
         return self.milvus_uri or str(self.home_dir / "milvus.db")
 
-
-def get_settings() -> Settings:
-    return Settings()

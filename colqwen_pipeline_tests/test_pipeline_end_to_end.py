@@ -7,7 +7,9 @@ import pytest
 
 from colqwen_pipeline import stages
 from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
+from colqwen_pipeline.embedding.service import embed_queries_cached
 from colqwen_pipeline.inbox import document_key
+from colqwen_pipeline.index.maxsim import maxsim
 from colqwen_pipeline.runner import ingest
 from colqwen_pipeline_tests.conftest import add_sample
 
@@ -18,21 +20,30 @@ def instance():
         yield instance
 
 
-def test_ingest_indexes_every_token_and_search_finds_the_document(state, instance):
+def test_ingest_indexes_every_token_and_search_ranks_pages_by_exact_maxsim(state, instance):
     add_sample(state, "pump_maintenance_manual.pdf")
-    key = document_key("pump_maintenance_manual.pdf")
+    add_sample(state, "scanned_invoice.jpg")
+    keys = [document_key("pump_maintenance_manual.pdf"), document_key("scanned_invoice.jpg")]
 
     summary = ingest(state, instance=instance, echo=lambda _: None)
 
     assert summary.failed == {}
-    assert (summary.documents, summary.pages) == (1, 3)
-    artifact = EmbeddingArtifact.read(state.embeddings_dir / key)
-    assert stages.make_index(state).count_tokens(key) == artifact.total_tokens == summary.tokens
+    assert (summary.documents, summary.pages) == (2, 4)
+    artifacts = {key: EmbeddingArtifact.read(state.embeddings_dir / key) for key in keys}
+    index = stages.make_index(state)
+    assert [index.count_tokens(key) for key in keys] == [artifacts[key].total_tokens for key in keys]
+    assert sum(a.total_tokens for a in artifacts.values()) == summary.tokens
+    # The ranking a user sees is exact MaxSim of the query over every stored page, best first.
+    query = embed_queries_cached(state, ["replace the filter cartridge"])[0][0]
+    pages = [(key, i + 1, artifacts[key].page_vectors(i)) for key in keys for i in range(len(artifacts[key].pages))]
+    scores = maxsim(query, [vectors for _, _, vectors in pages])
+    expected = sorted(zip(scores, [(key, page) for key, page, _ in pages], strict=True), reverse=True)[:3]
     hits = stages.search("replace the filter cartridge", top_k=3, settings=state)
-    assert [h.doc_id for h in hits] == [key] * 3
-    assert sorted(h.page for h in hits) == [1, 2, 3]
-    assert all(h.image_path.endswith(".png") and h.document == "pump_maintenance_manual.pdf" for h in hits)
-    assert instance.get_dynamic_partitions("documents") == [key]
+    assert [(h.doc_id, h.page) for h in hits] == [page for _, page in expected]
+    assert [h.score for h in hits] == pytest.approx([float(score) for score, _ in expected], rel=1e-4)
+    assert all(h.image_path.endswith(".png") for h in hits)
+    assert {h.document for h in hits} <= {"pump_maintenance_manual.pdf", "scanned_invoice.jpg"}
+    assert instance.get_dynamic_partitions("documents") == sorted(keys)
 
 
 def test_reingest_leaves_one_copy_of_rows(state, instance):

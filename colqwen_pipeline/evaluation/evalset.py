@@ -31,7 +31,7 @@ class EvalSetError(ValueError, PipelineError):
 
 
 def page_id(doc_id: str, page: int) -> str:
-    """The index's page key (``MilvusIndex`` stores the same string)."""
+    """How the evaluation names a page, to compare a ranking of hits with the relevant pages."""
     return f"{doc_id}#{page}"
 
 
