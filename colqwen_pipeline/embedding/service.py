@@ -21,8 +21,8 @@ from colqwen_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 RANDOM_WEIGHTS_WARNING = (
-    "RANDOM-WEIGHT TEST MODEL in use (no COLQWEN_MODEL configured): embeddings and search scores are "
-    "meaningless; set COLQWEN_MODEL to real ColQwen2.5 weights for real retrieval"
+    "RANDOM-WEIGHT TEST MODEL in use: embeddings and search scores are meaningless; set COLQWEN_MODEL "
+    "to real ColQwen2.5 weights for real retrieval"
 )
 
 _lock = threading.Lock()
