@@ -218,7 +218,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from colqwen_pipeline.index.bench import bench_search
 
         result = bench_search(
-            pages=args.pages or 1000, queries=args.queries, layra_queries=args.layra_queries, uri=args.uri
+            pages=args.pages or 1000,
+            queries=args.queries,
+            layra_queries=args.layra_queries,
+            uri=args.uri,
+            peers=args.peers,
+            token_pooling=args.token_pooling,
         )
     print(json.dumps(result, indent=None if args.json else 1))
     return 0
@@ -229,6 +234,15 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
     return value
+
+
+def peer_names(text: str) -> list[str]:
+    from colqwen_pipeline.index.peers import parse_peers
+
+    try:
+        return parse_peers(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -296,6 +310,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--layra-queries", type=int, help="search only: LAYRA-style baseline queries (default 5; 0 above 2,000 pages)"
     )
     bench.add_argument("--uri", help="search only: a Milvus server (http://host:19530) instead of a Lite file")
+    bench.add_argument(
+        "--peers", type=peer_names, default=[], help="search only: embedded peers, e.g. lancedb,qdrant-local (.[bench])"
+    )
+    bench.add_argument("--token-pooling", type=int, default=0, help="search only: store pages pooled by this factor")
     bench.add_argument("--docs", type=positive_int, default=200, help="ingest only: generated documents")
     bench.add_argument("--pages-per-doc", type=positive_int, default=1, help="ingest only: pages per document")
     bench.add_argument("--json", action="store_true", help="one line of JSON")

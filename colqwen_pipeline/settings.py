@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     precision: Literal["auto", "bf16", "fp32", "4bit", "8bit"] = "auto"
     batch_size: int = Field(4, ge=1)
     max_visual_tokens: int = Field(768, ge=4)
+    token_pooling: int = Field(
+        0, ge=0, le=64, description="Pool factor of colpali-engine's HierarchicalTokenPooler for page vectors (0: off)."
+    )
     embed_wave_pages: int = Field(
         64, ge=1, description="Pages of many documents embedded together before they are written to Milvus."
     )

@@ -275,3 +275,56 @@ def test_a_small_collection_is_scored_exactly_whatever_the_first_stage_would_mis
 
     assert hits == index.exact_search([query], top_k=5)[0]
     assert (hits[0].doc_id, hits[0].page) == ("doc-2", 4)
+
+
+def test_packed_bytes_counts_what_a_chunk_decodes_to_without_decoding_it():
+    import base64
+
+    for tokens, dim in ((1, 128), (2, 128), (191, 128), (3, 3), (7, 5)):
+        chunk = milvus.pack_chunk(np.ones((tokens, dim)))
+        assert milvus.packed_bytes(chunk) == len(base64.b64decode(chunk)) == 2 * tokens * dim
+
+
+def test_a_page_with_a_truncated_chunk_raises_instead_of_scoring_wrong(index: MilvusIndex):
+    """The exact stage reads the dimension from the data: a short chunk must not pass as another shape."""
+    pages = unit_pages(3, 2, tokens=300)  # 2 chunks each
+    index.replace_document("doc-a", "a.pdf", pages, "model-x", DIM)
+    with index.client() as client:
+        client.load_collection(index.pages)
+        row = client.query(index.pages, filter="page == 2 and chunk == 1", output_fields=["*"], limit=1)[0]
+        client.upsert(index.pages, [row | {"tokens": row["tokens"][:-344]}])  # 129 tokens' worth fewer bytes
+    with pytest.raises(IndexRefused, match="doc-a page 2"):
+        index.exact_search([pages[0].vectors[:4]])
+
+
+def test_unknown_peer_is_refused_with_one_line():
+    from colqwen_pipeline.index.peers import parse_peers
+
+    assert parse_peers(" lancedb, qdrant-local ,") == ["lancedb", "qdrant-local"]
+    with pytest.raises(ValueError, match=r"^unknown peer 'vespa': choose from fast-plaid, lancedb, qdrant-local$"):
+        parse_peers("lancedb,vespa")
+
+
+def test_bench_times_the_peers_on_the_same_pages_and_says_why_one_is_skipped():
+    """Real LanceDB and qdrant-client local mode (the optional `.[bench]` extra) on 20 pages: both see
+    every page (LanceDB flat below 256 pages, Qdrant's prefetch of 100 covers all 20), so both are exact."""
+    pytest.importorskip("lancedb")
+    pytest.importorskip("qdrant_client")
+
+    result = bench_search(pages=20, queries=3, layra_queries=0, peers=["lancedb", "qdrant-local", "fast-plaid"])
+
+    assert result["queries"] == 3 and set(result["peers"]) == {"lancedb", "qdrant-local", "fast-plaid"}
+    for name in ("lancedb", "qdrant-local"):
+        peer = result["peers"][name]
+        assert set(peer) == {"p50_ms", "p95_ms", "recall_at_5", "ingest_s", "disk_mb"}
+        assert peer["recall_at_5"] == 1.0 and peer["disk_mb"] > 0 and peer["p50_ms"] > 0
+    assert "torch" in result["peers"]["fast-plaid"]["skipped"]
+
+
+def test_bench_with_token_pooling_stores_a_third_of_the_vectors():
+    result = bench_search(pages=20, queries=3, layra_queries=0, token_pooling=3)
+    plain = bench_search(pages=20, queries=3, layra_queries=0)
+
+    assert result["ours"]["vectors_per_page"] == TOKENS // 3 and plain["ours"]["vectors_per_page"] == TOKENS
+    assert result["ours"]["bytes_per_page"] < 0.5 * plain["ours"]["bytes_per_page"]
+    assert result["ours"]["recall_at_5"] >= 0.6  # pooled vectors, truth over the unpooled tokens

@@ -26,6 +26,7 @@ from PIL import Image
 
 from colqwen_pipeline.embedding.loading import ModelIdentity
 from colqwen_pipeline.errors import PipelineError
+from colqwen_pipeline.index.pooling import NoPooling, TokenPooler
 
 log = logging.getLogger(__name__)
 PageImage = Image.Image | Path
@@ -106,6 +107,7 @@ class Embedder(IdentifiedModel):
         self.identity = identity
         self.batch_size = batch_size
         self.mix_sizes = False  # COLQWEN_EMBED_MIX_PAGE_SIZES: pad instead (vectors then depend on batch-mates)
+        self.pooler: TokenPooler = NoPooling()  # COLQWEN_TOKEN_POOLING (page vectors only)
         self.oom_cap: int | None = None  # largest batch known to fit, learnt from out-of-memory errors
         self.stats = EmbedStats()
 
@@ -125,7 +127,7 @@ class Embedder(IdentifiedModel):
         def prepare(indices: list[int]) -> Any:
             return self.processor.process_images([load_page(pages[i]) for i in indices])
 
-        vectors = self._run(batches, prepare, progress, np.float16)
+        vectors = self.pooler.pool(self._run(batches, prepare, progress, np.float16))
         self.stats.pages += len(pages)
         return vectors
 

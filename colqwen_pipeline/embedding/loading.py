@@ -17,6 +17,7 @@ from typing import Any
 
 from colqwen_pipeline.embedding.tiny import is_tiny_model
 from colqwen_pipeline.errors import PipelineError
+from colqwen_pipeline.index.pooling import token_pooler
 
 log = logging.getLogger(__name__)
 COLQWEN_DIM = 128  # ColQwen2_5.dim is fixed by the architecture (custom_text_proj)
@@ -35,6 +36,7 @@ class ModelSpec:
     device: str = "auto"
     precision: str = "auto"  # auto, bf16, fp32, 4bit, 8bit
     max_visual_tokens: int = 768
+    token_pooling: int = 0  # COLQWEN_TOKEN_POOLING: page vectors pooled by this factor (0: off)
 
 
 @dataclass(frozen=True)
@@ -206,8 +208,9 @@ def adapter_base(adapter: Path, override: str) -> Path:
     )
 
 
-def fingerprint(name: str, revision: str, precision: str, max_visual_tokens: int) -> str:
-    return f"{name}@{revision[:12]}/{precision}/vt{max_visual_tokens}"
+def fingerprint(name: str, revision: str, precision: str, max_visual_tokens: int, pooling: str = "") -> str:
+    """``pooling``: a token pooler's tag, so pooled pages never share a cache entry or collection with unpooled."""
+    return f"{name}@{revision[:12]}/{precision}/vt{max_visual_tokens}" + (f"/{pooling}" if pooling else "")
 
 
 def identify(spec: ModelSpec) -> ModelIdentity:
@@ -233,7 +236,9 @@ def identify(spec: ModelSpec) -> ModelIdentity:
         max_visual_tokens=spec.max_visual_tokens,
         dim=COLQWEN_DIM,
         random_weights=bool(local and (is_tiny_model(local) or (base is not None and is_tiny_model(base)))),
-        fingerprint=fingerprint(name, revision, precision, spec.max_visual_tokens),
+        fingerprint=fingerprint(
+            name, revision, precision, spec.max_visual_tokens, token_pooler(spec.token_pooling).tag
+        ),
         load_from=str(local.resolve()) if local else spec.source,
         local=local is not None,
     )

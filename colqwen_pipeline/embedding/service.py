@@ -17,6 +17,7 @@ from colqwen_pipeline.embedding.cache import EmbeddingCache
 from colqwen_pipeline.embedding.embedder import Embedder, warm_up
 from colqwen_pipeline.embedding.loading import ModelIdentity, ModelSpec, identify, load_model
 from colqwen_pipeline.embedding.queries import encode_queries
+from colqwen_pipeline.index.pooling import token_pooler
 from colqwen_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ def model_spec(settings: Settings) -> ModelSpec:
         device=settings.device,
         precision=settings.precision,
         max_visual_tokens=settings.max_visual_tokens,
+        token_pooling=settings.token_pooling,
     )
 
 
@@ -87,6 +89,7 @@ def get_embedder(settings: Settings, batch_size: int | None = None) -> Embedder:
         embedder = _loaded[spec]
     embedder.batch_size = batch_size or settings.batch_size
     embedder.mix_sizes = settings.embed_mix_page_sizes
+    embedder.pooler = token_pooler(settings.token_pooling)
     return embedder
 
 

@@ -1,4 +1,5 @@
-"""``colqwen-pipeline bench search``: our search vs a LAYRA-style baseline vs brute force, one run.
+"""``colqwen-pipeline bench search``: our search vs a LAYRA-style baseline, brute force and embedded
+peers (``--peers lancedb,qdrant-local``), one run.
 
 Synthetic clustered pages (780 unit-norm 128-d tokens, fp16-representable like the embedding
 artifacts) drawn around a few topics per page out of a shared pool, and 25-token queries drawn
@@ -13,6 +14,7 @@ import secrets
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +22,8 @@ import numpy as np
 
 from colqwen_pipeline.index.maxsim import maxsim, maxsim_uniform
 from colqwen_pipeline.index.milvus import MilvusIndex, PageRows
+from colqwen_pipeline.index.peers import PEERS, UNAVAILABLE, Peer
+from colqwen_pipeline.index.pooling import token_pooler
 
 TOKENS, DIM, QUERY_TOKENS, TOPICS_PER_PAGE, PAGES_PER_DOC = 780, 128, 25, 8, 10
 LAYRA = "layra_tokens"
@@ -74,12 +78,13 @@ def _disk_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
 
 
-def _ingest(index: MilvusIndex, tokens: np.ndarray, pages: int) -> float:
+def _ingest(index: MilvusIndex, page_vectors: Sequence[np.ndarray]) -> float:
     started = time.perf_counter()
+    pages = len(page_vectors)
     with index.session():
         for first in range(0, pages, PAGES_PER_DOC):
             rows = [
-                PageRows(p - first + 1, f"{p:064x}", tokens[p * TOKENS : (p + 1) * TOKENS], f"page-{p}.png")
+                PageRows(p - first + 1, f"{p:064x}", page_vectors[p], f"page-{p}.png")
                 for p in range(first, min(pages, first + PAGES_PER_DOC))
             ]
             doc = first // PAGES_PER_DOC
@@ -127,18 +132,61 @@ def _layra_search(client: Any, query: np.ndarray, name: str = LAYRA) -> list[int
 LAYRA_MAX_PAGES = 2000  # above it the baseline (780 token rows per page) takes minutes per query
 
 
+class _PeerRun:
+    """One peer's ingest, disk and per-query timings within the bench."""
+
+    def __init__(self, peer: Peer, tokens: np.ndarray):
+        self.peer, self.seconds, self.recall = peer, [], []
+        started = time.perf_counter()
+        peer.ingest([tokens[p * TOKENS : (p + 1) * TOKENS] for p in range(len(tokens) // TOKENS)])
+        self.ingest_s = time.perf_counter() - started
+
+    def query(self, query: np.ndarray, truth: set[int]) -> None:
+        started = time.perf_counter()
+        top = self.peer.search(query, 5)
+        self.seconds.append(time.perf_counter() - started)
+        self.recall.append(len(set(top) & truth) / 5)
+
+    def summary(self) -> dict:
+        return {
+            "p50_ms": _ms(self.seconds, 50),
+            "p95_ms": _ms(self.seconds, 95),
+            "recall_at_5": round(float(np.mean(self.recall)), 4),
+            "ingest_s": round(self.ingest_s, 2),
+            "disk_mb": round(self.peer.disk_bytes() / 1e6, 1),
+        }
+
+
+def _start_peers(names: Sequence[str], root: Path, tokens: np.ndarray) -> dict[str, _PeerRun]:
+    runs = {}
+    for name in names:
+        if name in PEERS:
+            folder = root / f"peer-{name}"
+            folder.mkdir()
+            runs[name] = _PeerRun(PEERS[name](folder), tokens)
+    return runs
+
+
 def bench_search(
     pages: int = 1000,
     queries: int = 50,
     layra_queries: int | None = None,
     workdir: str | None = None,
     uri: str | None = None,
+    peers: Sequence[str] = (),
+    token_pooling: int = 0,
 ) -> dict:
     """One run: ingest, then our search and brute force timed query by query (interleaved, so both
     see the same machine load), then the LAYRA-style baseline on its own token-row collection.
 
     ``uri``: a Milvus server (``http://host:19530``) instead of a temporary Lite file; the bench
-    writes collections of its own there (``bench_<random>``) and drops them at the end."""
+    writes collections of its own there (``bench_<random>``) and drops them at the end.
+
+    ``peers``: names from ``peers.PEERS`` (``lancedb``, ``qdrant-local``), each ingesting the same pages
+    after ours (not counted in our figures) and timed on every query right after ours.
+
+    ``token_pooling``: our index stores the pages pooled by this factor (``index.pooling``); the truth
+    stays exact MaxSim over the unpooled tokens, so recall says what pooling costs."""
     if layra_queries is None:
         layra_queries = 5 if pages <= LAYRA_MAX_PAGES else 0
     root = Path(workdir or tempfile.mkdtemp(prefix="colqwen-bench-"))
@@ -146,11 +194,18 @@ def bench_search(
     name = f"bench_{secrets.token_hex(4)}" if uri else "bench"
     index = MilvusIndex(uri or str(db), name)
     layra = f"{name}_{LAYRA}"
+    peer_runs: dict[str, _PeerRun] = {}
     try:
         tokens, centres = synthetic_pages(pages)
         query_set = synthetic_queries(tokens, centres, queries)
-        ingest_s = _ingest(index, tokens, pages)
+        page_vectors = [tokens[p * TOKENS : (p + 1) * TOKENS] for p in range(pages)]
+        pool_started = time.perf_counter()
+        page_vectors = token_pooler(token_pooling).pool(page_vectors)
+        pool_s = time.perf_counter() - pool_started
+        stored_vectors = sum(len(v) for v in page_vectors)
+        ingest_s = _ingest(index, page_vectors)
         bytes_per_page = None if uri else round(_disk_bytes(db) / pages)  # a server's disk is not ours to read
+        peer_runs = _start_peers(peers, root, tokens)
 
         truth, brute_s, ours_s, recall = [], [], [], []
         open_started = time.perf_counter()
@@ -166,6 +221,8 @@ def bench_search(
                 hits = index.search([query], top_k=5)[0]
                 ours_s.append(time.perf_counter() - started)
                 recall.append(len({_page_number(h) for h in hits} & truth[-1]) / 5)
+                for run in peer_runs.values():
+                    run.query(query, truth[-1])
             batch_started = time.perf_counter()
             index.search(query_set, top_k=5)
             batch_s = time.perf_counter() - batch_started
@@ -181,13 +238,17 @@ def bench_search(
                     layra_recall.append(len(set(top) & expected) / 5)
         return {
             "pages": pages,
+            "queries": len(query_set),
             "milvus": "server " + uri if uri else "lite",
             "ours": {
                 "p50_ms": _ms(ours_s, 50),
                 "p95_ms": _ms(ours_s, 95),
                 "recall_at_5": round(float(np.mean(recall)), 4),
                 "bytes_per_page": bytes_per_page,
-                "ingest_rows_per_s": round(pages * TOKENS / ingest_s),
+                "ingest_rows_per_s": round(stored_vectors / ingest_s),
+                "vectors_per_page": round(stored_vectors / pages, 1),
+                "token_pooling": token_pooling,
+                "pooling_s_per_page": round(pool_s / pages, 4),
                 "open_and_first_query_ms": round(first_query_s * 1000, 1),
                 "batch_of_queries_ms_per_query": round(batch_s * 1000 / len(query_set), 1),
                 "candidates": index.candidates,
@@ -200,8 +261,14 @@ def bench_search(
                 "queries": len(layra_s),
             },
             "brute_force": {"p50_ms": _ms(brute_s, 50), "queries": len(brute_s)},
+            "peers": {
+                name: peer_runs[name].summary() if name in peer_runs else {"skipped": UNAVAILABLE[name]}
+                for name in peers
+            },
         }
     finally:
+        for run in peer_runs.values():
+            run.peer.close()
         if uri:
             _drop(index, layra)
         if workdir is None:
