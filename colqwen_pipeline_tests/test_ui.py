@@ -131,11 +131,14 @@ def test_inbox_sensor_ui_launch_and_deletion_in_a_running_dagster_dev(dagster_de
     run = server.wait_for_run(lambda r: r["jobName"] == "ingest_job")
     assert run["status"] == "SUCCESS"
     assert {"key": "dagster/sensor_name", "value": "inbox_sensor"} in run["tags"]
+    assert {"key": "colqwen/trigger", "value": "sensor"} in run["tags"]
     assert [h.doc_id for h in stages.search("invoice total", top_k=1, settings=settings)] == [key]
 
     # 2. a partition launched through the GraphQL API (what the UI's Materialize button does)
     run_id = server.launch_partition("ingest_job", key)
-    assert server.wait_for_run(lambda r: r["runId"] == run_id)["status"] == "SUCCESS"
+    launched = server.wait_for_run(lambda r: r["runId"] == run_id)
+    assert launched["status"] == "SUCCESS"
+    assert {"key": "colqwen/trigger", "value": "ui"} in launched["tags"]
     assert stages.make_index(settings).count_tokens(key) > 0
 
     # 3. what a person sees: the asset graph with its checks, and the page thumbnails
@@ -143,6 +146,7 @@ def test_inbox_sensor_ui_launch_and_deletion_in_a_running_dagster_dev(dagster_de
         page.goto(f"{server.url}/locations/{LOCATION}/asset-groups/colqwen")
         page.get_by_text("milvus_collection").first.wait_for(timeout=60_000)
         page.get_by_text("/ 3 Passed").first.wait_for(timeout=60_000)  # the three collection checks
+        assert "Execution failed" not in page.inner_text("body")
         text = page.inner_text("body")
         for label in ("raw_documents", "page_images", "page_embeddings", "milvus_collection", "Asset checks"):
             assert label in text
