@@ -369,7 +369,7 @@ def test_pipeline_runs_with_the_model_held_by_the_server(server: str, deployment
     assert found["query"] == "replace the filter cartridge"
     assert [r["doc_id"] for r in found["results"]] == [key] * 3
     assert sorted(r["page"] for r in found["results"]) == [1, 2, 3]
-    assert set(found["results"][0]) == {"doc_id", "document", "page", "score", "image_path"}
+    assert set(found["results"][0]) == {"doc_id", "document", "page", "score", "image_path", "page_url"}
     assert found["model"] == {"fingerprint": info["model"]["fingerprint"], "random_weights": True}
     image_path = found["results"][0]["image_path"]
     assert image_path.startswith(f"pages/{key}/")  # relative to the state directory, not absolute

@@ -297,6 +297,19 @@ def test_bad_uploads_are_refused_naming_the_file(client: httpx.Client, deploymen
     assert sorted(p.name for p in settings.inbox.iterdir()) == before
 
 
+def test_an_uploaded_pdf_is_searchable_with_only_serve_running(client: httpx.Client) -> None:
+    """Issue target: searchable within two minutes of the upload, indexed by the server alone."""
+    pdf = (SAMPLES / "acme_annual_report_2025.pdf").read_bytes()
+    started = time.monotonic()
+    doc_id = client.post("/documents", files={"file": ("annual.pdf", pdf, "application/pdf")}).json()["doc_id"]
+    pages = wait_for_status(client, doc_id, "indexed", timeout_s=120)["pages"]
+    searchable_s = time.monotonic() - started
+    hits = client.post("/search", json={"query": "annual revenue", "doc_ids": [doc_id], "top_k": 20}).json()
+    assert pages >= 1 and len(hits["results"]) == pages
+    print(f"uploaded PDF ({pages} pages) searchable after {searchable_s:.1f} s")
+    assert client.delete(f"/documents/{doc_id}").status_code == 200
+
+
 def test_a_document_that_fails_to_render_is_listed_as_failed(client: httpx.Client) -> None:
     response = client.post("/documents", files={"file": ("broken.pdf", b"%PDF-1.7\n garbage", "application/pdf")})
     doc_id = response.json()["doc_id"]
