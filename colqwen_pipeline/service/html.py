@@ -16,7 +16,8 @@ VIEW_WIDTH = 1000
 STYLE = """
 :root { color-scheme: light; --ink: #1b1f24; --muted: #57606a; --line: #d0d7de; --accent: #0b5cad; }
 * { box-sizing: border-box; }
-body { margin: 0; overflow-wrap: anywhere; font: 16px/1.5 system-ui, sans-serif; color: var(--ink); background: #f6f8fa; }
+body { margin: 0; overflow-wrap: anywhere; font: 16px/1.5 system-ui, sans-serif; color: var(--ink);
+  background: #f6f8fa; }
 header, main { max-width: 1400px; margin: 0 auto; padding: 0.75rem 1rem; }
 header { display: flex; flex-wrap: wrap; gap: 1rem; align-items: baseline; }
 header h1 { font-size: 1.25rem; margin: 0; } header a { color: var(--ink); }
