@@ -138,15 +138,17 @@ def _run_summary(name: str, by_key: dict[str, CheckOutcome]) -> CheckOutcome:
         return CheckOutcome(True, NOTHING_TO_JUDGE[name], {"documents": 0})
     failing = {key: outcome.description for key, outcome in by_key.items() if not outcome.passed}
     metadata = {"documents": len(by_key), "not_passed": len(failing)}
+    shared = {outcome.description for outcome in by_key.values()}
+    if len(shared) == 1:  # one verdict for all (throughput is the run's): its figures are the run's too
+        metadata = next(iter(by_key.values())).metadata | metadata
     if not failing:
-        only = next(iter(by_key.values())).description if len(by_key) == 1 else ""
-        return CheckOutcome(True, f"{len(by_key)} document(s), all passed" + (f": {only}" if only else ""), metadata)
+        common = f": {shared.pop()}" if len(shared) == 1 else ""
+        return CheckOutcome(True, f"{len(by_key)} document(s), all passed{common}", metadata)
     shown = "; ".join(f"{key}: {reason}" for key, reason in list(failing.items())[:3])
     more = f"; … and {len(failing) - 3} more" if len(failing) > 3 else ""
     tables = {"documents_not_passed": [{"document": k, "reason": r} for k, r in failing.items()]}
-    return CheckOutcome(
-        False, f"{len(failing)} of {len(by_key)} document(s) did not pass: {shown}{more}", metadata, tables
-    )
+    description = f"{len(failing)} of {len(by_key)} document(s) did not pass: {shown}{more}"
+    return CheckOutcome(False, description, metadata, tables)
 
 
 def _collection_judges(settings: Settings) -> dict[str, tuple[Callable[[Settings], CheckOutcome], Any]]:
