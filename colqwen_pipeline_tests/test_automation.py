@@ -11,13 +11,14 @@ import pytest
 import yaml
 from PIL import Image
 
-from colqwen_pipeline import inbox_watch, stages
+from colqwen_pipeline.bulk import stages
+from colqwen_pipeline.bulk.runner import ingest, run_materializations
 from colqwen_pipeline.bulk.runs import RANGE_END, RANGE_START
 from colqwen_pipeline.definitions import RESOURCES, defs
 from colqwen_pipeline.defs.automation import inbox_sensor, reindex_schedule, remove_documents_job
-from colqwen_pipeline.embedding import service
+from colqwen_pipeline.embedding import registry
 from colqwen_pipeline.inbox import document_key
-from colqwen_pipeline.runner import ingest, run_materializations
+from colqwen_pipeline.inbox import watch as inbox_watch
 from colqwen_pipeline_tests.conftest import REPO, add_sample
 
 OLD = time.time() - 3600
@@ -143,7 +144,7 @@ def test_a_bulk_run_indexes_good_documents_and_fails_the_broken_one_alone(state,
     add_sample(state, "pump_maintenance_manual.pdf")
     add_sample(state, "scanned_invoice.jpg")
     (state.inbox / "broken.pdf").write_bytes(b"%PDF-1.4\ngarbage")
-    loads_before = service.loads_so_far()
+    loads_before = registry.loads_so_far()
 
     summary = ingest(state, instance=instance, echo=lambda _: None)
 
@@ -162,7 +163,7 @@ def test_a_bulk_run_indexes_good_documents_and_fails_the_broken_one_alone(state,
     }
     assert indexed == good
     assert instance.get_materialized_partitions(dg.AssetKey("milvus_collection")) == good
-    assert service.loads_so_far() - loads_before <= 1  # one model load for the whole run
+    assert registry.loads_so_far() - loads_before <= 1  # one model load for the whole run
     failure = next(e for e in instance.all_logs(run.run_id) if e.dagster_event and e.dagster_event.is_step_failure)
     description = failure.dagster_event.step_failure_data.user_failure_data.description
     assert description.startswith("1 of 3 document(s) failed; the others are indexed: broken.pdf:")

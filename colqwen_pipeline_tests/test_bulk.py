@@ -8,11 +8,10 @@ import time
 import pytest
 from PIL import Image
 
-from colqwen_pipeline import stages
-from colqwen_pipeline.bulk import versions
+from colqwen_pipeline.bulk import stages, versions
 from colqwen_pipeline.bulk.engine import run_documents
 from colqwen_pipeline.bulk.runs import partition_ranges
-from colqwen_pipeline.embedding import service
+from colqwen_pipeline.embedding import registry
 from colqwen_pipeline.inbox import document_key, inbox_files
 from colqwen_pipeline_tests.conftest import add_sample
 
@@ -61,7 +60,7 @@ def test_partition_ranges_cover_the_wanted_keys_within_the_limit():
 def test_pages_of_one_page_documents_share_model_batches(state, monkeypatch):
     monkeypatch.setattr(state, "batch_size", 4)
     keys = one_page_scans(state, 10)
-    service.unload()
+    registry.unload()
 
     report = run_documents(state, keys)
 

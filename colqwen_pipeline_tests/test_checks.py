@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from colqwen_pipeline import stages
+from colqwen_pipeline.bulk import stages
 from colqwen_pipeline.embedding.artifact import EmbeddingArtifact, write_artifact
 from colqwen_pipeline.evaluation import collection
 from colqwen_pipeline.evaluation.checks import check_embeddings, check_throughput

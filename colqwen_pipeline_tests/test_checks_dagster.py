@@ -6,11 +6,11 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from colqwen_pipeline import stages
+from colqwen_pipeline.bulk import stages
+from colqwen_pipeline.bulk.runner import collection_checks, ingest, run_check_evaluations, run_materializations
 from colqwen_pipeline.definitions import RESOURCES, defs
 from colqwen_pipeline.defs.assets import ASSETS
 from colqwen_pipeline.inbox import document_key
-from colqwen_pipeline.runner import collection_checks, ingest, run_check_evaluations, run_materializations
 from colqwen_pipeline_tests.conftest import REPO, add_sample
 
 INVOICE = "scanned_invoice.jpg"

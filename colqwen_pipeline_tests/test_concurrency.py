@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from colqwen_pipeline import stages
+from colqwen_pipeline.bulk import stages
 from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
 from colqwen_pipeline.inbox import document_key
 from colqwen_pipeline_tests.conftest import add_sample

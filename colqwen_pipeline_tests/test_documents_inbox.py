@@ -9,10 +9,10 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from colqwen_pipeline import stages
+from colqwen_pipeline.bulk import stages
+from colqwen_pipeline.bulk.runner import ingest
 from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
 from colqwen_pipeline.inbox import document_key
-from colqwen_pipeline.runner import ingest
 from colqwen_pipeline_tests.conftest import SAMPLES, add_sample
 from colqwen_pipeline_tests.test_documents import encrypted_pdf, raw_pdf
 

@@ -13,8 +13,8 @@ import dagster as dg
 import numpy as np
 import pytest
 
-from colqwen_pipeline import stages
-from colqwen_pipeline.embedding import service
+from colqwen_pipeline.bulk import stages
+from colqwen_pipeline.embedding import registry
 from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
 from colqwen_pipeline.embedding.embedder import Embedder, EmbeddingError, group_batches
 from colqwen_pipeline.embedding.loading import ModelLoadError, ModelSpec, identify, load_model
@@ -214,18 +214,18 @@ def test_second_materialisation_is_served_from_redis_without_a_forward(state, em
     first_artifact, first = stages.embed_stage(settings, key)
     first_vectors = np.array(first_artifact.vectors)
     shutil.rmtree(first_artifact.directory)  # so the pages can only come from Redis
-    service.unload()  # as in a fresh process
-    loads = service.loads_so_far()
+    registry.unload()  # as in a fresh process
+    loads = registry.loads_so_far()
 
     artifact, second = stages.embed_stage(settings, key)
 
     assert (first["cache_misses"], first["pages_embedded"]) == (3, 3) and first["model_forwards"] >= 1
     assert (second["cache_hits"], second["cache_misses"], second["model_forwards"]) == (3, 0, 0)
-    assert service.loads_so_far() == loads  # every page cached: the model was not even loaded
+    assert registry.loads_so_far() == loads  # every page cached: the model was not even loaded
     assert np.array_equal(np.asarray(artifact.vectors), first_vectors)
     import redis
 
-    model_key = service.open_cache(settings, service.model_identity(settings)).model_key
+    model_key = registry.open_cache(settings, registry.model_identity(settings)).model_key
     stored = redis.Redis.from_url(empty_redis).get(f"cache:embed:image:{model_key}:{artifact.pages[0]['sha256']}")
     assert len(stored) == artifact.pages[0]["count"] * 128 * 2  # fp16 bytes, not JSON
 
@@ -256,13 +256,13 @@ def test_redis_down_warns_once_and_embeds_anyway(state, monkeypatch, caplog):
 def test_query_embeddings_are_cached_under_text_keys(state, empty_redis, monkeypatch):
     monkeypatch.setenv("COLQWEN_REDIS_URL", empty_redis)
     settings = type(state)()
-    first, cache = service.embed_queries_cached(settings, ["replace the filter cartridge"])
-    forwards = service.get_embedder(settings).stats.forward_calls
+    first, cache = registry.embed_queries_cached(settings, ["replace the filter cartridge"])
+    forwards = registry.get_embedder(settings).stats.forward_calls
 
-    second, second_cache = service.embed_queries_cached(settings, ["replace the filter cartridge"])
+    second, second_cache = registry.embed_queries_cached(settings, ["replace the filter cartridge"])
 
     assert (cache.misses, second_cache.hits) == (1, 1)
-    assert service.get_embedder(settings).stats.forward_calls == forwards
+    assert registry.get_embedder(settings).stats.forward_calls == forwards
     assert np.array_equal(first[0], second[0]) and first[0].dtype == np.float32
     import redis
 
@@ -274,13 +274,13 @@ def test_many_documents_share_one_model_load(state):
         rasterized(state, n)
         for n in ("pump_maintenance_manual.pdf", "scanned_invoice.jpg", "acme_annual_report_2025.pdf")
     ]
-    service.unload()
-    loads = service.loads_so_far()
+    registry.unload()
+    loads = registry.loads_so_far()
 
     for key in keys:
         stages.embed_stage(state, key)
 
-    assert service.loads_so_far() - loads == 1
+    assert registry.loads_so_far() - loads == 1
 
 
 def test_a_run_over_a_partition_range_materialises_every_partition_with_its_own_metadata(state):
@@ -288,8 +288,8 @@ def test_a_run_over_a_partition_range_materialises_every_partition_with_its_own_
     from colqwen_pipeline.defs.assets import ASSETS
 
     keys = [rasterized(state, n) for n in ("pump_maintenance_manual.pdf", "scanned_invoice.jpg")]
-    service.unload()
-    loads = service.loads_so_far()
+    registry.unload()
+    loads = registry.loads_so_far()
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("documents", keys)
         result = dg.materialize(
@@ -304,7 +304,7 @@ def test_a_run_over_a_partition_range_materialises_every_partition_with_its_own_
 
     pages = {e.partition: e.event_specific_data.materialization.metadata["pages"].value for e in events}
     assert pages == {keys[0]: 3, keys[1]: 1}
-    assert service.loads_so_far() - loads == 1
+    assert registry.loads_so_far() - loads == 1
     assert all(EmbeddingArtifact.read(state.embeddings_dir / k).fingerprint for k in keys)
 
 

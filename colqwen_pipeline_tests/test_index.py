@@ -246,7 +246,7 @@ def test_bench_reports_every_field_on_a_tiny_run():
     assert result["pages"] == 20
     assert set(result["ours"]) >= {"p50_ms", "p95_ms", "recall_at_5", "bytes_per_page", "ingest_rows_per_s"}
     assert result["ours"]["bytes_per_page"] > 0
-    assert result["ours"]["recall_at_5"] == 1.0  # 32 candidates cover all 20 pages: exact by construction
+    assert result["ours"]["recall_at_5"] == 1.0  # 20 pages are scored exactly (step 0 in docs/search.md)
     assert result["layra_baseline"]["recall_at_5"] > 0
     assert set(result["layra_baseline"]) >= {"p50_ms", "recall_at_5"} and "p50_ms" in result["brute_force"]
 
@@ -263,7 +263,7 @@ def test_bench_measures_a_milvus_server_the_same_way_and_drops_what_it_made(milv
 
 
 def test_a_small_collection_is_scored_exactly_whatever_the_first_stage_would_miss(index: MilvusIndex, monkeypatch):
-    """With 32 candidates, up to 128 pages are scored exactly: the first stage is never consulted."""
+    """With 20 candidates, up to 120 pages are scored exactly: the first stage is never consulted."""
     for doc in range(3):
         index.replace_document(f"doc-{doc}", f"{doc}.pdf", unit_pages(doc, 10), "model-x", DIM)
     with index.client() as client:  # a server's row statistics count flushed segments only

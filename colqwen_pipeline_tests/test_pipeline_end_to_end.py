@@ -5,12 +5,12 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from colqwen_pipeline import stages
+from colqwen_pipeline.bulk import stages
+from colqwen_pipeline.bulk.runner import ingest
 from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
-from colqwen_pipeline.embedding.service import embed_queries_cached
+from colqwen_pipeline.embedding.registry import embed_queries_cached
 from colqwen_pipeline.inbox import document_key
 from colqwen_pipeline.index.maxsim import maxsim
-from colqwen_pipeline.runner import ingest
 from colqwen_pipeline_tests.conftest import add_sample
 
 

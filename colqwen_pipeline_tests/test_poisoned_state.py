@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import redis
 
-from colqwen_pipeline import stages
+from colqwen_pipeline.bulk import stages
+from colqwen_pipeline.bulk.runner import ingest
 from colqwen_pipeline.documents.manifest import Manifest
-from colqwen_pipeline.embedding import service
+from colqwen_pipeline.embedding import registry
 from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
 from colqwen_pipeline.inbox import document_key
-from colqwen_pipeline.runner import ingest
 from colqwen_pipeline_tests.conftest import add_sample
 
 INVOICE = "scanned_invoice.jpg"
@@ -46,7 +46,7 @@ def test_a_junk_cache_value_is_a_miss_deleted_and_never_copied_into_the_artifact
     add_sample(settings, INVOICE)
     ingest(settings, instance=instance, echo=lambda _: None)
     key = document_key(INVOICE)
-    cache = service.open_cache(settings, service.model_identity(settings))
+    cache = registry.open_cache(settings, registry.model_identity(settings))
     image_key = cache.image_key(Manifest.read(settings.pages_dir / key).pages[0].sha256)
     client = redis.Redis.from_url(settings.redis_url)
     client.set(image_key, junk_like(client.get(image_key)))
@@ -65,7 +65,7 @@ def test_a_junk_query_value_never_gives_a_nan_score(cached_state, instance):
     add_sample(settings, INVOICE)
     ingest(settings, instance=instance, echo=lambda _: None)
     stages.search("invoice total", settings=settings)  # caches the query's vectors
-    cache = service.open_cache(settings, service.model_identity(settings))
+    cache = registry.open_cache(settings, registry.model_identity(settings))
     client = redis.Redis.from_url(settings.redis_url)
     text_key = cache.text_key("invoice total")
     client.set(text_key, junk_like(client.get(text_key)))

@@ -8,7 +8,7 @@ import numpy as np
 import pypdfium2 as pdfium
 import pytest
 
-from colqwen_pipeline.embedding import service
+from colqwen_pipeline.embedding import registry
 from colqwen_pipeline.embedding.loading import ModelSpec, identify
 from colqwen_pipeline.index.bench import TOKENS, synthetic_pages
 from colqwen_pipeline.index.pooling import HierarchicalPooling, NoPooling, token_pooler
@@ -53,14 +53,14 @@ def test_the_embedder_pools_page_vectors_but_not_queries(state, monkeypatch):
     pdf = pdfium.PdfDocument(SAMPLES / "pump_maintenance_manual.pdf")
     image = pdf[0].render(scale=40 / 72).to_pil()
     pdf.close()
-    embedder = service.get_embedder(settings)
+    embedder = registry.get_embedder(settings)
     try:
         pooled = embedder.embed_images([image])[0]
         query = embedder.embed_queries(["pump maintenance"])[0]
         embedder.pooler = token_pooler(0)
         plain = embedder.embed_images([image])[0]
     finally:
-        service.unload()
+        registry.unload()
 
     assert len(pooled) == len(plain) // 3 and pooled.dtype == np.float16
     assert len(query) == len(embedder.embed_queries(["pump maintenance"])[0])  # queries never pooled

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from colqwen_pipeline import stages
+from colqwen_pipeline.bulk import stages
 from colqwen_pipeline.bulk.engine import run_documents
 from colqwen_pipeline.embedding.cache import EmbeddingCache
-from colqwen_pipeline.embedding.service import model_identity
+from colqwen_pipeline.embedding.registry import model_identity
 from colqwen_pipeline.evaluation.collection import evaluate
 from colqwen_pipeline.inbox import inbox_files
 from colqwen_pipeline.settings import Settings

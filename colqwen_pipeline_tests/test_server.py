@@ -128,7 +128,7 @@ def files(*blobs: bytes) -> list[tuple[str, tuple[str, bytes, str]]]:
 @pytest.fixture(scope="module")
 def local_embedder(deployment: dict[str, str]):
     """The same tiny model loaded in the test process: what the server must reproduce."""
-    from colqwen_pipeline.embedding.service import get_embedder
+    from colqwen_pipeline.embedding.registry import get_embedder
 
     home = Path(deployment["COLQWEN_HOME"]).parent / "local"
     return get_embedder(Settings(home=home, model=deployment["COLQWEN_MODEL"], redis_url=""))
@@ -322,7 +322,7 @@ def test_a_model_that_fails_to_load_is_reported_not_ready(state: Settings, tmp_p
 
 # -- the pipeline with the model held by the server ----------------------------------------------
 def test_remote_embedder_keeps_to_the_server_limits(server: str) -> None:
-    from colqwen_pipeline.embedding.service import get_embedder
+    from colqwen_pipeline.embedding.registry import get_embedder
 
     embedder = get_embedder(Settings(model_server_url=server, model="/nowhere/no-model"))  # never loaded here
     pages = [Image.open(io.BytesIO(page_png(label=f"limit {i} {time.time_ns()}"))) for i in range(5)]
@@ -392,7 +392,7 @@ sys.exit(main(["serve", "--port", sys.argv[1]]))
 def test_a_remote_cuda_model_is_the_servers_device_and_never_this_hosts_gpu(deployment, tmp_path, monkeypatch):
     import torch
 
-    from colqwen_pipeline.runner import ingest, run_check_evaluations
+    from colqwen_pipeline.bulk.runner import ingest, run_check_evaluations
 
     assert not torch.cuda.is_available()  # the point: this host has no CUDA at all
     port = free_port()

@@ -14,8 +14,8 @@ import dagster as dg
 import pytest
 from PIL import Image
 
-from colqwen_pipeline import stages
-from colqwen_pipeline.runner import ingest
+from colqwen_pipeline.bulk import stages
+from colqwen_pipeline.bulk.runner import ingest
 
 pytestmark = pytest.mark.slow
 

@@ -121,7 +121,7 @@ def dagster_dev(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.Monkey
 
 
 def test_inbox_sensor_ui_launch_and_deletion_in_a_running_dagster_dev(dagster_dev, tmp_path):
-    from colqwen_pipeline import stages
+    from colqwen_pipeline.bulk import stages
 
     server, inbox, settings = dagster_dev
     shutil.copy(SAMPLES / "scanned_invoice.jpg", inbox / "invoice.jpg")
@@ -167,7 +167,7 @@ def test_a_drop_of_50_files_into_a_running_dagster_dev_is_searchable_in_few_runs
     within 5 minutes, in at most 3 runs, each with at most one model load."""
     from PIL import Image, ImageDraw
 
-    from colqwen_pipeline import stages
+    from colqwen_pipeline.bulk import stages
     from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
 
     server, inbox, settings = dagster_dev

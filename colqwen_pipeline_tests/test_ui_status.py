@@ -16,10 +16,10 @@ from dagster._core.workspace.context import WorkspaceProcessContext
 from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
 from dagster_graphql.test.utils import execute_dagster_graphql
 
+from colqwen_pipeline.bulk.runner import ingest
 from colqwen_pipeline.definitions import RESOURCES, defs
 from colqwen_pipeline.defs.checks import WARNING_LABEL
 from colqwen_pipeline.inbox import document_key
-from colqwen_pipeline.runner import ingest
 from colqwen_pipeline_tests.conftest import REPO, add_sample
 
 CHECKS_QUERY = """{ assetNodes { assetKey { path } assetChecksOrError { ... on AssetChecks { checks { name

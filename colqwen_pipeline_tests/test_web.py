@@ -32,7 +32,7 @@ AUTH = {"authorization": f"Bearer {KEY}"}
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, str]:
     """A state directory holding one indexed PDF, as `colqwen-pipeline ingest` leaves it."""
-    from colqwen_pipeline.runner import ingest
+    from colqwen_pipeline.bulk.runner import ingest
 
     root = tmp_path_factory.mktemp("web")
     (root / "inbox").mkdir()
@@ -214,7 +214,7 @@ def test_patch_grid_matches_every_stored_page(deployment, tiny_model_dir: Path) 
     """The processor's grid for each page's size plus the prompt's tokens is exactly what was stored."""
     from colqwen_pipeline.documents.manifest import Manifest
     from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
-    from colqwen_pipeline.embedding.service import get_embedder
+    from colqwen_pipeline.embedding.registry import get_embedder
     from colqwen_pipeline.service import heatmap
 
     settings = settings_of(deployment)

@@ -96,7 +96,7 @@ def _render_alone(paths: list[Path], out: Path, env: dict[str, str]) -> tuple[fl
 
 
 def _embed_alone(pages: list[Path], env: dict[str, str]) -> float:
-    from colqwen_pipeline.embedding.service import get_embedder, unload
+    from colqwen_pipeline.embedding.registry import get_embedder, unload
 
     settings = _settings(env)
     embedder = get_embedder(settings)  # loaded (and warmed up) before the clock starts

@@ -23,11 +23,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from colqwen_pipeline.atomic import sweep_temporaries
 from colqwen_pipeline.bulk import versions
+from colqwen_pipeline.common.atomic import sweep_temporaries
+from colqwen_pipeline.common.errors import PipelineError
 from colqwen_pipeline.documents.manifest import DocumentError, Manifest
 from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
-from colqwen_pipeline.errors import PipelineError
 from colqwen_pipeline.evaluation.checks import CheckOutcome, check_embeddings
 from colqwen_pipeline.inbox import file_sha256, inbox_files, printable
 from colqwen_pipeline.index.base import DocumentIndex, DocumentRows, IndexRefused, PageRows
@@ -115,7 +115,7 @@ class _Run:
     @property
     def identity(self) -> Any:
         if self._identity is None:
-            from colqwen_pipeline.embedding.service import model_identity, open_cache
+            from colqwen_pipeline.embedding.registry import model_identity, open_cache
 
             self._identity = model_identity(self.settings)
             self._cache = open_cache(self.settings, self._identity)
@@ -128,7 +128,7 @@ class _Run:
     def index(self) -> tuple[DocumentIndex, DocumentIndex, str | None, str]:
         """(live index, write target, rebuild reason, physical collection of the target)."""
         if self._index is None:
-            from colqwen_pipeline.stages import make_index
+            from colqwen_pipeline.index import make_index
 
             live = make_index(self.settings)
             fingerprint = self.identity.fingerprint
@@ -140,7 +140,7 @@ class _Run:
         return self._index
 
     def embedder(self) -> Any:
-        from colqwen_pipeline.embedding.service import get_embedder, loads_so_far
+        from colqwen_pipeline.embedding.registry import get_embedder, loads_so_far
 
         before, started = loads_so_far(), time.perf_counter()
         embedder = get_embedder(self.settings)

@@ -144,7 +144,7 @@ def _record(context: dg.AssetExecutionContext, selected: list[str], result: Any,
         if stage == "pages":
             metadata["preview"] = dg.MetadataValue.md(_preview(outcome.metadata["path"]))
         if stage == "embeddings" and metadata.get("random_weights"):
-            from colqwen_pipeline.embedding.service import RANDOM_WEIGHTS_WARNING
+            from colqwen_pipeline.embedding.registry import RANDOM_WEIGHTS_WARNING
 
             metadata["warning"] = RANDOM_WEIGHTS_WARNING
         for name in ("path",):

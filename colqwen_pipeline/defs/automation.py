@@ -8,15 +8,15 @@ import time
 
 import dagster as dg
 
-from colqwen_pipeline import stages
+from colqwen_pipeline.bulk import stages
 from colqwen_pipeline.bulk.indexed import indexed_inbox_state
 from colqwen_pipeline.bulk.runs import partition_ranges, range_tags, stable_key
+from colqwen_pipeline.bulk.stale_runs import fail_dead_cli_runs
 from colqwen_pipeline.defs.assets import documents, ingest_job
 from colqwen_pipeline.defs.resources import ColQwenResource
 from colqwen_pipeline.inbox import mass_removal
-from colqwen_pipeline.inbox_watch import scan_inbox
+from colqwen_pipeline.inbox.watch import scan_inbox
 from colqwen_pipeline.settings import Settings
-from colqwen_pipeline.stale_runs import fail_dead_cli_runs
 
 HASH_BUDGET_BYTES = 2 << 30  # read per tick at most (~4 s): a tick must end well inside its deadline
 

@@ -55,7 +55,7 @@ def decode_pages(
 
 def _to_page(frame: Image.Image, max_page_pixels: int) -> tuple[Image.Image, float]:
     dpi = _declared_dpi(frame)
-    img = _to_rgb(ImageOps.exif_transpose(frame))
+    img = to_rgb(ImageOps.exif_transpose(frame))
     pixels = img.width * img.height
     if pixels > max_page_pixels:
         scale = math.sqrt(max_page_pixels / pixels)
@@ -73,7 +73,7 @@ def _declared_dpi(img: Image.Image) -> float:
         return 0.0
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
+def to_rgb(img: Image.Image) -> Image.Image:
     if img.mode in SIXTEEN_BIT_MODES:
         # Map the full 16-bit range to 8 bits (plain convert("L") clips everything above 255).
         return img.convert("I").point(lambda v: v / 257, "L").convert("RGB")

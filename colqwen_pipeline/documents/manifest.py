@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from colqwen_pipeline.errors import PipelineError
+from colqwen_pipeline.common.errors import PipelineError
 
 MANIFEST_NAME = "manifest.json"
 MAX_SKIPPED_SHOWN = 5  # skipped pages named in a summary line; the manifest lists them all

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from colqwen_pipeline.atomic import replace_dir
+from colqwen_pipeline.common.atomic import replace_dir
 from colqwen_pipeline.documents.failures import FALLBACK_CODES, FailureCode, RenderError
 from colqwen_pipeline.documents.guard import run_workers
 from colqwen_pipeline.documents.manifest import MAX_SKIPPED_SHOWN, DocumentError, Manifest, PageRecord, SkippedPage

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from colqwen_pipeline.atomic import replace_dir
+from colqwen_pipeline.common.atomic import replace_dir
 
 
 @dataclass(frozen=True)

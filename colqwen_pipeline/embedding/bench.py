@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from colqwen_pipeline.common.errors import PipelineError
 from colqwen_pipeline.embedding.embedder import Embedder, group_batches, warm_up
 from colqwen_pipeline.embedding.loading import ModelSpec, load_model
-from colqwen_pipeline.errors import PipelineError
 from colqwen_pipeline.settings import Settings
 
 LETTER_150_DPI = (1275, 1650)
@@ -56,7 +56,7 @@ def synthetic_pages(directory: Path, count: int, size: tuple[int, int] = LETTER_
 
 
 def model_directory(kind: str, settings: Settings, device: str, precision: str) -> Path:
-    from colqwen_pipeline.embedding.service import ensure_tiny_model
+    from colqwen_pipeline.embedding.registry import ensure_tiny_model
     from colqwen_pipeline.embedding.tiny import build_random_model, full_random_config, is_tiny_model
 
     if kind == "tiny":
@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.what == "embed":
         result = bench_embed(args.model, args.precision, args.batch_size, args.pages)
     else:
-        from colqwen_pipeline.embedding.service import ensure_tiny_model
+        from colqwen_pipeline.embedding.registry import ensure_tiny_model
 
         model_dir = ensure_tiny_model(Settings().tiny_model_dir)
         result = measure_batch_invariance(model_dir, render_inbox_pages(Path(args.inbox)), batch_size=args.batch_size)

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from colqwen_pipeline.common.errors import PipelineError
 from colqwen_pipeline.embedding.loading import ModelIdentity
-from colqwen_pipeline.errors import PipelineError
 from colqwen_pipeline.index.pooling import NoPooling, TokenPooler
 
 log = logging.getLogger(__name__)

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from colqwen_pipeline.common.errors import PipelineError
 from colqwen_pipeline.embedding.tiny import is_tiny_model
-from colqwen_pipeline.errors import PipelineError
 from colqwen_pipeline.index.pooling import token_pooler
 
 log = logging.getLogger(__name__)

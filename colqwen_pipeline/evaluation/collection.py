@@ -25,9 +25,9 @@ from colqwen_pipeline.evaluation.retrieval import (
     load_artifacts,
 )
 from colqwen_pipeline.inbox import inbox_files
+from colqwen_pipeline.index import make_index
 from colqwen_pipeline.index.base import DocumentIndex
 from colqwen_pipeline.settings import Settings
-from colqwen_pipeline.stages import make_index
 
 
 def checked_index(settings: Settings) -> DocumentIndex:
@@ -39,7 +39,7 @@ def _lazy_embedder(settings: Settings) -> EmbedQueries:
     """The queries as search embeds them (cache, then the model, loaded only on a miss)."""
 
     def embed(texts: list[str]):
-        from colqwen_pipeline.embedding.service import embed_queries_cached
+        from colqwen_pipeline.embedding.registry import embed_queries_cached
 
         return embed_queries_cached(settings, texts)[0]
 

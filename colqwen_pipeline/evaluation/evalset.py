@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from colqwen_pipeline.errors import PipelineError
+from colqwen_pipeline.common.errors import PipelineError
 from colqwen_pipeline.inbox import document_key
 
 

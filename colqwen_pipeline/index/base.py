@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from colqwen_pipeline.errors import PipelineError
+from colqwen_pipeline.common.errors import PipelineError
 
 
 class IndexRefused(PipelineError):

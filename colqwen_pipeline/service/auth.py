@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from urllib.parse import parse_qs
 
-from colqwen_pipeline.errors import PipelineError
+from colqwen_pipeline.common.errors import PipelineError
 from colqwen_pipeline.settings import Settings
 
 COOKIE = "colqwen_session"

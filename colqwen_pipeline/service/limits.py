@@ -145,12 +145,12 @@ def pixel_batches(pixels: Sequence[int], batch_size: int, capacity: int) -> Iter
 
 def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
     """RGB page from upload bytes; the size is checked from the header, before decoding pixels."""
-    from colqwen_pipeline.documents.images import _to_rgb  # the conversion inbox pages get
+    from colqwen_pipeline.documents.images import to_rgb  # the conversion inbox pages get
 
     image = _open_checked(data, name, max_pixels)
     try:
         image.load()
-        return _to_rgb(image)
+        return to_rgb(image)
     except (OSError, SyntaxError, ValueError) as error:  # Pillow's ways of saying "truncated/corrupt"
         raise Refused(400, f"{name}: broken image ({error})") from error
 

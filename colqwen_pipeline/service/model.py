@@ -62,7 +62,7 @@ class ModelHolder:
         if self.load_gate is not None:
             self.load_gate.wait()
         try:
-            from colqwen_pipeline.embedding.service import get_embedder, open_cache
+            from colqwen_pipeline.embedding.registry import get_embedder, open_cache
 
             embedder = get_embedder(self.settings)  # loads and warms up
             self.cache = open_cache(self.settings, embedder.identity)

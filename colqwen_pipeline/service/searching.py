@@ -19,8 +19,8 @@ def search_pages(
     holder: ModelHolder, settings: Settings, query: str, top_k: int, doc_ids: list[str] | None = None
 ) -> list[dict[str, Any]]:
     """Ranked pages as ``search --json`` prints them, plus ``page_url``; every limit checked first."""
+    from colqwen_pipeline.index import make_index
     from colqwen_pipeline.index.base import IndexRefused
-    from colqwen_pipeline.stages import make_index
 
     check_query(query, settings)
     check_top_k(top_k, settings)

@@ -170,7 +170,7 @@ class ServerIndexer(Indexer):
                 self.on_indexed()
 
     def _ingest(self, doc_id: str, path: Path) -> None:
-        from colqwen_pipeline.runner import ingest
+        from colqwen_pipeline.bulk.runner import ingest
 
         if not path.exists():  # deleted before its turn
             return
@@ -207,7 +207,7 @@ class AutoIndexer(Indexer):
 
 def daemon_heartbeat_is_fresh(settings: Settings) -> bool:
     """Has a Dagster daemon of this state directory's instance run its sensors within the last minute?"""
-    from colqwen_pipeline.runner import dagster_instance
+    from colqwen_pipeline.bulk.runner import dagster_instance
 
     try:
         beats = dagster_instance(settings).get_daemon_heartbeats()
@@ -257,7 +257,7 @@ def page_count(settings: Settings, doc_id: str) -> int | None:
 def remove_document(settings: Settings, doc_id: str, lock: threading.Lock) -> str:
     """Out of the inbox, the index, the state directory and Dagster's partitions; returns its file name.
     404 unless the doc_id is a document of the inbox or the index."""
-    from colqwen_pipeline import stages
+    from colqwen_pipeline.bulk import stages
 
     path = inbox_files(settings.inbox).get(doc_id)
     with lock:
@@ -272,7 +272,7 @@ def remove_document(settings: Settings, doc_id: str, lock: threading.Lock) -> st
 
 
 def _forget_partition(settings: Settings, doc_id: str) -> None:
-    from colqwen_pipeline.runner import PARTITIONS, dagster_instance
+    from colqwen_pipeline.bulk.runner import PARTITIONS, dagster_instance
 
     instance = dagster_instance(settings)
     if instance.has_dynamic_partition(PARTITIONS, doc_id):

@@ -31,7 +31,7 @@ class Web:
     """What the routes share: settings, the model, the index's ids, the page store, the indexer."""
 
     def __init__(self, holder: ModelHolder, settings: Settings, keys: ApiKeys):
-        from colqwen_pipeline.stages import make_index
+        from colqwen_pipeline.index import make_index
 
         self.holder, self.settings, self.keys = holder, settings, keys
         self.indexed = DocumentIds(lambda: make_index(holder.settings).document_ids())

@@ -43,7 +43,7 @@ def dagster_instance(settings: Settings) -> dg.DagsterInstance:
     if not os.environ.get("DAGSTER_HOME"):
         home = settings.dagster_home
         home.mkdir(parents=True, exist_ok=True)
-        project_yaml = Path(__file__).resolve().parent.parent / "dagster.yaml"
+        project_yaml = Path(__file__).resolve().parents[2] / "dagster.yaml"
         if project_yaml.exists() and not (home / "dagster.yaml").exists():
             shutil.copy(project_yaml, home / "dagster.yaml")
         os.environ["DAGSTER_HOME"] = str(home)
@@ -80,9 +80,9 @@ def ingest(
     the job the sensor and the schedule launch, over ranges of COLQWEN_MAX_DOCUMENTS_PER_RUN
     documents; prune vanished ones. ``force`` redoes every stage."""
     from colqwen_pipeline.bulk.runs import partition_ranges, range_tags
+    from colqwen_pipeline.bulk.stale_runs import fail_dead_cli_runs, process_tags
     from colqwen_pipeline.definitions import defs
     from colqwen_pipeline.defs.checks import COLLECTION_CHECKS
-    from colqwen_pipeline.stale_runs import fail_dead_cli_runs, process_tags
 
     started = time.perf_counter()
     instance = instance or dagster_instance(settings)
@@ -145,7 +145,7 @@ def prune(
 ) -> int:
     """Documents gone from the inbox leave the index, the artifacts and the partitions, unless most
     of the inbox vanished at once (then nothing is removed without ``confirmed``)."""
-    from colqwen_pipeline import stages
+    from colqwen_pipeline.bulk import stages
 
     gone = sorted(known - present)
     if not confirmed and (refusal := mass_removal(len(known), len(gone))):

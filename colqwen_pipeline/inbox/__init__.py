@@ -8,7 +8,7 @@ import os
 import re
 from pathlib import Path
 
-from colqwen_pipeline.errors import PipelineError
+from colqwen_pipeline.common.errors import PipelineError
 
 IGNORED_PREFIXES = (".", "~$")  # hidden files, editor/office lock files
 # An inbox that lost more than this share of its known documents, and more than MASS_REMOVAL_MIN of

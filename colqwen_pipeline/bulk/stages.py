@@ -14,16 +14,12 @@ from typing import Any
 from colqwen_pipeline.documents.manifest import Manifest
 from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
 from colqwen_pipeline.inbox import file_sha256, find_document
+from colqwen_pipeline.index import make_index
 from colqwen_pipeline.index.base import DocumentIndex, Hit, PageRows
-from colqwen_pipeline.index.milvus import MilvusIndex
 from colqwen_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 Log = Callable[[str], None]
-
-
-def make_index(settings: Settings) -> DocumentIndex:
-    return MilvusIndex.from_settings(settings)
 
 
 def describe_source(settings: Settings, key: str) -> dict[str, Any]:
@@ -46,7 +42,7 @@ def rasterize_stage(settings: Settings, key: str, log: Log = log.info) -> Manife
 def embed_stage(settings: Settings, key: str, log: Log = log.info) -> tuple[EmbeddingArtifact, dict[str, Any]]:
     """The model loads only if a page is in neither the Redis cache nor the previous artifact."""
     from colqwen_pipeline.embedding.document import embed_document
-    from colqwen_pipeline.embedding.service import get_embedder, model_identity, open_cache
+    from colqwen_pipeline.embedding.registry import get_embedder, model_identity, open_cache
 
     identity = model_identity(settings)
     cache = open_cache(settings, identity)
@@ -76,7 +72,7 @@ def remove_document(settings: Settings, key: str, index: DocumentIndex | None = 
 def search(query: str, top_k: int = 5, settings: Settings | None = None, doc_ids: list[str] | None = None) -> list[Hit]:
     """Rank indexed pages for ``query`` by MaxSim. The Python API behind ``colqwen-pipeline search``."""
     settings = settings or Settings()
-    from colqwen_pipeline.embedding.service import embed_queries_cached
+    from colqwen_pipeline.embedding.registry import embed_queries_cached
 
     vectors = embed_queries_cached(settings, [query])[0][0]  # cache:embed:text:...; loads the model on a miss
     return make_index(settings).search([vectors], top_k=top_k, doc_ids=doc_ids)[0]

@@ -21,8 +21,8 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from colqwen_pipeline.errors import PipelineError
-from colqwen_pipeline.preflight import load_settings, preflight_ingest, settings_error_line
+from colqwen_pipeline.cli.preflight import load_settings, preflight_ingest, settings_error_line
+from colqwen_pipeline.common.errors import PipelineError
 from colqwen_pipeline.settings import Settings
 
 DESCRIPTION = """\
@@ -39,7 +39,7 @@ def plural(count: int, noun: str) -> str:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from colqwen_pipeline.runner import IngestInterrupted, ingest
+    from colqwen_pipeline.bulk.runner import IngestInterrupted, ingest
 
     settings = load_settings()
     preflight_ingest(settings)  # a configuration error stops here, before any document is rendered
@@ -99,10 +99,11 @@ def stop_on_signals() -> Callable[[], int | None]:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from colqwen_pipeline.bulk.stages import search
+    from colqwen_pipeline.cli.search_scope import require_documents, search_scope
     from colqwen_pipeline.embedding.loading import model_marker
-    from colqwen_pipeline.embedding.service import model_identity
-    from colqwen_pipeline.search_scope import require_documents, search_scope
-    from colqwen_pipeline.stages import make_index, search
+    from colqwen_pipeline.embedding.registry import model_identity
+    from colqwen_pipeline.index import make_index
 
     settings = load_settings()
     check_query_text(args.query, settings)
@@ -140,11 +141,11 @@ def check_query_text(query: str, settings: Settings) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """The eval set scored on the live collection: metric table and top pages per query."""
+    from colqwen_pipeline.cli.search_scope import require_documents
     from colqwen_pipeline.evaluation.collection import evaluate
     from colqwen_pipeline.evaluation.evalset import EvalSetError, load_eval_set
     from colqwen_pipeline.evaluation.report import report_json, report_text
-    from colqwen_pipeline.search_scope import require_documents
-    from colqwen_pipeline.stages import make_index
+    from colqwen_pipeline.index import make_index
 
     settings = load_settings()
     if args.eval_set:
@@ -359,7 +360,3 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as error:  # settings read deeper down (the command's own read catches it first)
         print(f"error: {settings_error_line(error)}", file=sys.stderr)
         return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from colqwen_pipeline.errors import PipelineError
+from colqwen_pipeline.common.errors import PipelineError
 from colqwen_pipeline.inbox import InboxError, document_key, inbox_files
 from colqwen_pipeline.index.base import DocumentIndex
 from colqwen_pipeline.settings import Settings

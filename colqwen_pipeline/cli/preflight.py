@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
-from colqwen_pipeline.errors import PipelineError
+from colqwen_pipeline.common.errors import PipelineError
 from colqwen_pipeline.settings import Settings
 
 
@@ -46,8 +46,8 @@ def check_model(settings: Settings) -> None:
 
 def check_index(settings: Settings) -> None:
     """Open and close the index client: an unreachable server or a bad token fails here, in one line."""
+    from colqwen_pipeline.index import make_index
     from colqwen_pipeline.index.base import IndexRefused
-    from colqwen_pipeline.stages import make_index
 
     try:
         with make_index(settings).client():
