@@ -17,7 +17,8 @@ from colqwen_pipeline.bulk import stages
 from colqwen_pipeline.embedding import registry
 from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
 from colqwen_pipeline.embedding.embedder import Embedder, EmbeddingError, group_batches
-from colqwen_pipeline.embedding.loading import ModelLoadError, ModelSpec, identify, load_model
+from colqwen_pipeline.embedding.identity import ModelLoadError, ModelSpec, identify
+from colqwen_pipeline.embedding.loading import load_model
 from colqwen_pipeline.inbox import document_key
 from colqwen_pipeline_tests.conftest import SAMPLES, add_sample, free_port
 
@@ -365,7 +366,7 @@ def test_full_random_geometry_is_the_3b_backbone():
 def test_cuda_requested_without_a_gpu_falls_back_to_cpu_with_a_warning(caplog):
     import torch
 
-    from colqwen_pipeline.embedding.loading import resolve_device, resolve_precision
+    from colqwen_pipeline.embedding.identity import resolve_device, resolve_precision
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU: there is nothing to fall back from")

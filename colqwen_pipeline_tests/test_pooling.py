@@ -9,7 +9,7 @@ import pypdfium2 as pdfium
 import pytest
 
 from colqwen_pipeline.embedding import registry
-from colqwen_pipeline.embedding.loading import ModelSpec, identify
+from colqwen_pipeline.embedding.identity import ModelSpec, identify
 from colqwen_pipeline.index.bench import TOKENS, synthetic_pages
 from colqwen_pipeline.index.pooling import HierarchicalPooling, NoPooling, token_pooler
 from colqwen_pipeline_tests.conftest import SAMPLES

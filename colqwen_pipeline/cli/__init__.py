@@ -101,7 +101,7 @@ def stop_on_signals() -> Callable[[], int | None]:
 def cmd_search(args: argparse.Namespace) -> int:
     from colqwen_pipeline.bulk.stages import search
     from colqwen_pipeline.cli.search_scope import require_documents, search_scope
-    from colqwen_pipeline.embedding.loading import model_marker
+    from colqwen_pipeline.embedding.identity import model_marker
     from colqwen_pipeline.embedding.registry import model_identity
     from colqwen_pipeline.index import make_index
 

@@ -37,7 +37,7 @@ def check_model(settings: Settings) -> None:
     Nothing to check for the tiny model (built on demand) or a model server (it loads its own)."""
     if not settings.model or settings.model_server_url:
         return
-    from colqwen_pipeline.embedding.loading import ModelSpec, adapter_base, check_source
+    from colqwen_pipeline.embedding.identity import ModelSpec, adapter_base, check_source
 
     local, is_adapter = check_source(ModelSpec(source=settings.model, base_model=settings.base_model))
     if local is not None and is_adapter:

@@ -28,7 +28,8 @@ from PIL import Image, ImageDraw
 
 from colqwen_pipeline.common.errors import PipelineError
 from colqwen_pipeline.embedding.embedder import Embedder, group_batches, warm_up
-from colqwen_pipeline.embedding.loading import ModelSpec, load_model
+from colqwen_pipeline.embedding.identity import ModelSpec
+from colqwen_pipeline.embedding.loading import load_model
 from colqwen_pipeline.settings import Settings
 
 LETTER_150_DPI = (1275, 1650)
@@ -87,7 +88,7 @@ def peak_memory_mb(device: str) -> tuple[float, str]:
 
 def bench_embed(model: str = "tiny", precision: str = "auto", batch_size: int = 4, pages: int = 16) -> dict[str, Any]:
     """Load, warm up, then time ``pages`` letter pages (PNG files, decoded in the prefetch thread)."""
-    from colqwen_pipeline.embedding.loading import resolve_device
+    from colqwen_pipeline.embedding.identity import resolve_device
 
     if pages < 1 or batch_size < 1:
         raise BenchError(f"--pages {pages} / --batch-size {batch_size}: both must be at least 1")

@@ -24,7 +24,7 @@ from colqwen_pipeline.documents.manifest import Manifest
 from colqwen_pipeline.embedding.artifact import EmbeddingArtifact, write_artifact
 from colqwen_pipeline.embedding.cache import EmbeddingCache
 from colqwen_pipeline.embedding.embedder import Embedder
-from colqwen_pipeline.embedding.loading import ModelIdentity
+from colqwen_pipeline.embedding.identity import ModelIdentity
 from colqwen_pipeline.embedding.validate import valid_vectors
 
 Log = Callable[[str], None]

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from colqwen_pipeline.common.errors import PipelineError
-from colqwen_pipeline.embedding.loading import ModelIdentity
+from colqwen_pipeline.embedding.identity import ModelIdentity
 from colqwen_pipeline.index.pooling import NoPooling, TokenPooler
 
 log = logging.getLogger(__name__)

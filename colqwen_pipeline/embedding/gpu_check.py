@@ -125,20 +125,21 @@ def page_files(config: dict[str, Any]) -> list[Path]:
 @contextlib.contextmanager
 def forced_attention(name: str | None) -> Iterator[None]:
     """The loader picks flash-attention-2 whenever it can; the sdpa comparison row needs it off."""
-    from colqwen_pipeline.embedding import loading
+    from colqwen_pipeline.embedding import identity
 
-    original = loading.attention_implementation
+    original = identity.attention_implementation  # identify() records it, load_model() uses the record
     if name:
-        loading.attention_implementation = lambda device, precision: name
+        identity.attention_implementation = lambda device, precision: name
     try:
         yield
     finally:
-        loading.attention_implementation = original
+        identity.attention_implementation = original
 
 
 def load(config: dict[str, Any], precision: str, attention: str | None = None) -> tuple[Any, float]:
     from colqwen_pipeline.embedding.embedder import Embedder
-    from colqwen_pipeline.embedding.loading import ModelSpec, load_model
+    from colqwen_pipeline.embedding.identity import ModelSpec
+    from colqwen_pipeline.embedding.loading import load_model
 
     started = time.perf_counter()
     spec = ModelSpec(str(model_dir(config)), device=config["device"], precision=precision)

@@ -15,7 +15,8 @@ import numpy as np
 
 from colqwen_pipeline.embedding.cache import EmbeddingCache
 from colqwen_pipeline.embedding.embedder import Embedder, warm_up
-from colqwen_pipeline.embedding.loading import ModelIdentity, ModelSpec, identify, load_model
+from colqwen_pipeline.embedding.identity import ModelIdentity, ModelSpec, identify
+from colqwen_pipeline.embedding.loading import load_model
 from colqwen_pipeline.embedding.queries import encode_queries
 from colqwen_pipeline.index.pooling import token_pooler
 from colqwen_pipeline.settings import Settings

@@ -24,7 +24,7 @@ import numpy as np
 
 from colqwen_pipeline.common.errors import PipelineError
 from colqwen_pipeline.embedding.embedder import EmbedStats, IdentifiedModel, PageImage, Progress
-from colqwen_pipeline.embedding.loading import ModelIdentity
+from colqwen_pipeline.embedding.identity import ModelIdentity
 from colqwen_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)

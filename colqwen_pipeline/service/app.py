@@ -19,7 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
-from colqwen_pipeline.embedding.loading import model_marker
+from colqwen_pipeline.embedding.identity import model_marker
 from colqwen_pipeline.embedding.remote import Encoding, encode_vectors
 from colqwen_pipeline.service.auth import ApiKeyAuth, ApiKeys
 from colqwen_pipeline.service.disclosure import public_model_info

@@ -11,7 +11,7 @@ from typing import Any
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from colqwen_pipeline.embedding.loading import model_marker
+from colqwen_pipeline.embedding.identity import model_marker
 from colqwen_pipeline.inbox import document_key
 from colqwen_pipeline.service import heatmap, html
 from colqwen_pipeline.service.auth import COOKIE, ApiKeys, sign_in_key
