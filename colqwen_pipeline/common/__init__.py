@@ -1,0 +1,1 @@
+"""Shared utilities: atomic directory swaps and temporaries, the one-line error base."""
