@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     # Search (index/milvus.py): first-stage size and vector index types
     index_centroids_per_page: int = Field(8, ge=1, le=255, description="k-means centroids per page (first stage).")
     index_hits_per_token: int = Field(64, ge=1, le=16384, description="First-stage ANN hits per query token.")
-    index_candidates: int = Field(32, ge=1, description="Pages scored by exact MaxSim per query.")
+    index_candidates: int = Field(20, ge=1, description="Pages scored by exact MaxSim per query.")
     index_type: Literal["HNSW", "FLAT"] = Field("HNSW", description="Vector index of the centroids (first stage).")
     index_search_consistency: Literal["Strong", "Bounded", "Session", "Eventually"] = Field(
         "Bounded", description="Consistency of search on a server (Strong: sees every write, ~1 s slower per query)."
@@ -152,4 +152,3 @@ class Settings(BaseSettings):
     @property
     def resolved_milvus_uri(self) -> str:
         return self.milvus_uri or str(self.home_dir / "milvus.db")
-
