@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from colqwen_pipeline.common.errors import PipelineError
+
 # Why a known peer cannot run here (reported in the JSON instead of numbers).
 UNAVAILABLE = {
     "fast-plaid": (
@@ -23,8 +25,8 @@ UNAVAILABLE = {
 }
 
 
-class PeerUnavailable(RuntimeError):
-    """A peer's package is not installed (it is in the ``bench`` extra)."""
+class PeerUnavailable(PipelineError):
+    """A peer's package is not installed (it is in the ``bench`` extra): one line from the CLI."""
 
 
 def _disk_bytes(path: Path) -> int:
