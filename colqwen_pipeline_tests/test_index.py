@@ -328,3 +328,12 @@ def test_bench_with_token_pooling_stores_a_third_of_the_vectors():
     assert result["ours"]["vectors_per_page"] == TOKENS // 3 and plain["ours"]["vectors_per_page"] == TOKENS
     assert result["ours"]["bytes_per_page"] < 0.5 * plain["ours"]["bytes_per_page"]
     assert result["ours"]["recall_at_5"] >= 0.6  # pooled vectors, truth over the unpooled tokens
+
+
+def test_a_peer_without_its_package_is_refused_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    from colqwen_pipeline.common.errors import PipelineError
+    from colqwen_pipeline.index.peers import LanceDBPeer
+
+    monkeypatch.setitem(sys.modules, "lancedb", None)  # what an install without the bench extra sees
+    with pytest.raises(PipelineError, match=r"^peer 'lancedb' needs pip install '\.\[bench\]'"):
+        LanceDBPeer(tmp_path)
