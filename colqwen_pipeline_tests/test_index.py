@@ -95,7 +95,7 @@ def test_crash_between_writing_and_deleting_converges_on_rerun(index: MilvusInde
     def crash(*_args, **_kwargs):
         raise RuntimeError("simulated crash after the new generation was written")
 
-    monkeypatch.setattr(MilvusIndex, "_delete_generations", crash)
+    monkeypatch.setattr(MilvusIndex, "_settle", crash)
     with pytest.raises(RuntimeError):
         index.replace_document("doc-a", "a.pdf", new, "model-x", DIM)
     assert index.count_tokens("doc-a") == 160  # both generations are on disk

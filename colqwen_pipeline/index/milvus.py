@@ -218,7 +218,7 @@ class MilvusIndex(DocumentIndex):
             try:
                 client = MilvusClient(uri=self.uri, token=self.token) if self.token else MilvusClient(uri=self.uri)
                 if self.is_lite:
-                    _open_collections(client)
+                    _open_collections(client, [self.collection, self.pages])
                 else:
                     require_supported_server(client, self.uri)
                 return client
@@ -387,14 +387,16 @@ class MilvusIndex(DocumentIndex):
             self._insert_pages(client, rows, dim)
             self._insert_centroids(client, rows, dim)
             for doc in documents:
-                self._settle(client, doc.doc_id)
+                self._settle(client, doc.doc_id, rows.generation)
         return {doc.doc_id: sum(len(page.vectors) for page in doc.pages) for doc in documents}
 
     def delete_document(self, doc_id: str) -> None:
+        """Every row of the document, centroid rows first (search never meets half a page)."""
         with self.client() as client:
             if client.has_collection(self.collection):
                 self._load(client, self.pages, self.collection)
-                self._delete_generations(client, doc_id, self._generations(client, doc_id))
+                for name in (self.collection, self.pages):
+                    client.delete(name, filter=f"doc_id == {_literal(doc_id)}")
 
     def _new_rows(self, documents: Sequence[DocumentRows], dim: int) -> NewRows:
         """Rows of a new generation (k-means centroids, packed tokens), computed before a connection
@@ -423,22 +425,21 @@ class MilvusIndex(DocumentIndex):
     def _insert_centroids(self, client: Any, rows: NewRows, dim: int) -> None:
         self._insert(client, self.collection, _flat(rows.centroid_rows), bytes_per_row=lambda r: 4 * dim + 128)
 
-    def _settle(self, client: Any, doc_id: str) -> None:
-        """Keep only the newest generation of a document. Two writers of one document (the sensor
-        and the nightly reindex on a server, which has no file lock) may interleave: each deletes
-        every generation older than the newest it sees, its own included when it lost, so they
-        converge on one copy instead of deleting each other's (issue 20: all pages rows gone,
-        24 orphan centroid rows left)."""
-        generations = self._generations(client, doc_id)
-        if len(generations) > 1:
-            self._delete_generations(client, doc_id, generations - {max(generations)})
-
-    def _generations(self, client: Any, doc_id: str) -> set[str]:
-        """Generations of a document in either collection: a centroid row can outlive its pages
-        (a writer that lost a race inserts its centroids after its pages were deleted)."""
-        return self._row_generations(client, self.pages, doc_id, "chunk == 0 and ") | self._row_generations(
-            client, self.collection, doc_id
-        )
+    def _settle(self, client: Any, doc_id: str, written: str) -> None:
+        """After writing generation ``written`` of a document, keep only its newest generation. Two
+        writers of one document (the sensor and the nightly reindex on a server, which has no file
+        lock) may interleave: each deletes the generations older than the newest it sees, its own
+        included when it lost, so they converge on one copy instead of deleting each other's
+        (issue 20: all pages rows gone, 24 orphan centroid rows left). "Older than" by value, not
+        a list of what was seen, so centroid rows of any older generation go too (a loser's,
+        written after its pages were deleted) and a newer writer's rows never do."""
+        generations = self._row_generations(client, self.pages, doc_id, "chunk == 0 and ") | {written}
+        newest = max(generations)
+        if len(generations) == 1:  # a first write, unraced: nothing older to delete (the usual case)
+            return
+        expression = f"doc_id == {_literal(doc_id)} and generation < {_literal(newest)}"
+        client.delete(self.collection, filter=expression)  # centroid rows first: never a half page
+        client.delete(self.pages, filter=expression)
 
     def _new_page_uids(self, client: Any, count: int) -> list[int]:
         """Random 54-bit page ids, re-drawn if taken (random ids need no coordination between writers)."""
@@ -492,16 +493,6 @@ class MilvusIndex(DocumentIndex):
                 batch, size = [], 0
         if batch:
             client.insert(name, batch)
-
-    def _delete_generations(self, client: Any, doc_id: str, stale: set[str]) -> None:
-        """Centroid rows first, then pages rows: centroid rows never outlive their pages rows, so
-        search never meets half a page, and a re-run finds through the pages what it still has
-        to delete."""
-        if not stale:
-            return
-        expression = f"doc_id == {_literal(doc_id)} and generation in {_quote(sorted(stale))}"
-        client.delete(self.collection, filter=expression)
-        client.delete(self.pages, filter=expression)
 
     def _row_generations(self, client: Any, name: str, doc_id: str, condition: str = "") -> set[str]:
         expression = f"{condition}doc_id == {_literal(doc_id)}"
@@ -728,12 +719,14 @@ MIN_SERVER = (2, 3)  # partition keys, query iterators, collection properties (d
 _server_versions: dict[int, tuple[int, int]] = {}
 
 
-def _open_collections(client: Any) -> None:
-    """Open every collection of a new Lite client before its threads share it: Lite opens a
-    collection on first use without a lock, and two threads racing there got two instances of
-    one collection (a load on one, the other still released: pymilvus then waited forever)."""
-    for name in client.list_collections():
-        client.get_collection_stats(name)
+def _open_collections(client: Any, names: list[str]) -> None:
+    """Open this index's collections in a new Lite client before its threads share it: Lite opens
+    a collection on first use without a lock, and two threads racing there got two instances of
+    one collection (a load on one, the other still released: pymilvus then waited forever). Only
+    these: a file may hold large collections of earlier models, and opening one costs seconds."""
+    for name in names:
+        if client.has_collection(name):
+            client.get_collection_stats(name)
 
 
 def server_version(client: Any) -> tuple[int, int]:
