@@ -12,7 +12,7 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev,deploy]'
+	$(BIN)/pip install -q -e '.[dev,deploy,bench]'
 	touch $@
 
 demo: setup
