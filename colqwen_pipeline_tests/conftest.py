@@ -5,8 +5,9 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,40 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path)
     monkeypatch.delenv("COLQWEN_REDIS_URL", raising=False)
     monkeypatch.delenv("COLQWEN_MILVUS_URI", raising=False)
     return Settings()
+
+
+@pytest.fixture
+def instance():
+    """A temporary Dagster instance (runs, events, partitions) for one test."""
+    import dagster as dg
+
+    with dg.instance_for_test() as instance:
+        yield instance
+
+
+@pytest.fixture
+def eval_state(state, monkeypatch: pytest.MonkeyPatch):
+    """``state`` with the repository's evaluation queries."""
+    monkeypatch.setenv("COLQWEN_EVAL_SET", str(REPO / "data" / "eval" / "queries.jsonl"))
+    return state
+
+
+def run_in_threads(work: Callable[[], None], count: int, timeout_s: float) -> list[str]:
+    """Run ``work`` in ``count`` threads at once; returns what they raised, as reprs."""
+    errors: list[str] = []
+
+    def guarded() -> None:
+        try:
+            work()
+        except Exception as error:  # noqa: BLE001 - the caller asserts there is none
+            errors.append(repr(error))
+
+    threads = [threading.Thread(target=guarded) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=timeout_s)
+    return errors
 
 
 def add_sample(settings, name: str, target: str | None = None) -> Path:

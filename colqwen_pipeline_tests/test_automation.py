@@ -35,12 +35,6 @@ def tick(instance, cursor=None):
     return result, result.cursor
 
 
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
 def ranges(result) -> list[tuple[str, str]]:
     return [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in result.run_requests if r.job_name == "ingest_job"]
 

@@ -4,29 +4,16 @@ its asset, passes on a good ingest and fails on broken state."""
 from __future__ import annotations
 
 import dagster as dg
-import pytest
 
 from colqwen_pipeline.bulk import stages
 from colqwen_pipeline.bulk.runner import collection_checks, ingest, run_check_evaluations, run_materializations
 from colqwen_pipeline.definitions import RESOURCES, defs
 from colqwen_pipeline.defs.assets import ASSETS
 from colqwen_pipeline.inbox import document_key
-from colqwen_pipeline_tests.conftest import REPO, add_sample
+from colqwen_pipeline_tests.conftest import add_sample
 
 INVOICE = "scanned_invoice.jpg"
 MANUAL = "pump_maintenance_manual.pdf"
-
-
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
-@pytest.fixture
-def eval_state(state, monkeypatch):
-    monkeypatch.setenv("COLQWEN_EVAL_SET", str(REPO / "data" / "eval" / "queries.jsonl"))
-    return state
 
 
 def materialize_document(instance: dg.DagsterInstance, key: str) -> dg.ExecuteInProcessResult:

@@ -6,9 +6,6 @@ pages directory and no rows; the good documents must be indexed completely.
 
 from __future__ import annotations
 
-import dagster as dg
-import pytest
-
 from colqwen_pipeline.bulk import stages
 from colqwen_pipeline.bulk.runner import ingest
 from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
@@ -18,12 +15,6 @@ from colqwen_pipeline_tests.test_documents import encrypted_pdf, raw_pdf
 
 GOOD = ["pump_maintenance_manual.pdf", "scanned_invoice.jpg"]
 ZERO_PAGES = raw_pdf([b"<< /Type /Catalog /Pages 2 0 R >>", b"<< /Type /Pages /Kids [] /Count 0 >>"])
-
-
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 def drop_broken_files(state, tmp_path) -> dict[str, str]:

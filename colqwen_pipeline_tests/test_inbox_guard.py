@@ -19,12 +19,6 @@ from colqwen_pipeline.inbox import InboxError, document_key, inbox_files
 from colqwen_pipeline_tests.conftest import add_sample
 
 
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
 def test_ingest_with_a_missing_inbox_refuses_and_keeps_the_index(state, instance, tmp_path, monkeypatch):
     add_sample(state, "scanned_invoice.jpg")
     ingest(state, instance=instance, echo=lambda _: None)

@@ -5,14 +5,13 @@ two real threads against the server."""
 
 from __future__ import annotations
 
-import threading
 from pathlib import Path
 
 import pytest
 
 from colqwen_pipeline.index.base import DocumentRows
 from colqwen_pipeline.index.milvus import MilvusIndex
-from colqwen_pipeline_tests.conftest import unique_collection
+from colqwen_pipeline_tests.conftest import run_in_threads, unique_collection
 from colqwen_pipeline_tests.test_index import BACKENDS, DIM, make_test_index, unit_pages
 
 
@@ -81,21 +80,13 @@ def test_orphan_centroid_rows_are_reported_and_removed_by_the_next_write(index: 
 def test_two_threads_rewriting_one_document_on_a_server_converge(milvus_uri: str):
     index = MilvusIndex(milvus_uri, unique_collection("race"), search_consistency="Strong")
     index.replace_document("doc-a", "a.pdf", unit_pages(1, 2), "model-x", DIM)
-    errors: list[str] = []
 
     def rewrite() -> None:
-        try:
-            for _ in range(4):
-                MilvusIndex(milvus_uri, index.collection).replace_document(
-                    "doc-a", "a.pdf", unit_pages(1, 2), "model-x", DIM
-                )
-        except Exception as error:  # noqa: BLE001 - the test reports any failure
-            errors.append(repr(error))
+        for _ in range(4):
+            MilvusIndex(milvus_uri, index.collection).replace_document(
+                "doc-a", "a.pdf", unit_pages(1, 2), "model-x", DIM
+            )
 
-    threads = [threading.Thread(target=rewrite) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=600)
+    errors = run_in_threads(rewrite, count=2, timeout_s=600)
     assert errors == []
     _one_copy(index, "doc-a", 2)

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 import textwrap
-import threading
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import numpy as np
 
 from colqwen_pipeline.index.connection import TurnQueue
 from colqwen_pipeline.index.milvus import MilvusIndex
+from colqwen_pipeline_tests.conftest import run_in_threads
 from colqwen_pipeline_tests.test_index import DIM, unit_pages
 
 # A searcher process that keeps the Lite file busy from 4 threads until told to stop: each thread
@@ -76,21 +76,14 @@ def test_threads_of_one_process_share_one_client_and_never_race(tmp_path: Path):
     MilvusIndex(uri, "test_pages").replace_document("doc-a", "a.pdf", unit_pages(1, 40), "model-x", DIM)
     query = unit_pages(9, 1)[0].vectors[:5]
     expected = [(h.doc_id, h.page) for h in MilvusIndex(uri, "test_pages").search([query], top_k=5)[0]]
-    seen, errors = [], []
+    seen = []
 
     def loop() -> None:
         index = MilvusIndex(uri, "test_pages")  # a fresh object per request, as the HTTP server makes
         for _ in range(10):
-            try:
-                seen.append([(h.doc_id, h.page) for h in index.search([query], top_k=5)[0]])
-            except Exception as error:  # noqa: BLE001 - the test reports any failure
-                errors.append(repr(error))
+            seen.append([(h.doc_id, h.page) for h in index.search([query], top_k=5)[0]])
 
-    threads = [threading.Thread(target=loop) for _ in range(8)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=300)
+    errors = run_in_threads(loop, count=8, timeout_s=300)
     assert errors == []
     assert len(seen) == 80 and all(result == expected for result in seen)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dagster as dg
 import pytest
 
 from colqwen_pipeline.bulk import stages
@@ -12,12 +11,6 @@ from colqwen_pipeline.embedding.registry import embed_queries_cached
 from colqwen_pipeline.inbox import document_key
 from colqwen_pipeline.index.maxsim import maxsim
 from colqwen_pipeline_tests.conftest import add_sample
-
-
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 def test_ingest_indexes_every_token_and_search_ranks_pages_by_exact_maxsim(state, instance):

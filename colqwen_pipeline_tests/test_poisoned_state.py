@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 
-import dagster as dg
 import numpy as np
 import pytest
 import redis
@@ -20,12 +19,6 @@ from colqwen_pipeline.inbox import document_key
 from colqwen_pipeline_tests.conftest import add_sample
 
 INVOICE = "scanned_invoice.jpg"
-
-
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import dagster as dg
-import pytest
 from dagster._core.remote_origin import InProcessCodeLocationOrigin
 from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
 from dagster._core.workspace.context import WorkspaceProcessContext
@@ -20,24 +19,12 @@ from colqwen_pipeline.bulk.runner import ingest
 from colqwen_pipeline.definitions import RESOURCES, defs
 from colqwen_pipeline.defs.checks import WARNING_LABEL
 from colqwen_pipeline.inbox import document_key
-from colqwen_pipeline_tests.conftest import REPO, add_sample
+from colqwen_pipeline_tests.conftest import add_sample
 
 CHECKS_QUERY = """{ assetNodes { assetKey { path } assetChecksOrError { ... on AssetChecks { checks { name
     executionForLatestMaterialization { status partition runId
         evaluation { severity success description metadataEntries { label } } } } } } } }"""
 INVOICE = "scanned_invoice.jpg"
-
-
-@pytest.fixture
-def instance():
-    with dg.instance_for_test() as instance:
-        yield instance
-
-
-@pytest.fixture
-def eval_state(state, monkeypatch):
-    monkeypatch.setenv("COLQWEN_EVAL_SET", str(REPO / "data" / "eval" / "queries.jsonl"))
-    return state
 
 
 @contextmanager
