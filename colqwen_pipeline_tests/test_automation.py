@@ -222,7 +222,8 @@ def test_index_schema_upgrade_is_refused_for_writes_and_rebuilt_by_a_run(state, 
     """Collections written by an older index schema are kept and served until a run has rebuilt
     everything into collections of the current schema."""
     from colqwen_pipeline.bulk.engine import run_documents
-    from colqwen_pipeline.index.milvus import IndexRefused, MilvusIndex
+    from colqwen_pipeline.index.base import IndexRefused
+    from colqwen_pipeline.index.milvus import MilvusIndex
 
     class OlderSchema(MilvusIndex):
         schema_version = "2"

@@ -277,7 +277,7 @@ def random_queries(count: int):
 
 def test_fidelity_counts_pages_tied_at_the_cut_and_misses_the_rest():
     from colqwen_pipeline.evaluation.retrieval import top_k_recall
-    from colqwen_pipeline.index.milvus import Hit
+    from colqwen_pipeline.index.base import Hit
 
     exact = {"d#1": 3.0, "d#2": 2.0, "d#3": 2.0, "d#4": 1.0}
     hits = [Hit("d", "d.pdf", page, 0.0, "") for page in (1, 3)]  # page 3 ties page 2 at the cut

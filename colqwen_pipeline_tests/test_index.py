@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from colqwen_pipeline.index import milvus
+from colqwen_pipeline.index import maxsim, milvus
+from colqwen_pipeline.index.base import IndexRefused, PageRows
 from colqwen_pipeline.index.bench import TOKENS, bench_search, synthetic_pages, synthetic_queries
 from colqwen_pipeline.index.maxsim import maxsim_uniform, pack_tokens, unpack_tokens
-from colqwen_pipeline.index.milvus import IndexRefused, MilvusIndex, PageRows
+from colqwen_pipeline.index.milvus import MilvusIndex
 from colqwen_pipeline_tests.conftest import unique_collection
 
 DIM = 128
@@ -281,8 +282,8 @@ def test_packed_bytes_counts_what_a_chunk_decodes_to_without_decoding_it():
     import base64
 
     for tokens, dim in ((1, 128), (2, 128), (191, 128), (3, 3), (7, 5)):
-        chunk = milvus.pack_chunk(np.ones((tokens, dim)))
-        assert milvus.packed_bytes(chunk) == len(base64.b64decode(chunk)) == 2 * tokens * dim
+        chunk = maxsim.pack_chunk(np.ones((tokens, dim)))
+        assert maxsim.packed_bytes(chunk) == len(base64.b64decode(chunk)) == 2 * tokens * dim
 
 
 def test_a_page_with_a_truncated_chunk_raises_instead_of_scoring_wrong(index: MilvusIndex):

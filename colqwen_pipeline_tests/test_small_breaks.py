@@ -11,7 +11,8 @@ from PIL import Image
 from colqwen_pipeline.bulk.engine import run_documents
 from colqwen_pipeline.cli import build_parser
 from colqwen_pipeline.inbox import document_key, inbox_files
-from colqwen_pipeline.index.milvus import IndexRefused, MilvusIndex, PageRows
+from colqwen_pipeline.index.base import IndexRefused, PageRows
+from colqwen_pipeline.index.milvus import MilvusIndex
 from colqwen_pipeline.service.limits import Refused, check_query
 
 

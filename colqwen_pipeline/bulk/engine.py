@@ -31,7 +31,7 @@ from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
 from colqwen_pipeline.evaluation.checks import CheckOutcome, check_embeddings
 from colqwen_pipeline.inbox import file_sha256, inbox_files, printable
 from colqwen_pipeline.index.base import DocumentIndex, DocumentRows, IndexRefused, PageRows
-from colqwen_pipeline.index.milvus import check_shapes
+from colqwen_pipeline.index.milvus_rows import check_shapes
 from colqwen_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)

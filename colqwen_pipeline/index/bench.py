@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from colqwen_pipeline.index.base import PageRows
 from colqwen_pipeline.index.maxsim import maxsim, maxsim_uniform
-from colqwen_pipeline.index.milvus import MilvusIndex, PageRows
+from colqwen_pipeline.index.milvus import MilvusIndex
 from colqwen_pipeline.index.peers import PEERS, UNAVAILABLE, Peer
 from colqwen_pipeline.index.pooling import token_pooler
 

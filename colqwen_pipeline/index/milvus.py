@@ -16,6 +16,9 @@ key (the key encodes page and chunk, so no filter scan and no 16384-row query ca
 exact MaxSim. Writes are idempotent per document: a new generation is written (pages rows
 first, then centroid rows), then older generations are deleted (centroid rows first); a crash
 anywhere followed by a re-run converges to exactly one copy, and search hides an older generation.
+
+Here: the class (connection through ``connection``, aliases and rebuilds, writes, reads, two-stage
+search); ``milvus_schema`` creates the collections, ``milvus_rows`` defines their rows.
 """
 
 from __future__ import annotations
@@ -23,39 +26,46 @@ from __future__ import annotations
 import contextlib
 import copy
 import hashlib
-import json
 import logging
 import secrets
 import time
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from colqwen_pipeline.index.base import DocumentIndex, DocumentRows, Hit, IndexRefused, PageRows
+from colqwen_pipeline.index.base import DocumentIndex, DocumentRows, Hit, IndexRefused
 from colqwen_pipeline.index.connection import LiteBusy, load_once, shared_client
-from colqwen_pipeline.index.maxsim import (
-    VARCHAR_LIMIT,
-    maxsim,
-    mean_direction,
-    pack_chunk,
-    packed_bytes,
-    page_centroids,
-    split_tokens,
-    unpack_tokens,
+from colqwen_pipeline.index.milvus_rows import (
+    ROW_BITS,
+    NewRows,
+    StoredPage,
+    approximate_scores,
+    centroid_rows,
+    check_shapes,
+    exact_top_k,
+    flat,
+    implied_dim,
+    literal,
+    new_generation,
+    newest,
+    page_rows,
+    quote,
+    stored_page,
+)
+from colqwen_pipeline.index.milvus_schema import (
+    CONSISTENCY,
+    create_collections,
+    open_collections,
+    require_supported_server,
 )
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = "3"
-# Reads see every write before them: a check or a search right after an ingest must see it (a
-# server's default, Bounded, lags writes by up to seconds; Lite is always strong).
-CONSISTENCY = "Strong"
 MAX_REQUEST_ROWS = 16_384  # a Milvus server's default cap on query/get/search result rows
 INSERT_BYTES = 16 << 20  # payload per insert call: few round trips, far below gRPC's limits
-ROW_BITS = 8  # key = page_uid << ROW_BITS | row (a centroid, or a chunk of the page's tokens)
 FIRST_FETCH_CHUNKS = 8  # chunks fetched per candidate before knowing n_chunks (1,528 tokens at dim 128)
 MAX_QUERY_VECTORS = 1024  # query tokens per first-stage call
 # Replies must stay under gRPC's 256 MB message cap (a 50-query batch at 10,000 pages once asked
@@ -71,43 +81,6 @@ ESTIMATE_TTL_S = 5.0  # how long search trusts a row count (as stale as a server
 
 
 _GEN_FIELDS = ["doc_id", "generation"]
-
-
-@dataclass
-class NewRows:
-    """One generation's rows of some documents, before they are written."""
-
-    pages: list[tuple[DocumentRows, PageRows, int]]  # (document, page, page uid)
-    page_rows: list[list[dict]]
-    centroid_rows: list[list[dict]]
-    generation: str
-
-
-@dataclass
-class StoredPage:
-    """One page as the exact stage reads it back."""
-
-    uid: int
-    doc_id: str
-    document: str
-    page: int
-    sha256: str
-    generation: str
-    image: str
-    vectors: np.ndarray
-
-
-def _literal(value: str) -> str:
-    """A Milvus string literal. Non-ASCII stays as is (Milvus's parser rejects ``\\u00e9`` escapes);
-    control characters cannot be expressed and are refused with one line."""
-    if any(ord(c) < 32 or 0xD800 <= ord(c) < 0xE000 for c in value):
-        raise IndexRefused(f"document id {value!r} holds a control character or a lone surrogate")
-    return json.dumps(value, ensure_ascii=False)
-
-
-def _quote(values: Sequence[str]) -> str:
-    """A Milvus list literal of strings."""
-    return "[" + ", ".join(_literal(v) for v in values) + "]"
 
 
 def _quiet_pymilvus() -> None:
@@ -218,7 +191,7 @@ class MilvusIndex(DocumentIndex):
             try:
                 client = MilvusClient(uri=self.uri, token=self.token) if self.token else MilvusClient(uri=self.uri)
                 if self.is_lite:
-                    _open_collections(client, [self.collection, self.pages])
+                    open_collections(client, [self.collection, self.pages])
                 else:
                     require_supported_server(client, self.uri)
                 return client
@@ -232,15 +205,6 @@ class MilvusIndex(DocumentIndex):
                     raise IndexRefused(f"cannot open Milvus at {self.uri}: {str(error).splitlines()[0]}") from error
                 time.sleep(0.25)
 
-    # -- schema ----------------------------------------------------------------------------------
-    def _vector_index(self, client: Any, index_type: str) -> Any:
-        index = client.prepare_index_params()
-        params = {"M": 16, "efConstruction": 200} if index_type == "HNSW" else {}
-        index.add_index(field_name="vector", index_type=index_type, metric_type="IP", params=params)
-        if self.is_lite or server_version(client) >= (2, 4):  # 2.3 has no INVERTED; its filters scan
-            index.add_index(field_name="doc_id", index_type="INVERTED")
-        return index
-
     def _create(self, client: Any, fingerprint: str, dim: int) -> None:
         if self.aliased:
             target = self.rebuild_target(fingerprint)
@@ -248,48 +212,22 @@ class MilvusIndex(DocumentIndex):
                 target._create(client, fingerprint, dim)
             target._point_aliases(client, self)
             return
-        from pymilvus import DataType
-
         properties = {
             "colqwen.schema": self.schema_version,
             "colqwen.fingerprint": fingerprint,
             "colqwen.dim": str(dim),
             "colqwen.centroids": str(self.centroids_per_page),
         }
-        if not client.has_collection(self.pages):
-            schema = client.create_schema(auto_id=False)
-            schema.add_field("id", DataType.INT64, is_primary=True)  # page_uid << ROW_BITS | chunk
-            schema.add_field("page_uid", DataType.INT64)
-            schema.add_field("chunk", DataType.INT32)
-            schema.add_field("n_chunks", DataType.INT32)
-            schema.add_field("n_tokens", DataType.INT32)
-            schema.add_field("doc_id", DataType.VARCHAR, max_length=512, is_partition_key=True)
-            schema.add_field("document", DataType.VARCHAR, max_length=1024)
-            schema.add_field("page", DataType.INT32)
-            schema.add_field("page_sha256", DataType.VARCHAR, max_length=64)
-            schema.add_field("generation", DataType.VARCHAR, max_length=40)
-            schema.add_field("image", DataType.VARCHAR, max_length=2048)
-            schema.add_field("tokens", DataType.VARCHAR, max_length=VARCHAR_LIMIT)
-            # Every Milvus collection needs a vector field; this one (the chunk's mean direction)
-            # is never searched: the centroids collection is.
-            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
-            index = self._vector_index(client, "FLAT")
-            client.create_collection(
-                self.pages,
-                schema=schema,
-                index_params=index,
-                num_partitions=self.partitions,
-                consistency_level=CONSISTENCY,
-            )
-            client.alter_collection_properties(self.pages, properties)
-        schema = client.create_schema(auto_id=False)
-        schema.add_field("id", DataType.INT64, is_primary=True)  # page_uid << ROW_BITS | centroid
-        schema.add_field("doc_id", DataType.VARCHAR, max_length=512)
-        schema.add_field("generation", DataType.VARCHAR, max_length=40)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
-        index = self._vector_index(client, self.index_type)
-        client.create_collection(self.collection, schema=schema, index_params=index, consistency_level=CONSISTENCY)
-        client.alter_collection_properties(self.collection, properties)  # last: marks the pair complete
+        create_collections(
+            client,
+            collection=self.collection,
+            pages=self.pages,
+            properties=properties,
+            dim=dim,
+            partitions=self.partitions,
+            index_type=self.index_type,
+            lite=self.is_lite,
+        )
         log.info("created Milvus collections %s and %s (dim %d, %s)", self.collection, self.pages, dim, fingerprint)
 
     # -- model changes: one physical collection pair per fingerprint behind the alias -------------
@@ -396,7 +334,7 @@ class MilvusIndex(DocumentIndex):
             if client.has_collection(self.collection):
                 self._load(client, self.pages, self.collection)
                 for name in (self.collection, self.pages):
-                    client.delete(name, filter=f"doc_id == {_literal(doc_id)}")
+                    client.delete(name, filter=f"doc_id == {literal(doc_id)}")
 
     def _new_rows(self, documents: Sequence[DocumentRows], dim: int) -> NewRows:
         """Rows of a new generation (k-means centroids, packed tokens), computed before a connection
@@ -407,8 +345,8 @@ class MilvusIndex(DocumentIndex):
         pages = [(doc, page, secrets.randbits(54)) for doc in documents for page in doc.pages]
         return NewRows(
             pages,
-            [self._page_rows(uid, d.doc_id, d.document, p, generation) for d, p, uid in pages],
-            [self._centroid_rows(uid, d.doc_id, p, generation, dim) for d, p, uid in pages],
+            [page_rows(uid, d.doc_id, d.document, p, generation) for d, p, uid in pages],
+            [centroid_rows(uid, d.doc_id, p, generation, dim, self.centroids_per_page) for d, p, uid in pages],
             generation,
         )
 
@@ -417,13 +355,13 @@ class MilvusIndex(DocumentIndex):
         for i in self._taken(client, [uid for _, _, uid in rows.pages]):  # a 54-bit clash: draw again
             doc, page, _ = rows.pages[i]
             uid = self._new_page_uids(client, 1)[0]
-            rows.page_rows[i] = self._page_rows(uid, doc.doc_id, doc.document, page, rows.generation)
-            rows.centroid_rows[i] = self._centroid_rows(uid, doc.doc_id, page, rows.generation, dim)
+            rows.page_rows[i] = page_rows(uid, doc.doc_id, doc.document, page, rows.generation)
+            rows.centroid_rows[i] = centroid_rows(uid, doc.doc_id, page, rows.generation, dim, self.centroids_per_page)
         size = lambda r: len(r["tokens"]) + 4 * dim + 512  # noqa: E731 - a one-line estimate
-        self._insert(client, self.pages, _flat(rows.page_rows), bytes_per_row=size)
+        self._insert(client, self.pages, flat(rows.page_rows), bytes_per_row=size)
 
     def _insert_centroids(self, client: Any, rows: NewRows, dim: int) -> None:
-        self._insert(client, self.collection, _flat(rows.centroid_rows), bytes_per_row=lambda r: 4 * dim + 128)
+        self._insert(client, self.collection, flat(rows.centroid_rows), bytes_per_row=lambda r: 4 * dim + 128)
 
     def _settle(self, client: Any, doc_id: str, written: str) -> None:
         """After writing generation ``written`` of a document, keep only its newest generation. Two
@@ -437,7 +375,7 @@ class MilvusIndex(DocumentIndex):
         newest = max(generations)
         if len(generations) == 1:  # a first write, unraced: nothing older to delete (the usual case)
             return
-        expression = f"doc_id == {_literal(doc_id)} and generation < {_literal(newest)}"
+        expression = f"doc_id == {literal(doc_id)} and generation < {literal(newest)}"
         client.delete(self.collection, filter=expression)  # centroid rows first: never a half page
         client.delete(self.pages, filter=expression)
 
@@ -456,31 +394,6 @@ class MilvusIndex(DocumentIndex):
         clashes = {row["page_uid"] for row in rows}
         return [i for i, uid in enumerate(uids) if uid in clashes]
 
-    def _page_rows(self, uid: int, doc_id: str, document: str, page: PageRows, generation: str) -> list[dict]:
-        chunks = split_tokens(page.vectors) or [page.vectors]  # a page without tokens still gets a row
-        if len(chunks) >= 1 << ROW_BITS:
-            raise IndexRefused(f"{doc_id} page {page.page}: {len(page.vectors)} tokens is more than a page can hold")
-        base = {"page_uid": uid, "n_chunks": len(chunks)} | page_fields(doc_id, document, page, generation)
-        return [
-            base
-            | {
-                "id": uid << ROW_BITS | number,
-                "chunk": number,
-                "tokens": pack_chunk(chunk),
-                "vector": mean_direction(chunk),
-            }
-            for number, chunk in enumerate(chunks)
-        ]
-
-    def _centroid_rows(self, uid: int, doc_id: str, page: PageRows, generation: str, dim: int) -> list[dict]:
-        centroids = page_centroids(page.vectors, self.centroids_per_page)
-        if not len(centroids):
-            centroids = np.zeros((1, dim), dtype=np.float32)
-        return [
-            {"id": uid << ROW_BITS | k, "doc_id": doc_id, "generation": generation, "vector": vector}
-            for k, vector in enumerate(np.asarray(centroids, dtype=np.float32))
-        ]
-
     def _insert(self, client: Any, name: str, rows: list[dict], bytes_per_row: Any) -> None:
         """Insert in as few calls as the payload allows (rows of many pages per call)."""
         batch: list[dict] = []
@@ -495,7 +408,7 @@ class MilvusIndex(DocumentIndex):
             client.insert(name, batch)
 
     def _row_generations(self, client: Any, name: str, doc_id: str, condition: str = "") -> set[str]:
-        expression = f"{condition}doc_id == {_literal(doc_id)}"
+        expression = f"{condition}doc_id == {literal(doc_id)}"
         rows = client.query(name, filter=expression, output_fields=["generation"], limit=MAX_REQUEST_ROWS)
         if len(rows) == MAX_REQUEST_ROWS:  # a huge document: page through all of it
             rows = list(self._iterate(client, name, expression, ["generation"]))
@@ -527,11 +440,11 @@ class MilvusIndex(DocumentIndex):
         """Token vectors stored per document (all, or those of ``doc_ids``), over every generation on disk."""
         if doc_ids is not None and not doc_ids:
             return {}
-        expression = f"chunk == 0 and doc_id in {_quote(doc_ids)}" if doc_ids else "chunk == 0"
+        expression = f"chunk == 0 and doc_id in {quote(doc_ids)}" if doc_ids else "chunk == 0"
         return dict(sorted(self._token_counts_where(expression).items()))
 
     def _token_counts(self, doc_id: str | None) -> dict[str, int]:
-        return self._token_counts_where("chunk == 0" + (f" and doc_id == {_literal(doc_id)}" if doc_id else ""))
+        return self._token_counts_where("chunk == 0" + (f" and doc_id == {literal(doc_id)}" if doc_id else ""))
 
     def _token_counts_where(self, expression: str) -> dict[str, int]:
         with self.client() as client:
@@ -557,7 +470,7 @@ class MilvusIndex(DocumentIndex):
                 return []
             self._load(client, self.pages)
             fields = ["page", "page_sha256", "n_tokens", "generation"]
-            rows = self._iterate(client, self.pages, f"doc_id == {_literal(doc_id)} and chunk == 0", fields)
+            rows = self._iterate(client, self.pages, f"doc_id == {literal(doc_id)} and chunk == 0", fields)
             return sorted(({k: row[k] for k in fields} for row in rows), key=lambda r: (r["page"], r["generation"]))
 
     def _load(self, client: Any, *names: str) -> None:
@@ -614,7 +527,7 @@ class MilvusIndex(DocumentIndex):
                 batch = list(zip(queries[start : start + group], ranked[start : start + group], strict=True))
                 uids = sorted({uid for _, uids in batch for uid in uids})
                 stored = self._fetch_pages(client, uids, self.search_consistency)
-                results += [_exact_top_k(q, [stored[u] for u in uids if u in stored], top_k) for q, uids in batch]
+                results += [exact_top_k(q, [stored[u] for u in uids if u in stored], top_k) for q, uids in batch]
         return results
 
     def _pages_estimate(self, client: Any) -> int:
@@ -637,14 +550,14 @@ class MilvusIndex(DocumentIndex):
             if not client.has_collection(self.pages):
                 return [[] for _ in queries]
             self._load(client, self.pages)
-            expression = "chunk == 0" + (f" and doc_id in {_quote(doc_ids)}" if doc_ids else "")
+            expression = "chunk == 0" + (f" and doc_id in {quote(doc_ids)}" if doc_ids else "")
             heads = self._iterate(client, self.pages, expression, ["page_uid", "doc_id", "page", "generation"])
-            uids = [row["page_uid"] for row in _newest(heads)]
+            uids = [row["page_uid"] for row in newest(heads)]
             best: list[list[Hit]] = [[] for _ in queries]
             for start in range(0, len(uids), FETCH_PAGES):
                 pages = list(self._fetch_pages(client, uids[start : start + FETCH_PAGES]).values())
                 for i, query in enumerate(queries):
-                    hits = best[i] + _exact_top_k(np.asarray(query, dtype=np.float32), pages, top_k)
+                    hits = best[i] + exact_top_k(np.asarray(query, dtype=np.float32), pages, top_k)
                     best[i] = sorted(hits, key=lambda hit: -hit.score)[:top_k]
         return best
 
@@ -653,7 +566,7 @@ class MilvusIndex(DocumentIndex):
     ) -> list[list[int]]:
         """Per query, the ``wanted`` pages with the best approximate MaxSim over centroid hits."""
         tokens = np.concatenate(queries)
-        expression = f"doc_id in {_quote(doc_ids)}" if doc_ids else ""
+        expression = f"doc_id in {quote(doc_ids)}" if doc_ids else ""
         limit = min(self.hits_per_token, MAX_REQUEST_ROWS)
         hits: list[list[dict]] = []
         for start in range(0, len(tokens), MAX_QUERY_VECTORS):
@@ -670,7 +583,7 @@ class MilvusIndex(DocumentIndex):
             )
         ranked, offset = [], 0
         for query in queries:
-            scores = _approximate_scores(hits[offset : offset + len(query)])
+            scores = approximate_scores(hits[offset : offset + len(query)])
             offset += len(query)
             ranked.append(sorted(scores, key=scores.get, reverse=True)[:wanted])
         return ranked
@@ -703,9 +616,9 @@ class MilvusIndex(DocumentIndex):
         ]
         for row in self._get(client, self.pages, rest, fields, consistency):
             by_page[row["page_uid"]].append(row)
-        dim = _implied_dim(by_page.values()) or self._dim(client)  # no describe call per query
-        keep = [row["page_uid"] for row in _newest(got[0] for got in by_page.values())]
-        return {uid: _stored_page(uid, by_page[uid], dim) for uid in keep}
+        dim = implied_dim(by_page.values()) or self._dim(client)  # no describe call per query
+        keep = [row["page_uid"] for row in newest(got[0] for got in by_page.values())]
+        return {uid: stored_page(uid, by_page[uid], dim) for uid in keep}
 
     def _dim(self, client: Any) -> int:
         info = self.collection_info(client)
@@ -713,136 +626,3 @@ class MilvusIndex(DocumentIndex):
             return info["dim"]
         description = client.describe_collection(self.pages)
         return next(f["params"]["dim"] for f in description["fields"] if f["name"] == "vector")
-
-
-MIN_SERVER = (2, 3)  # partition keys, query iterators, collection properties (docs/search.md)
-_server_versions: dict[int, tuple[int, int]] = {}
-
-
-def _open_collections(client: Any, names: list[str]) -> None:
-    """Open this index's collections in a new Lite client before its threads share it: Lite opens
-    a collection on first use without a lock, and two threads racing there got two instances of
-    one collection (a load on one, the other still released: pymilvus then waited forever). Only
-    these: a file may hold large collections of earlier models, and opening one costs seconds."""
-    for name in names:
-        if client.has_collection(name):
-            client.get_collection_stats(name)
-
-
-def server_version(client: Any) -> tuple[int, int]:
-    """(major, minor) of the Milvus server behind ``client`` (``v2.3.5-lite`` -> (2, 3)), asked once per client."""
-    if id(client) not in _server_versions:
-        text = str(client.get_server_version()).lstrip("v")
-        numbers = [int(part) for part in text.split("-")[0].split(".")[:2] if part.isdigit()]
-        _server_versions[id(client)] = (numbers + [0, 0])[0], (numbers + [0, 0])[1]
-    return _server_versions[id(client)]
-
-
-def require_supported_server(client: Any, uri: str) -> None:
-    version = server_version(client)
-    if version < MIN_SERVER:
-        raise IndexRefused(
-            f"Milvus server at {uri} is version {version[0]}.{version[1]}: colqwen-pipeline needs "
-            f">= {MIN_SERVER[0]}.{MIN_SERVER[1]} (partition keys, query iterators, collection properties)"
-        )
-
-
-def _flat(rows: list[list[dict]]) -> list[dict]:
-    return [row for page in rows for row in page]
-
-
-def page_fields(doc_id: str, document: str, page: PageRows, generation: str) -> dict[str, Any]:
-    """The per-page columns that every index strategy stores beside the vectors."""
-    return {
-        "doc_id": doc_id,
-        "document": document,
-        "page": page.page,
-        "page_sha256": page.sha256,
-        "generation": generation,
-        "image": page.image,
-        "n_tokens": len(page.vectors),
-    }
-
-
-def new_generation() -> str:
-    """Sorts by time, so of two generations of a page the newest wins in search."""
-    return f"{time.time_ns():020d}-{secrets.token_hex(8)}"
-
-
-def check_shapes(doc_id: str, pages: Sequence[PageRows], dim: int) -> None:
-    for page in pages:
-        if page.vectors.ndim != 2 or page.vectors.shape[1] != dim:
-            raise IndexRefused(_shape_error(doc_id, page, dim))
-
-
-def _shape_error(doc_id: str, page: PageRows, dim: int) -> str:
-    return f"{doc_id} page {page.page}: vectors of shape {page.vectors.shape}, expected (n, {dim})"
-
-
-def _implied_dim(pages: Iterable[list[dict]]) -> int | None:
-    """The vector dimension that every fetched page with tokens implies (fp16 bytes / token count), or
-    None when they disagree or there are none (the caller then asks the collection). ``_stored_page``
-    still checks each page against it."""
-    implied = {
-        sum(packed_bytes(row["tokens"]) for row in rows) / (2 * rows[0]["n_tokens"])
-        for rows in pages
-        if rows[0]["n_tokens"]
-    }
-    dim = implied.pop() if len(implied) == 1 else 0
-    return int(dim) if dim >= 1 and dim.is_integer() else None
-
-
-def _stored_page(uid: int, rows: list[dict], dim: int) -> StoredPage:
-    rows.sort(key=lambda r: r["chunk"])
-    head = rows[0]
-    if len(rows) != head["n_chunks"]:
-        raise IndexRefused(f"{head['doc_id']} page {head['page']}: {len(rows)} of {head['n_chunks']} chunks found")
-    chunks = [r["tokens"] for r in rows if r["tokens"]]
-    found = sum(packed_bytes(chunk) for chunk in chunks) / (2 * dim)
-    if found != head["n_tokens"]:
-        raise IndexRefused(f"{head['doc_id']} page {head['page']}: {found:g} of {head['n_tokens']} tokens found")
-    vectors = unpack_tokens(chunks, dim)
-    return StoredPage(
-        uid,
-        head["doc_id"],
-        head["document"],
-        int(head["page"]),
-        head["page_sha256"],
-        head["generation"],
-        head["image"],
-        vectors,
-    )
-
-
-def _newest(rows: Iterable[dict]) -> list[dict]:
-    """Per page (doc_id, page), the row of its newest generation: between a re-ingest's write and
-    its delete, two generations of a page exist and only the newest counts."""
-    newest: dict[tuple[str, int], dict] = {}
-    for row in rows:
-        key = (row["doc_id"], row["page"])
-        if key not in newest or row["generation"] > newest[key]["generation"]:
-            newest[key] = row
-    return list(newest.values())
-
-
-def _exact_top_k(query: np.ndarray, pages: list[StoredPage], top_k: int) -> list[Hit]:
-    if not pages:
-        return []
-    scores = maxsim(query, [p.vectors for p in pages])
-    best = np.argsort(-scores, kind="stable")[:top_k]
-    return [Hit(pages[i].doc_id, pages[i].document, pages[i].page, float(scores[i]), pages[i].image) for i in best]
-
-
-def _approximate_scores(results: list[list[dict]]) -> dict[int, float]:
-    """Per page: sum over query tokens of its best centroid similarity among the hits; a page
-    missing from a token's hits gets that token's lowest returned similarity (an upper bound of
-    its best centroid similarity)."""
-    best: dict[int, dict[int, float]] = {}
-    floors = []
-    for q, hits in enumerate(results):
-        floors.append(min((h["distance"] for h in hits), default=0.0))
-        for hit in hits:
-            scores = best.setdefault(hit["id"] >> ROW_BITS, {})
-            if hit["distance"] > scores.get(q, -2.0):
-                scores[q] = hit["distance"]
-    return {uid: sum(s.get(q, floors[q]) for q in range(len(results))) for uid, s in best.items()}

@@ -1,0 +1,194 @@
+"""The row format of the two Milvus collections: what a page becomes on write (pages rows of
+packed fp16 tokens, centroid rows), what it is read back as, the generations that make a
+rewrite all-or-nothing, and expression literals."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from colqwen_pipeline.index.base import DocumentRows, Hit, IndexRefused, PageRows
+from colqwen_pipeline.index.maxsim import (
+    maxsim,
+    mean_direction,
+    pack_chunk,
+    packed_bytes,
+    page_centroids,
+    split_tokens,
+    unpack_tokens,
+)
+
+ROW_BITS = 8  # key = page_uid << ROW_BITS | row (a centroid, or a chunk of the page's tokens)
+
+
+@dataclass
+class NewRows:
+    """One generation's rows of some documents, before they are written."""
+
+    pages: list[tuple[DocumentRows, PageRows, int]]  # (document, page, page uid)
+    page_rows: list[list[dict]]
+    centroid_rows: list[list[dict]]
+    generation: str
+
+
+@dataclass
+class StoredPage:
+    """One page as the exact stage reads it back."""
+
+    uid: int
+    doc_id: str
+    document: str
+    page: int
+    sha256: str
+    generation: str
+    image: str
+    vectors: np.ndarray
+
+
+def literal(value: str) -> str:
+    """A Milvus string literal. Non-ASCII stays as is (Milvus's parser rejects ``\\u00e9`` escapes);
+    control characters cannot be expressed and are refused with one line."""
+    if any(ord(c) < 32 or 0xD800 <= ord(c) < 0xE000 for c in value):
+        raise IndexRefused(f"document id {value!r} holds a control character or a lone surrogate")
+    return json.dumps(value, ensure_ascii=False)
+
+
+def quote(values: Sequence[str]) -> str:
+    """A Milvus list literal of strings."""
+    return "[" + ", ".join(literal(v) for v in values) + "]"
+
+
+def flat(rows: list[list[dict]]) -> list[dict]:
+    return [row for page in rows for row in page]
+
+
+def page_fields(doc_id: str, document: str, page: PageRows, generation: str) -> dict[str, Any]:
+    """The per-page columns that every index strategy stores beside the vectors."""
+    return {
+        "doc_id": doc_id,
+        "document": document,
+        "page": page.page,
+        "page_sha256": page.sha256,
+        "generation": generation,
+        "image": page.image,
+        "n_tokens": len(page.vectors),
+    }
+
+
+def new_generation() -> str:
+    """Sorts by time, so of two generations of a page the newest wins in search."""
+    return f"{time.time_ns():020d}-{secrets.token_hex(8)}"
+
+
+def check_shapes(doc_id: str, pages: Sequence[PageRows], dim: int) -> None:
+    for page in pages:
+        if page.vectors.ndim != 2 or page.vectors.shape[1] != dim:
+            raise IndexRefused(_shape_error(doc_id, page, dim))
+
+
+def _shape_error(doc_id: str, page: PageRows, dim: int) -> str:
+    return f"{doc_id} page {page.page}: vectors of shape {page.vectors.shape}, expected (n, {dim})"
+
+
+def implied_dim(pages: Iterable[list[dict]]) -> int | None:
+    """The vector dimension that every fetched page with tokens implies (fp16 bytes / token count), or
+    None when they disagree or there are none (the caller then asks the collection). ``stored_page``
+    still checks each page against it."""
+    implied = {
+        sum(packed_bytes(row["tokens"]) for row in rows) / (2 * rows[0]["n_tokens"])
+        for rows in pages
+        if rows[0]["n_tokens"]
+    }
+    dim = implied.pop() if len(implied) == 1 else 0
+    return int(dim) if dim >= 1 and dim.is_integer() else None
+
+
+def stored_page(uid: int, rows: list[dict], dim: int) -> StoredPage:
+    rows.sort(key=lambda r: r["chunk"])
+    head = rows[0]
+    if len(rows) != head["n_chunks"]:
+        raise IndexRefused(f"{head['doc_id']} page {head['page']}: {len(rows)} of {head['n_chunks']} chunks found")
+    chunks = [r["tokens"] for r in rows if r["tokens"]]
+    found = sum(packed_bytes(chunk) for chunk in chunks) / (2 * dim)
+    if found != head["n_tokens"]:
+        raise IndexRefused(f"{head['doc_id']} page {head['page']}: {found:g} of {head['n_tokens']} tokens found")
+    vectors = unpack_tokens(chunks, dim)
+    return StoredPage(
+        uid,
+        head["doc_id"],
+        head["document"],
+        int(head["page"]),
+        head["page_sha256"],
+        head["generation"],
+        head["image"],
+        vectors,
+    )
+
+
+def newest(rows: Iterable[dict]) -> list[dict]:
+    """Per page (doc_id, page), the row of its newest generation: between a re-ingest's write and
+    its delete, two generations of a page exist and only the newest counts."""
+    newest: dict[tuple[str, int], dict] = {}
+    for row in rows:
+        key = (row["doc_id"], row["page"])
+        if key not in newest or row["generation"] > newest[key]["generation"]:
+            newest[key] = row
+    return list(newest.values())
+
+
+def exact_top_k(query: np.ndarray, pages: list[StoredPage], top_k: int) -> list[Hit]:
+    if not pages:
+        return []
+    scores = maxsim(query, [p.vectors for p in pages])
+    best = np.argsort(-scores, kind="stable")[:top_k]
+    return [Hit(pages[i].doc_id, pages[i].document, pages[i].page, float(scores[i]), pages[i].image) for i in best]
+
+
+def approximate_scores(results: list[list[dict]]) -> dict[int, float]:
+    """Per page: sum over query tokens of its best centroid similarity among the hits; a page
+    missing from a token's hits gets that token's lowest returned similarity (an upper bound of
+    its best centroid similarity)."""
+    best: dict[int, dict[int, float]] = {}
+    floors = []
+    for q, hits in enumerate(results):
+        floors.append(min((h["distance"] for h in hits), default=0.0))
+        for hit in hits:
+            scores = best.setdefault(hit["id"] >> ROW_BITS, {})
+            if hit["distance"] > scores.get(q, -2.0):
+                scores[q] = hit["distance"]
+    return {uid: sum(s.get(q, floors[q]) for q in range(len(results))) for uid, s in best.items()}
+
+
+def page_rows(uid: int, doc_id: str, document: str, page: PageRows, generation: str) -> list[dict]:
+    """A page's rows in the pages collection: its tokens packed in chunks, one row a chunk."""
+    chunks = split_tokens(page.vectors) or [page.vectors]  # a page without tokens still gets a row
+    if len(chunks) >= 1 << ROW_BITS:
+        raise IndexRefused(f"{doc_id} page {page.page}: {len(page.vectors)} tokens is more than a page can hold")
+    base = {"page_uid": uid, "n_chunks": len(chunks)} | page_fields(doc_id, document, page, generation)
+    return [
+        base
+        | {
+            "id": uid << ROW_BITS | number,
+            "chunk": number,
+            "tokens": pack_chunk(chunk),
+            "vector": mean_direction(chunk),
+        }
+        for number, chunk in enumerate(chunks)
+    ]
+
+
+def centroid_rows(uid: int, doc_id: str, page: PageRows, generation: str, dim: int, count: int) -> list[dict]:
+    """A page's rows in the searched collection: ``count`` k-means centroids of its tokens."""
+    centroids = page_centroids(page.vectors, count)
+    if not len(centroids):
+        centroids = np.zeros((1, dim), dtype=np.float32)
+    return [
+        {"id": uid << ROW_BITS | k, "doc_id": doc_id, "generation": generation, "vector": vector}
+        for k, vector in enumerate(np.asarray(centroids, dtype=np.float32))
+    ]

@@ -1,0 +1,105 @@
+"""The schema of the two Milvus collections (portable across Lite, standalone and cluster), and
+what this code needs of a server."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from colqwen_pipeline.index.base import IndexRefused
+from colqwen_pipeline.index.maxsim import VARCHAR_LIMIT
+
+log = logging.getLogger(__name__)
+
+# Reads see every write before them: a check or a search right after an ingest must see it (a
+# server's default, Bounded, lags writes by up to seconds; Lite is always strong).
+CONSISTENCY = "Strong"
+MIN_SERVER = (2, 3)  # partition keys, query iterators, collection properties (docs/search.md)
+_server_versions: dict[int, tuple[int, int]] = {}
+
+
+def create_collections(
+    client: Any,
+    *,
+    collection: str,
+    pages: str,
+    properties: dict[str, str],
+    dim: int,
+    partitions: int,
+    index_type: str,
+    lite: bool,
+) -> None:
+    """The pages collection (if absent), then the searched one; its properties are set last, so
+    their presence marks the pair complete."""
+    from pymilvus import DataType
+
+    if not client.has_collection(pages):
+        schema = client.create_schema(auto_id=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)  # page_uid << ROW_BITS | chunk
+        schema.add_field("page_uid", DataType.INT64)
+        schema.add_field("chunk", DataType.INT32)
+        schema.add_field("n_chunks", DataType.INT32)
+        schema.add_field("n_tokens", DataType.INT32)
+        schema.add_field("doc_id", DataType.VARCHAR, max_length=512, is_partition_key=True)
+        schema.add_field("document", DataType.VARCHAR, max_length=1024)
+        schema.add_field("page", DataType.INT32)
+        schema.add_field("page_sha256", DataType.VARCHAR, max_length=64)
+        schema.add_field("generation", DataType.VARCHAR, max_length=40)
+        schema.add_field("image", DataType.VARCHAR, max_length=2048)
+        schema.add_field("tokens", DataType.VARCHAR, max_length=VARCHAR_LIMIT)
+        # Every Milvus collection needs a vector field; this one (the chunk's mean direction)
+        # is never searched: the centroids collection is.
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        client.create_collection(
+            pages,
+            schema=schema,
+            index_params=vector_index(client, "FLAT", lite),
+            num_partitions=partitions,
+            consistency_level=CONSISTENCY,
+        )
+        client.alter_collection_properties(pages, properties)
+    schema = client.create_schema(auto_id=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)  # page_uid << ROW_BITS | centroid
+    schema.add_field("doc_id", DataType.VARCHAR, max_length=512)
+    schema.add_field("generation", DataType.VARCHAR, max_length=40)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+    index = vector_index(client, index_type, lite)
+    client.create_collection(collection, schema=schema, index_params=index, consistency_level=CONSISTENCY)
+    client.alter_collection_properties(collection, properties)  # last: marks the pair complete
+
+
+def vector_index(client: Any, index_type: str, lite: bool) -> Any:
+    index = client.prepare_index_params()
+    params = {"M": 16, "efConstruction": 200} if index_type == "HNSW" else {}
+    index.add_index(field_name="vector", index_type=index_type, metric_type="IP", params=params)
+    if lite or server_version(client) >= (2, 4):  # 2.3 has no INVERTED; its filters scan
+        index.add_index(field_name="doc_id", index_type="INVERTED")
+    return index
+
+
+def open_collections(client: Any, names: list[str]) -> None:
+    """Open this index's collections in a new Lite client before its threads share it: Lite opens
+    a collection on first use without a lock, and two threads racing there got two instances of
+    one collection (a load on one, the other still released: pymilvus then waited forever). Only
+    these: a file may hold large collections of earlier models, and opening one costs seconds."""
+    for name in names:
+        if client.has_collection(name):
+            client.get_collection_stats(name)
+
+
+def server_version(client: Any) -> tuple[int, int]:
+    """(major, minor) of the Milvus server behind ``client`` (``v2.3.5-lite`` -> (2, 3)), asked once per client."""
+    if id(client) not in _server_versions:
+        text = str(client.get_server_version()).lstrip("v")
+        numbers = [int(part) for part in text.split("-")[0].split(".")[:2] if part.isdigit()]
+        _server_versions[id(client)] = (numbers + [0, 0])[0], (numbers + [0, 0])[1]
+    return _server_versions[id(client)]
+
+
+def require_supported_server(client: Any, uri: str) -> None:
+    version = server_version(client)
+    if version < MIN_SERVER:
+        raise IndexRefused(
+            f"Milvus server at {uri} is version {version[0]}.{version[1]}: colqwen-pipeline needs "
+            f">= {MIN_SERVER[0]}.{MIN_SERVER[1]} (partition keys, query iterators, collection properties)"
+        )
