@@ -13,7 +13,7 @@ import pytest
 from colqwen_pipeline.index import maxsim, milvus
 from colqwen_pipeline.index.base import IndexRefused, PageRows
 from colqwen_pipeline.index.bench import TOKENS, bench_search, synthetic_pages, synthetic_queries
-from colqwen_pipeline.index.maxsim import maxsim_uniform, pack_tokens, unpack_tokens
+from colqwen_pipeline.index.maxsim import maxsim_uniform, pack_chunk, split_tokens, unpack_tokens
 from colqwen_pipeline.index.milvus import MilvusIndex
 from colqwen_pipeline_tests.conftest import unique_collection
 
@@ -67,7 +67,7 @@ def bench_index(
 
 def test_packed_tokens_round_trip_exactly_in_varchar_sized_chunks():
     vectors = unit_pages(0, 1, tokens=500)[0].vectors
-    chunks = pack_tokens(vectors)
+    chunks = [pack_chunk(chunk) for chunk in split_tokens(vectors)]  # as the pages rows store them
     assert len(chunks) == 3 and all(len(c) <= 65_535 for c in chunks)
     np.testing.assert_array_equal(unpack_tokens(chunks, DIM), vectors)
 

@@ -65,7 +65,10 @@ def test_a_writer_gets_its_turn_while_another_process_searches_from_four_threads
         assert writer.document_ids() == {"doc-a", "doc-2", "doc-3", "doc-4"}
     finally:
         stop.touch()
-        out, _ = searcher.communicate(timeout=120)
+        try:
+            out, _ = searcher.communicate(timeout=120)
+        finally:
+            searcher.kill()  # never left behind by a failed test (a no-op once it has exited)
     searches, errors, first_error = out.split(" ", 2)
     assert int(errors) == 0, first_error
     assert int(searches) >= 8

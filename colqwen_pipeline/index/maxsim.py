@@ -78,12 +78,6 @@ def pack_chunk(vectors: np.ndarray) -> str:
     return base64.b64encode(np.ascontiguousarray(vectors, dtype=np.float16).tobytes()).decode("ascii")
 
 
-def pack_tokens(vectors: np.ndarray) -> list[str]:
-    """A page's tokens as base64 fp16 chunks that each fit one VARCHAR: the exact stage reads a
-    page in a few rows instead of one row per token."""
-    return [pack_chunk(chunk) for chunk in split_tokens(vectors)]
-
-
 def mean_direction(vectors: np.ndarray) -> np.ndarray:
     """The unit-norm mean of some unit vectors (zeros for none)."""
     return _normalise(np.asarray(vectors, dtype=np.float32).sum(axis=0, keepdims=True))[0]
@@ -95,9 +89,9 @@ def packed_bytes(chunk: str) -> int:
 
 
 def unpack_tokens(chunks: list[str], dim: int) -> np.ndarray:
-    """The inverse of ``pack_tokens``. pybase64 (SIMD) decodes ~9x faster than the standard
-    library's ``base64`` (2.9 vs 25.9 ms for a query's 32 candidate pages): decoding was a fifth of
-    a 1,000-page query."""
+    """The tokens of a page's packed chunks (``pack_chunk`` of each ``split_tokens`` piece).
+    pybase64 (SIMD) decodes ~9x faster than the standard library's ``base64`` (2.9 vs 25.9 ms for
+    a query's 32 candidate pages): decoding was a fifth of a 1,000-page query."""
     raw = b"".join(pybase64.b64decode(chunk, validate=False) for chunk in chunks)
     return np.frombuffer(raw, dtype=np.float16).reshape(-1, dim).astype(np.float32)
 
