@@ -12,6 +12,7 @@ import json
 import os
 import resource
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -31,14 +32,20 @@ WORKER_MODULE = "colqwen_pipeline.documents.worker"
 WorkerError = RenderError
 
 
-def limits(memory_mb: int) -> Callable[[], None]:
-    """preexec_fn that caps the child's address space (inherited by its own children)."""
+def start_capped(command: list[str], memory_mb: int, **popen: Any) -> subprocess.Popen:
+    """Start ``command`` with its address space capped (its own children inherit the cap). The cap
+    is set by util-linux's ``prlimit`` as it execs the command, not by a ``preexec_fn``: Python
+    code between fork and exec, in a process with threads (the render pool, torch), now and then
+    crashed the child (a segfault seen in CI). Without ``prlimit``, the cap is set a moment after
+    the start (the worker reads its job only after that)."""
     cap = memory_mb * 1024 * 1024
-
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
-
-    return apply
+    binary = shutil.which("prlimit")
+    if binary:
+        return subprocess.Popen([binary, f"--as={cap}", "--", *command], **popen)
+    proc = subprocess.Popen(command, **popen)
+    with contextlib.suppress(ProcessLookupError):
+        resource.prlimit(proc.pid, resource.RLIMIT_AS, (cap, cap))
+    return proc
 
 
 def worker_env() -> dict[str, str]:
@@ -74,13 +81,13 @@ def run_workers(
 def _spawn(job: dict[str, Any], memory_mb: int) -> tuple[subprocess.Popen, IO[bytes]]:
     # A file, not a pipe: a chatty renderer can never block on it. Closed by run_workers.
     stderr = tempfile.TemporaryFile()  # noqa: SIM115
-    proc = subprocess.Popen(
+    proc = start_capped(
         [sys.executable, "-m", WORKER_MODULE],
+        memory_mb,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=stderr,
         env=worker_env(),
-        preexec_fn=limits(memory_mb),
         start_new_session=True,
     )
     with contextlib.suppress(BrokenPipeError):  # a worker that died at once is reported by _finish

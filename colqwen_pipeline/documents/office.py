@@ -12,7 +12,7 @@ import time
 import zipfile
 from pathlib import Path
 
-from colqwen_pipeline.documents.guard import WorkerError, kill_group, limits
+from colqwen_pipeline.documents.guard import WorkerError, kill_group, start_capped
 from colqwen_pipeline.documents.sniff import OLE_MAGIC
 
 # Zip members that tell LibreOffice's filter detection which import filter to use.
@@ -85,12 +85,12 @@ def _run_soffice(binary: str, src: Path, out: Path, scratch: Path, memory_mb: in
         f"-env:UserInstallation={profile.as_uri()}",
         str(src),
     ]
-    proc = subprocess.Popen(
+    proc = start_capped(
         cmd,
+        memory_mb,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         env={**os.environ, "TMPDIR": str(tmp)},
-        preexec_fn=limits(memory_mb),
         start_new_session=True,
     )
     try:
