@@ -72,6 +72,13 @@ def run_in_threads(work: Callable[[], None], count: int, timeout_s: float) -> li
     return errors
 
 
+def one_document_env(root: Path, model_dir: Path, sample: str) -> dict[str, str]:
+    """COLQWEN_* settings of a state directory under ``root`` whose inbox holds one sample."""
+    (root / "inbox").mkdir()
+    (root / "inbox" / sample).write_bytes((SAMPLES / sample).read_bytes())
+    return {"COLQWEN_HOME": str(root / "var"), "COLQWEN_INBOX": str(root / "inbox"), "COLQWEN_MODEL": str(model_dir)}
+
+
 def add_sample(settings, name: str, target: str | None = None) -> Path:
     destination = settings.inbox / (target or name)
     destination.parent.mkdir(parents=True, exist_ok=True)

@@ -25,7 +25,7 @@ from PIL import Image, ImageDraw
 from colqwen_pipeline.embedding.remote import ModelServerError, RemoteEmbedder, decode_vectors
 from colqwen_pipeline.inbox import document_key
 from colqwen_pipeline.settings import Settings
-from colqwen_pipeline_tests.conftest import SAMPLES, free_port
+from colqwen_pipeline_tests.conftest import SAMPLES, free_port, one_document_env
 
 LIMITS = {
     "MAX_IMAGES": "3",
@@ -44,15 +44,8 @@ JSON = {"content-type": "application/json"}
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, redis_url: str) -> dict[str, str]:
     """The server's environment: its own state directory and an inbox holding one document."""
-    root = tmp_path_factory.mktemp("deployment")
-    (root / "inbox").mkdir()
-    (root / "inbox" / SAMPLE).write_bytes((SAMPLES / SAMPLE).read_bytes())
-    env = {
-        "COLQWEN_HOME": str(root / "var"),
-        "COLQWEN_INBOX": str(root / "inbox"),
-        "COLQWEN_MODEL": str(tiny_model_dir),
-        "COLQWEN_REDIS_URL": redis_url,
-    }
+    env = one_document_env(tmp_path_factory.mktemp("deployment"), tiny_model_dir, SAMPLE)
+    env["COLQWEN_REDIS_URL"] = redis_url
     return env | {f"COLQWEN_SERVER_{name}": value for name, value in LIMITS.items()}
 
 

@@ -19,7 +19,7 @@ from PIL import Image
 
 from colqwen_pipeline.inbox import document_key
 from colqwen_pipeline.settings import Settings
-from colqwen_pipeline_tests.conftest import SAMPLES, free_port
+from colqwen_pipeline_tests.conftest import SAMPLES, free_port, one_document_env
 from colqwen_pipeline_tests.test_server import wait_ready
 from colqwen_pipeline_tests.test_ui import browser
 
@@ -35,14 +35,7 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -
     from colqwen_pipeline.bulk.runner import ingest
 
     root = tmp_path_factory.mktemp("web")
-    (root / "inbox").mkdir()
-    (root / "inbox" / SAMPLE).write_bytes((SAMPLES / SAMPLE).read_bytes())
-    env = {
-        "COLQWEN_HOME": str(root / "var"),
-        "COLQWEN_INBOX": str(root / "inbox"),
-        "COLQWEN_MODEL": str(tiny_model_dir),
-        "DAGSTER_HOME": str(root / "var" / "dagster"),
-    }
+    env = one_document_env(root, tiny_model_dir, SAMPLE) | {"DAGSTER_HOME": str(root / "var" / "dagster")}
     Path(env["DAGSTER_HOME"]).mkdir(parents=True)
     with pytest.MonkeyPatch.context() as patch:  # the job's resources read their settings from the environment
         for name, value in env.items():
