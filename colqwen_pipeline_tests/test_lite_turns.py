@@ -125,3 +125,38 @@ def test_a_process_waits_its_turn_and_says_who_holds_the_file(tmp_path: Path):
     last = other.stderr.strip().splitlines()[-1]
     assert "stayed busy" in last and f"process {os.getpid()} holds it" in last
     assert np.isclose(index.count_tokens(), 40)
+
+
+# Another local process that knows the port, trying tokens: none, guesses, pymilvus's default.
+INTRUDER = textwrap.dedent(
+    """
+    import sys
+    from pymilvus import MilvusClient
+    for token in sys.argv[2:]:
+        try:
+            print("listed", sorted(MilvusClient(uri=sys.argv[1], token=token, timeout=10).list_collections()))
+        except Exception as error:
+            print("refused", str(error).splitlines()[0][:200])
+    """
+)
+
+
+def test_the_lite_port_serves_only_the_process_holding_the_file(tmp_path: Path):
+    from colqwen_pipeline.index import lite_server
+
+    uri = str(tmp_path / "milvus.db")
+    index = MilvusIndex(uri, "test_pages")
+    index.replace_document("doc-a", "a.pdf", unit_pages(1, 3), "model-x", DIM)
+    with index.session():
+        endpoint = lite_server.start(Path(uri))  # the endpoint this process's client uses
+        assert endpoint.uri.startswith("http://127.0.0.1:")
+        tokens = ["", "guess", "root:Milvus", endpoint.token]  # the last only the owner knows
+        intruder = subprocess.run(
+            [sys.executable, "-c", INTRUDER, endpoint.uri, *tokens], capture_output=True, text=True, timeout=120
+        )
+        lines = intruder.stdout.splitlines()
+        assert len(lines) == 4, intruder.stdout + intruder.stderr
+        assert all(line.startswith("refused") for line in lines[:3]), lines
+        assert lines[3].startswith("listed") and "test_pages" in lines[3], lines  # the port is live: only the token matters
+        hits = index.search([unit_pages(1, 1)[0].vectors], top_k=1)  # the owner is served as before
+        assert hits and hits[0][0].doc_id == "doc-a"

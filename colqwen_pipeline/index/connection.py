@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from colqwen_pipeline.index import lite_server
+
 POLL_S = 0.02
 
 
@@ -195,7 +197,5 @@ def _leave(key: str) -> None:
 
 def _close(client: Any, lite_key: str | None) -> None:
     client.close()
-    if lite_key is not None:  # closing the client leaves the in-process Lite server holding the file
-        from milvus_lite.server_manager import server_manager_instance
-
-        server_manager_instance.release_server(lite_key)
+    if lite_key is not None:  # closing the client leaves this process's Lite server holding the file
+        lite_server.stop(Path(lite_key))

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from colqwen_pipeline.index import lite_server
 from colqwen_pipeline.index.base import DocumentIndex, DocumentRows, Hit, IndexRefused
 from colqwen_pipeline.index.connection import LiteBusy, load_once, shared_client
 from colqwen_pipeline.index.milvus_rows import (
@@ -85,10 +86,9 @@ _GEN_FIELDS = ["doc_id", "generation"]
 
 def _quiet_pymilvus() -> None:
     """pymilvus configures its own loggers at import (INFO, with handlers) and logs a traceback for
-    every RPC error, including the ones this module expects and handles (a missing alias); Milvus
-    Lite's in-process server logs Lite's missing AllocTimestamp, and a traceback each time another
-    process holds the file's lock (``_open`` waits for it quietly, then raises one line)."""
-    for name in ("pymilvus", "pymilvus.milvus_client", "grpc._server", "milvus_lite.server_manager"):
+    every RPC error, including the ones this module expects and handles (a missing alias); the gRPC
+    server of a Lite file logs Lite's missing AllocTimestamp."""
+    for name in ("pymilvus", "pymilvus.milvus_client", "grpc._server"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
@@ -179,31 +179,47 @@ class MilvusIndex(DocumentIndex):
                 self._held = None
 
     def _open(self) -> Any:
-        """A new client; on Lite, called in this process's turn (a process outside the turn queue,
-        such as an older version of this project, may still hold the file: wait for it too)."""
+        """A new client; on Lite, called in this process's turn."""
+        _quiet_pymilvus()
+        try:
+            return self._open_lite() if self.is_lite else self._open_server()
+        except IndexRefused:
+            raise
+        except Exception as error:  # noqa: BLE001 - pymilvus and Lite raise many types; one line names the URI
+            raise IndexRefused(f"cannot open Milvus at {self.uri}: {str(error).splitlines()[0]}") from error
+
+    def _open_server(self) -> Any:
         from pymilvus import MilvusClient
 
-        _quiet_pymilvus()
-        if self.is_lite:
-            Path(self.uri).resolve().parent.mkdir(parents=True, exist_ok=True)
+        client = MilvusClient(uri=self.uri, token=self.token) if self.token else MilvusClient(uri=self.uri)
+        require_supported_server(client, self.uri)
+        return client
+
+    def _open_lite(self) -> Any:
+        """A client of this process's own token-guarded Lite server (``lite_server``). A process
+        outside the turn queue, such as an older version of this project, may still hold the file:
+        wait for it too."""
+        from milvus_lite.exceptions import DataDirLockedError
+        from pymilvus import MilvusClient
+
+        lite_file = Path(self.uri).resolve()
+        lite_file.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + self.lock_wait_s
         while True:
             try:
-                client = MilvusClient(uri=self.uri, token=self.token) if self.token else MilvusClient(uri=self.uri)
-                if self.is_lite:
-                    open_collections(client, [self.collection, self.pages])
-                else:
-                    require_supported_server(client, self.uri)
-                return client
-            except IndexRefused:
-                raise
-            except Exception as error:  # noqa: BLE001 - pymilvus wraps the lock error in several types
-                # Lite reports another process's lock only as "Open local milvus failed".
-                message = str(error).lower()
-                locked = self.is_lite and ("lock" in message or "open local milvus failed" in message)
-                if not locked or time.monotonic() > deadline:
-                    raise IndexRefused(f"cannot open Milvus at {self.uri}: {str(error).splitlines()[0]}") from error
+                endpoint = lite_server.start(lite_file)
+                break
+            except DataDirLockedError:
+                if time.monotonic() > deadline:
+                    raise
                 time.sleep(0.25)
+        try:
+            client = MilvusClient(uri=endpoint.uri, token=endpoint.token)
+            open_collections(client, [self.collection, self.pages])
+        except BaseException:
+            lite_server.stop(lite_file)
+            raise
+        return client
 
     def _create(self, client: Any, fingerprint: str, dim: int) -> None:
         if self.aliased:
