@@ -4,9 +4,11 @@ and every cross-reference between them and the code checked."""
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
+import tempfile
 import tomllib
 from pathlib import Path
 
@@ -140,23 +142,51 @@ def test_dockerfile_copies_files_that_exist_and_installs_the_deploy_extra() -> N
 
 # -- production dagster.yaml ---------------------------------------------------------------------
 def test_production_instance_keeps_all_storage_in_postgres_from_the_environment(tmp_path, monkeypatch) -> None:
+    """deploy/dagster.prod.yaml loaded as the webserver and the daemon load it (``DAGSTER_HOME``),
+    against a real Postgres whose address and password come only from the environment: a run's
+    history lands in Postgres and nothing in local files."""
     import dagster as dg
-    from dagster._config import process_config
-    from dagster._core.instance.config import dagster_instance_config
-    from dagster._core.storage.config import pg_config
-    from sqlalchemy.engine import make_url
+    import psycopg2
 
-    shutil.copy(DEPLOY / "dagster.prod.yaml", tmp_path / "dagster.yaml")
-    for name, value in PG_ENV.items():
+    from colqwen_pipeline_tests.conftest import free_port
+    from colqwen_pipeline_tests.postgres_server import postgres
+
+    config = yaml.safe_load((DEPLOY / "dagster.prod.yaml").read_text())
+    database = config["storage"]["postgres"]["postgres_db"]
+    assert all(set(value) == {"env"} for key, value in database.items() if key != "scheme")  # no secret in the file
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(DEPLOY / "dagster.prod.yaml", home / "dagster.yaml")
+    env = PG_ENV | {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(free_port())}
+    for name, value in env.items() | {"DAGSTER_HOME": str(home)}.items():
         monkeypatch.setenv(name, value)
 
-    config, _ = dagster_instance_config(str(tmp_path))  # the instance schema, as `dagster` checks it
-    postgres = config["storage"]["postgres"]
-    resolved = process_config(dg.Shape(pg_config()), postgres)
+    @dg.asset
+    def probe() -> int:
+        return 1
 
-    assert resolved.success, resolved.errors
-    db = resolved.value["postgres_db"]
-    assert (db["hostname"], db["port"], db["password"]) == ("db", 5433, "not-a-real-password")
-    assert all(set(v) == {"env"} for k, v in postgres["postgres_db"].items() if k != "scheme")
-    url = f"{db['scheme']}://{db['username']}:{db['password']}@{db['hostname']}:{db['port']}/{db['db_name']}"
-    assert make_url(url).get_dialect().driver == "psycopg2"  # the driver dagster-postgres installs
+    user, password, db = env["DAGSTER_PG_USERNAME"], env["DAGSTER_PG_PASSWORD"], env["DAGSTER_PG_DB"]
+    root = Path(tempfile.mkdtemp(prefix="colqwen-pg-"))  # pytest's tmp_path is closed to the postgres user
+    root.chmod(0o755)
+    with contextlib.ExitStack() as cleanup:
+        cleanup.callback(shutil.rmtree, root, ignore_errors=True)
+        cleanup.enter_context(postgres(root, int(env["DAGSTER_PG_PORT"]), user, password, db))
+        with dg.DagsterInstance.get() as instance:
+            result = dg.materialize([probe], instance=instance)
+            assert result.success
+            assert instance.get_latest_materialization_event(dg.AssetKey("probe")) is not None
+        address = {"host": "127.0.0.1", "port": env["DAGSTER_PG_PORT"], "user": user, "dbname": db}
+        connection = psycopg2.connect(**address, password=password)
+        with connection, connection.cursor() as cursor:
+            cursor.execute("SELECT run_id FROM runs")
+            runs = [row[0] for row in cursor.fetchall()]
+            cursor.execute("SELECT count(*) FROM event_logs WHERE run_id = %s", (result.run_id,))
+            events = cursor.fetchone()[0]
+            cursor.execute("SELECT count(*) FROM information_schema.tables WHERE table_name = 'jobs'")
+            schedule_tables = cursor.fetchone()[0]
+        connection.close()
+        with pytest.raises(psycopg2.OperationalError, match="password authentication failed"):
+            psycopg2.connect(**address, password="guess")
+
+    assert runs == [result.run_id] and events > 0 and schedule_tables == 1  # runs, events, schedules
+    assert not [path.name for path in home.rglob("*.db")]  # no SQLite storage beside dagster.yaml

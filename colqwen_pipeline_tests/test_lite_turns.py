@@ -157,6 +157,7 @@ def test_the_lite_port_serves_only_the_process_holding_the_file(tmp_path: Path):
         lines = intruder.stdout.splitlines()
         assert len(lines) == 4, intruder.stdout + intruder.stderr
         assert all(line.startswith("refused") for line in lines[:3]), lines
-        assert lines[3].startswith("listed") and "test_pages" in lines[3], lines  # the port is live: only the token matters
+        # the port is live: only the token matters
+        assert lines[3].startswith("listed") and "test_pages" in lines[3], lines
         hits = index.search([unit_pages(1, 1)[0].vectors], top_k=1)  # the owner is served as before
         assert hits and hits[0][0].doc_id == "doc-a"

@@ -4,13 +4,8 @@ through GraphQL, the asset graph and page thumbnails in headless Chromium, and a
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import shutil
-import signal
-import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -18,9 +13,9 @@ import pytest
 from colqwen_pipeline.inbox import document_key
 from colqwen_pipeline.settings import Settings
 from colqwen_pipeline_tests.conftest import REPO, SAMPLES, free_port
+from colqwen_pipeline_tests.dagster_processes import LOCATION, GraphQL, program, started, wait_until_served
 
 pytestmark = pytest.mark.slow
-LOCATION = "colqwen_pipeline.definitions"
 CHROMIUM_FLAGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -32,16 +27,7 @@ CHROMIUM_FLAGS = [
 ]
 
 
-class DagsterDev:
-    def __init__(self, port: int):
-        self.url = f"http://127.0.0.1:{port}"
-
-    def graphql(self, query: str, variables: dict | None = None) -> dict:
-        body = json.dumps({"query": query, "variables": variables or {}}).encode()
-        request = urllib.request.Request(f"{self.url}/graphql", body, {"content-type": "application/json"})
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return json.loads(response.read())["data"]
-
+class DagsterDev(GraphQL):
     def runs(self) -> list[dict]:
         query = "{ runsOrError { ... on Runs { results { runId jobName status tags { key value } } } } }"
         return self.graphql(query)["runsOrError"]["results"]
@@ -84,40 +70,12 @@ def dagster_dev(tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.Monkey
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     port = free_port()
-    dagster = REPO / ".venv" / "bin" / "dagster"
-    log = (tmp_path / "dagster-dev.log").open("w")
-    process = subprocess.Popen(
-        [
-            str(dagster) if dagster.exists() else "dagster",
-            "dev",
-            "-w",
-            "workspace.yaml",
-            "-h",
-            "127.0.0.1",
-            "-p",
-            str(port),
-        ],
-        cwd=REPO,
-        env=os.environ | env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    server = DagsterDev(port)
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            server.graphql("{ version }")
-            break
-        except OSError:
-            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "dagster-dev.log").read_text()
-            time.sleep(1)
-    yield server, inbox, Settings()
-    os.killpg(process.pid, signal.SIGINT)  # dagster dev ignores SIGTERM for a while
-    try:
-        process.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+    command = [program("dagster"), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)]
+    log = tmp_path / "dagster-dev.log"
+    with started(command, log) as process:
+        server = DagsterDev(port)
+        wait_until_served(server, process, log)
+        yield server, inbox, Settings()
 
 
 def test_inbox_sensor_ui_launch_and_deletion_in_a_running_dagster_dev(dagster_dev, tmp_path):

@@ -1,25 +1,23 @@
-"""What the Dagster UI says after real runs (issue 16 items 1, 4, 5, 6), read through Dagster's own
-GraphQL schema (the queries the UI's check tags and sidebar use) on the run's instance, in process:
+"""What the Dagster UI says after real runs (issue 16 items 1, 4, 5, 6), read from a real
+``dagster-webserver`` over the runs' instance through its GraphQL API (the queries the UI's check
+tags and sidebar use):
 a broken document fails alone and no check "fails" with it, WARN outcomes read as warnings, a check
 with nothing to judge passes saying so, and every kind of run carries a ``colqwen/trigger`` tag."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import contextmanager
+from pathlib import Path
 
 import dagster as dg
-from dagster._core.remote_origin import InProcessCodeLocationOrigin
-from dagster._core.types.loadable_target_origin import LoadableTargetOrigin
-from dagster._core.workspace.context import WorkspaceProcessContext
-from dagster._core.workspace.load_target import InProcessWorkspaceLoadTarget
-from dagster_graphql.test.utils import execute_dagster_graphql
+import pytest
 
 from colqwen_pipeline.bulk.runner import ingest
 from colqwen_pipeline.definitions import RESOURCES, defs
 from colqwen_pipeline.defs.checks import WARNING_LABEL
 from colqwen_pipeline.inbox import document_key
 from colqwen_pipeline_tests.conftest import add_sample
+from colqwen_pipeline_tests.dagster_processes import GraphQL, webserver
 
 CHECKS_QUERY = """{ assetNodes { assetKey { path } assetChecksOrError { ... on AssetChecks { checks { name
     executionForLatestMaterialization { status partition runId
@@ -27,20 +25,16 @@ CHECKS_QUERY = """{ assetNodes { assetKey { path } assetChecksOrError { ... on A
 INVOICE = "scanned_invoice.jpg"
 
 
-@contextmanager
-def graphql(instance: dg.DagsterInstance) -> Iterator:
-    """The webserver's GraphQL schema over this instance and the project's code location."""
-    origin = InProcessCodeLocationOrigin(
-        LoadableTargetOrigin(module_name="colqwen_pipeline.definitions"), location_name="colqwen_pipeline"
-    )
-    with WorkspaceProcessContext(instance, InProcessWorkspaceLoadTarget(origin)) as process:
-        yield lambda query: execute_dagster_graphql(process.create_request_context(), query).data
+@pytest.fixture
+def ui(state, instance: dg.DagsterInstance, tmp_path: Path) -> Iterator[GraphQL]:
+    """The webserver over ``instance`` (``instance_for_test`` points DAGSTER_HOME at it)."""
+    with webserver(tmp_path) as server:
+        yield server
 
 
-def check_statuses(instance: dg.DagsterInstance) -> dict[str, dict]:
+def check_statuses(ui: GraphQL) -> dict[str, dict]:
     """check name -> the execution the UI shows for it (status, partition, evaluation)."""
-    with graphql(instance) as query:
-        nodes = query(CHECKS_QUERY)["assetNodes"]
+    nodes = ui.graphql(CHECKS_QUERY)["assetNodes"]
     return {
         check["name"]: check["executionForLatestMaterialization"]
         for node in nodes
@@ -53,7 +47,7 @@ def step_failure(instance: dg.DagsterInstance, run_id: str):
     return entry.dagster_event.step_failure_data.user_failure_data
 
 
-def test_a_broken_file_fails_its_run_alone_and_no_check_fails_with_it(eval_state, instance):
+def test_a_broken_file_fails_its_run_alone_and_no_check_fails_with_it(eval_state, instance, ui):
     """Item 1: an empty broken.pdf dropped beside indexed documents."""
     add_sample(eval_state, INVOICE)
     ingest(eval_state, instance=instance, echo=lambda _: None)
@@ -70,7 +64,7 @@ def test_a_broken_file_fails_its_run_alone_and_no_check_fails_with_it(eval_state
         dg.AssetRecordsFilter(asset_key=dg.AssetKey("page_images"), asset_partitions=[broken]), limit=1
     ).records
     assert [r.asset_observation.description for r in observed] == ["broken.pdf: empty file"]  # on its partition
-    statuses = check_statuses(instance)
+    statuses = check_statuses(ui)
     assert set(statuses) == {
         "pages_complete",
         "embedding_dimension",
@@ -96,7 +90,7 @@ def test_a_broken_file_fails_its_run_alone_and_no_check_fails_with_it(eval_state
     )
 
 
-def test_warn_outcomes_say_warning_and_an_unchanged_run_judges_nothing(state, instance, monkeypatch):
+def test_warn_outcomes_say_warning_and_an_unchanged_run_judges_nothing(state, instance, monkeypatch, ui):
     """Item 5: a WARN check that does not pass reads as a warning; the next run, whose pages all
     come from the cache, passes that check saying there was nothing to judge."""
     monkeypatch.setenv("COLQWEN_MIN_PAGES_PER_S_CPU", "1000000")
@@ -106,7 +100,7 @@ def test_warn_outcomes_say_warning_and_an_unchanged_run_judges_nothing(state, in
 
     ingest(state, instance=instance, echo=lines.append)
 
-    throughput = check_statuses(instance)["throughput"]
+    throughput = check_statuses(ui)["throughput"]
     assert throughput["status"] == "FAILED" and throughput["partition"] == key
     assert throughput["evaluation"]["severity"] == "WARN" and not throughput["evaluation"]["success"]
     assert throughput["evaluation"]["description"].startswith(WARNING_LABEL)
@@ -117,18 +111,18 @@ def test_warn_outcomes_say_warning_and_an_unchanged_run_judges_nothing(state, in
 
     ingest(state, instance=instance, echo=lambda _: None)
 
-    again = check_statuses(instance)["throughput"]
+    again = check_statuses(ui)["throughput"]
     assert again["status"] == "SUCCEEDED" and again["partition"] is None
     assert again["evaluation"]["description"] == "nothing to judge: no page went through the model in this run"
 
 
-def test_retrieval_quality_puts_the_key_fact_in_its_first_80_characters(eval_state, instance):
+def test_retrieval_quality_puts_the_key_fact_in_its_first_80_characters(eval_state, instance, ui):
     """Item 4: with the random-weight model, the UI's cut-off explanation still says so."""
     add_sample(eval_state, INVOICE)
 
     ingest(eval_state, instance=instance, echo=lambda _: None)
 
-    description = check_statuses(instance)["retrieval_quality"]["evaluation"]["description"]
+    description = check_statuses(ui)["retrieval_quality"]["evaluation"]["description"]
     assert "RANDOM-WEIGHT TEST MODEL, scores near chance" in description[:80]
     assert "nDCG@5" in description
 
@@ -149,7 +143,7 @@ def test_every_kind_of_run_carries_a_trigger_tag(state, instance):
     assert runs == [("__ASSET_JOB", "ui"), ("ingest_job", "ui"), ("ingest_job", "cli")]
 
 
-def test_a_partial_document_keeps_its_warning_on_top_in_every_run(state, instance):
+def test_a_partial_document_keeps_its_warning_on_top_in_every_run(state, instance, ui):
     """Item 5: the UI shows a check's latest evaluation, so a run logs its documents worst last, and
     an unchanged partial document is judged again rather than left to "nothing to judge"."""
     from colqwen_pipeline_tests.test_documents_partial import kids_with_a_hole
@@ -161,7 +155,7 @@ def test_a_partial_document_keeps_its_warning_on_top_in_every_run(state, instanc
     for _ in range(2):
         ingest(state, instance=instance, echo=lambda _: None)
 
-        pages = check_statuses(instance)["pages_complete"]
+        pages = check_statuses(ui)["pages_complete"]
         assert (pages["status"], pages["partition"]) == ("FAILED", hole)
         assert pages["evaluation"]["severity"] == "WARN"
         assert pages["evaluation"]["description"].startswith(WARNING_LABEL + "2 of 3 pages rendered; skipped: 2 (")

@@ -324,23 +324,29 @@ def test_safe_names_keep_uploads_plain_files_of_the_inbox() -> None:
 
 
 def test_auto_indexing_leaves_uploads_to_a_live_daemons_sensor(tmp_path: Path, monkeypatch) -> None:
-    """A fresh SENSOR heartbeat in the instance: the sensor indexes; a stale one: the server does."""
+    """No daemon: the server indexes uploads; a running ``dagster-daemon``: its sensor does; a
+    daemon whose last heartbeat is older than ``DAEMON_FRESH_S``: the server again."""
     import threading
 
-    import dagster as dg
-    from dagster._daemon.types import DaemonHeartbeat
-
+    from colqwen_pipeline.service import uploads
     from colqwen_pipeline.service.uploads import AutoIndexer, daemon_heartbeat_is_fresh
+    from colqwen_pipeline_tests.dagster_processes import daemon
 
+    for folder in ("dagster", "inbox"):
+        (tmp_path / folder).mkdir()
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster"))
-    (tmp_path / "dagster").mkdir()
-    settings = Settings(home=tmp_path / "var", inbox=tmp_path)
+    monkeypatch.setenv("COLQWEN_HOME", str(tmp_path / "var"))
+    monkeypatch.setenv("COLQWEN_INBOX", str(tmp_path / "inbox"))  # empty: the daemon's sensor launches nothing
+    settings = Settings()
     assert not daemon_heartbeat_is_fresh(settings)
-    instance = dg.DagsterInstance.get()
-    instance.add_daemon_heartbeat(DaemonHeartbeat(time.time() - 600, "SENSOR", "old"))
+    with daemon(tmp_path):
+        deadline = time.monotonic() + 120
+        while not daemon_heartbeat_is_fresh(settings):
+            assert time.monotonic() < deadline, (tmp_path / "dagster-daemon.log").read_text()[-3000:]
+            time.sleep(0.5)
+    monkeypatch.setattr(uploads, "DAEMON_FRESH_S", 1.0)  # rather than wait a minute after the daemon stopped
+    time.sleep(1.5)
     assert not daemon_heartbeat_is_fresh(settings)
-    instance.add_daemon_heartbeat(DaemonHeartbeat(time.time(), "SENSOR", "live"))
-    assert daemon_heartbeat_is_fresh(settings)
 
     class RecordingServer:  # stands in for the worker thread only: the decision is what is tested
         failed: dict[str, str] = {}

@@ -32,6 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from colqwen_pipeline.inbox import document_key  # noqa: E402
 from colqwen_pipeline_tests.milvus_server import free_ports, milvus_server, stop_group  # noqa: E402
+from colqwen_pipeline_tests.postgres_server import postgres  # noqa: E402
 
 BIN = Path(sys.executable).parent
 SAMPLES = REPO / "data" / "inbox"
@@ -71,62 +72,6 @@ def wait_for(what: str, probe, timeout_s: float, interval_s: float = 1.0):
         time.sleep(interval_s)
 
 
-# -- Postgres from Debian's binaries ------------------------------------------------------------------
-def postgres_bin() -> Path:
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not versions:
-        raise RuntimeError("Postgres is not installed: `make test` installs it (apt-get install postgresql)")
-    return versions[-1].parent
-
-
-def as_postgres_user(command: list[str]) -> list[str]:
-    """Postgres refuses to run as root: as root, run it as the `postgres` user the package creates."""
-    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
-
-
-@contextlib.contextmanager
-def postgres(root: Path, port: int, user: str, password: str, database: str) -> Iterator[None]:
-    data, sockets = root / "pgdata", root / "pgsock"
-    for directory in (data, sockets):
-        directory.mkdir()
-        if os.geteuid() == 0:
-            shutil.chown(directory, "postgres", "postgres")
-    binaries = postgres_bin()
-    pw_file = root / "pgpass.txt"
-    pw_file.write_text(password)
-    if os.geteuid() == 0:
-        shutil.chown(pw_file, "postgres", "postgres")
-    initdb = [str(binaries / "initdb"), "-D", str(data), "-U", user, "--pwfile", str(pw_file), "-A", "scram-sha-256"]
-    subprocess.run(as_postgres_user(initdb), check=True, capture_output=True)
-    pw_file.unlink()
-    options = f"-p {port} -k {sockets} -h 127.0.0.1"
-    start = [
-        str(binaries / "pg_ctl"),
-        "-D",
-        str(data),
-        "-o",
-        options,
-        "-l",
-        str(sockets / "postgres.log"),
-        "-w",
-        "start",
-    ]
-    subprocess.run(as_postgres_user(start), check=True, capture_output=True)
-    say(f"started postgres on 127.0.0.1:{port}")
-    try:
-        import psycopg2
-
-        connection = psycopg2.connect(host="127.0.0.1", port=port, user=user, password=password, dbname="postgres")
-        connection.autocommit = True
-        connection.cursor().execute(f'CREATE DATABASE "{database}"')
-        connection.close()
-        yield
-    finally:
-        stop = [str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"]
-        subprocess.run(as_postgres_user(stop), capture_output=True)
-        say("stopped postgres")
-
-
 # -- the rehearsal ------------------------------------------------------------------------------------
 def rehearse(root: Path, timeout_s: float) -> dict:
     started = time.monotonic()
@@ -143,6 +88,7 @@ def rehearse(root: Path, timeout_s: float) -> dict:
         redis_cmd = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--requirepass", redis_password]
         stack.enter_context(process("redis", [*redis_cmd, "--save", "", "--appendonly", "no"], logs, base_env))
         stack.enter_context(postgres(root, pg_port, "dagster", pg_password, "dagster"))
+        say(f"postgres on 127.0.0.1:{pg_port}")
         pipeline_env = base_env | {
             "COLQWEN_HOME": str(home),
             "COLQWEN_INBOX": str(inbox),
