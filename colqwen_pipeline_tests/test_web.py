@@ -311,6 +311,29 @@ def test_a_document_that_fails_to_render_is_listed_as_failed(client: httpx.Clien
     assert client.delete(f"/documents/{doc_id}").status_code == 200
 
 
+def test_a_document_that_failed_in_a_dagster_run_is_listed_as_failed_until_it_changes(state, instance) -> None:
+    """Uploads left to the daemon's sensor fail in a Dagster run the server never sees: the list
+    reads the run's failure, and a replaced file waits for its next run."""
+    from colqwen_pipeline.bulk.runner import ingest
+    from colqwen_pipeline.service.uploads import SensorIndexer, document_statuses
+    from colqwen_pipeline_tests.conftest import add_sample
+
+    add_sample(state, "scanned_invoice.jpg")
+    (state.inbox / "broken.pdf").write_bytes(b"")
+    ingest(state, instance=instance, echo=lambda _: None)  # a Dagster run, as the sensor's
+    good, broken = document_key("scanned_invoice.jpg"), document_key("broken.pdf")
+
+    listed = {d["doc_id"]: d for d in document_statuses(state, {good}, SensorIndexer())}
+    assert listed[broken]["status"] == "failed" and listed[broken]["reason"] == "broken.pdf: empty file"
+    assert listed[good]["status"] == "indexed"
+
+    (state.inbox / "broken.pdf").write_bytes(b"%PDF-1.7 a new version")
+    later = time.time() + 5
+    os.utime(state.inbox / "broken.pdf", (later, later))
+    listed = {d["doc_id"]: d for d in document_statuses(state, {good}, SensorIndexer())}
+    assert listed[broken]["status"] == "pending"
+
+
 def test_safe_names_keep_uploads_plain_files_of_the_inbox() -> None:
     from colqwen_pipeline.service.uploads import safe_name
 

@@ -170,6 +170,25 @@ def _record_failure(context: dg.AssetExecutionContext, selected: list[str], resu
     )
 
 
+def recorded_failures(instance: dg.DagsterInstance, doc_ids: list[str]) -> dict[str, tuple[str, float]]:
+    """doc_id -> (cause, unix time) of its latest failure that ``_record_failure`` recorded, in a run
+    of any kind (sensor, schedule, CLI, UI). One query per stage asset and 500 documents."""
+    latest: dict[str, tuple[str, float]] = {}
+    for asset in STAGE_ASSETS.values():
+        for start in range(0, len(doc_ids), 500):
+            chunk = doc_ids[start : start + 500]
+            records = instance.fetch_observations(
+                dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=chunk), limit=4 * len(chunk)
+            ).records
+            for record in records:
+                observation, when = record.asset_observation, record.timestamp
+                if observation is None or observation.partition is None or not observation.description:
+                    continue
+                if when > latest.get(observation.partition, ("", 0.0))[1]:
+                    latest[observation.partition] = (observation.description, when)
+    return latest
+
+
 def _provenance(stage: str, result: Any) -> dict[str, str]:
     """Dagster's data-version tags, so the UI can tell a stale partition: this stage's version, the
     code version of the asset, and the version of the upstream stage it was made from."""

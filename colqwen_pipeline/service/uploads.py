@@ -233,18 +233,44 @@ def one_line(error: BaseException) -> str:
 
 
 def document_statuses(settings: Settings, indexed: set[str], indexer: Indexer) -> list[dict[str, Any]]:
-    """Every inbox document: pending, indexed (with its page count) or failed (with the reason)."""
+    """Every inbox document: pending, indexed (with its page count) or failed (with the reason: of
+    this server's indexing, or of a Dagster run since the file last changed)."""
+    files = inbox_files(settings.inbox)
+    failed = dict(indexer.failed)
+    waiting = {doc_id: path for doc_id, path in files.items() if doc_id not in failed and doc_id not in indexed}
+    failed |= failed_in_runs(settings, waiting)
     statuses = []
-    for doc_id, path in inbox_files(settings.inbox).items():
+    for doc_id, path in files.items():
         entry: dict[str, Any] = {"doc_id": doc_id, "document": path.relative_to(settings.inbox).as_posix()}
-        if doc_id in indexer.failed:
-            entry |= {"status": "failed", "reason": indexer.failed[doc_id]}
+        if doc_id in failed:
+            entry |= {"status": "failed", "reason": failed[doc_id]}
         elif doc_id in indexed:
             entry |= {"status": "indexed", "pages": page_count(settings, doc_id)}
         else:
             entry |= {"status": "pending"} | ({"detail": "indexing"} if indexer.indexing() == doc_id else {})
         statuses.append(entry)
     return statuses
+
+
+def failed_in_runs(settings: Settings, waiting: dict[str, Path]) -> dict[str, str]:
+    """doc_id -> cause, for documents whose latest recorded run failure is newer than their file
+    (a changed file waits for its next run)."""
+    if not waiting:
+        return {}
+    from colqwen_pipeline.bulk.runner import dagster_instance
+    from colqwen_pipeline.defs.assets import recorded_failures
+
+    try:
+        recorded = recorded_failures(dagster_instance(settings), sorted(waiting))
+    except Exception as error:  # noqa: BLE001 - an unreadable instance: the list shows them pending
+        log.warning("cannot read run failures from the Dagster instance: %s", one_line(error))
+        return {}
+    failed = {}
+    for doc_id, (cause, when) in recorded.items():
+        with contextlib.suppress(OSError):
+            if when >= waiting[doc_id].stat().st_mtime:
+                failed[doc_id] = cause
+    return failed
 
 
 def page_count(settings: Settings, doc_id: str) -> int | None:
