@@ -184,7 +184,7 @@ def _last_verdict(context: dg.AssetExecutionContext, name: str) -> tuple[CheckOu
     """The check's last completed evaluation and its severity, carried over to this run (None: never
     evaluated). It is the verdict on the same index: this run did not change it."""
     # Dagster has no public query for a check's past evaluations (the instance gives only the latest
-    # record, which is this run's planned one); the UI reads this storage call, filtered by status.
+    # record, which is this run's planned one): read the event log storage, filtered by status.
     from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus as Status
 
     history = context.instance.event_log_storage.get_asset_check_execution_history(
