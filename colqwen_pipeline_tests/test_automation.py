@@ -285,6 +285,29 @@ def test_sensor_spreads_hashing_over_ticks_within_its_byte_budget(state, instanc
     assert sorted(seen) == sorted(document_key(f"scan-{i}.jpg") for i in range(3))
 
 
+def test_first_sensor_tick_leaves_a_failed_file_until_it_changes(state, instance):
+    """A file that failed in a run of this instance (here a CLI ingest) is not retried by a first
+    tick, as after a sensor run's failure; once it changes, or is deleted, the sensor acts on it."""
+    settled(add_sample(state, "scanned_invoice.jpg"))
+    broken = state.inbox / "broken.pdf"
+    broken.write_bytes(b"")
+    settled(broken)
+    key = document_key("broken.pdf")
+    ingest(state, instance=instance, echo=lambda _: None)
+
+    first, cursor = tick(instance)
+
+    assert first.run_requests == []
+    broken.write_bytes(b"%PDF-1.7 another try")
+    os.utime(broken, (OLD + 60, OLD + 60))
+    changed, cursor = tick(instance, cursor)
+    assert ranges(changed) == [(key, key)]
+    broken.unlink()
+    deleted, _ = tick(instance, cursor)
+    removal = [r for r in deleted.run_requests if r.job_name == remove_documents_job.name]
+    assert [r.run_config["ops"]["remove_documents"]["config"]["keys"] for r in removal] == [[key]]
+
+
 def test_first_sensor_tick_after_a_cli_ingest_requests_only_new_files(state, tmp_path):
     """Issue 16 item 7: `colqwen-pipeline ingest`, then `dagster dev` (an empty sensor cursor, on the
     CLI's Dagster home or on a fresh one): the indexed documents are not requested again."""

@@ -9,8 +9,10 @@ of the run are materialised, and the run fails at the end naming the broken ones
 each document are evaluated in the same step (``defs/checks.py``).
 """
 
+import contextlib
 import logging
 import warnings
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -170,9 +172,20 @@ def _record_failure(context: dg.AssetExecutionContext, selected: list[str], resu
     )
 
 
-def recorded_failures(instance: dg.DagsterInstance, doc_ids: list[str]) -> dict[str, tuple[str, float]]:
-    """doc_id -> (cause, unix time) of its latest failure that ``_record_failure`` recorded, in a run
-    of any kind (sensor, schedule, CLI, UI). One query per stage asset and 500 documents."""
+def failed_since_change(instance: dg.DagsterInstance, files: dict[str, Path]) -> dict[str, str]:
+    """doc_id -> cause, for the files whose latest failure that ``_record_failure`` recorded (in a
+    run of any kind: sensor, schedule, CLI, UI) is newer than the file: a changed file is retried."""
+    failed = {}
+    for doc_id, (cause, when) in _latest_failures(instance, sorted(files)).items():
+        with contextlib.suppress(OSError):
+            if when >= files[doc_id].stat().st_mtime:
+                failed[doc_id] = cause
+    return failed
+
+
+def _latest_failures(instance: dg.DagsterInstance, doc_ids: list[str]) -> dict[str, tuple[str, float]]:
+    """doc_id -> (cause, unix time) of its latest recorded failure; one query per stage asset and
+    500 documents."""
     latest: dict[str, tuple[str, float]] = {}
     for asset in STAGE_ASSETS.values():
         for start in range(0, len(doc_ids), 500):

@@ -3,6 +3,7 @@
 The sensor and the schedule launch ``ingest_job`` over ranges of documents (bulk/runs.py), at
 most COLQWEN_MAX_DOCUMENTS_PER_RUN per run, so every path runs the same assets and checks."""
 
+import contextlib
 import json
 import time
 
@@ -12,9 +13,9 @@ from colqwen_pipeline.bulk import stages
 from colqwen_pipeline.bulk.indexed import indexed_inbox_state
 from colqwen_pipeline.bulk.runs import partition_ranges, range_tags, stable_key
 from colqwen_pipeline.bulk.stale_runs import fail_dead_cli_runs
-from colqwen_pipeline.defs.assets import documents, ingest_job
+from colqwen_pipeline.defs.assets import documents, failed_since_change, ingest_job
 from colqwen_pipeline.defs.resources import ColQwenResource
-from colqwen_pipeline.inbox import mass_removal
+from colqwen_pipeline.inbox import inbox_files, mass_removal
 from colqwen_pipeline.inbox.watch import scan_inbox
 from colqwen_pipeline.settings import Settings
 
@@ -99,9 +100,22 @@ def inbox_sensor(context: dg.SensorEvaluationContext, colqwen: ColQwenResource) 
 
 def _start_from_the_index(context: dg.SensorEvaluationContext, settings: Settings, state: dict) -> list[str]:
     """First tick (empty cursor): documents already indexed (a CLI ingest, an earlier Dagster home)
-    enter the cursor as they were indexed, so only new or changed files are requested."""
+    enter the cursor as they were indexed, and documents that failed in a run of this instance since
+    they last changed enter it as they are (retried once they change, as after a sensor run's
+    failure), so only new or changed files are requested."""
     state.update(indexed_inbox_state(settings))
-    context.log.info(f"first tick: {len(state)} document(s) already indexed; only new or changed files are ingested")
+    indexed, files = len(state), inbox_files(settings.inbox)
+    failed = failed_since_change(context.instance, {key: path for key, path in files.items() if key not in state})
+    for key in failed:
+        with contextlib.suppress(OSError):
+            stat = files[key].stat()
+            seen = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+            # not hashed (the tick's budget is for new files): any change reads as changed, a deletion as deleted
+            state[key] = seen | {"sha256": f"failed-{stat.st_size}-{stat.st_mtime_ns}", "pending": False}
+    context.log.info(
+        f"first tick: {indexed} document(s) already indexed, {len(state) - indexed} failed since they last "
+        "changed; only new or changed files are ingested"
+    )
     return list(state)
 
 

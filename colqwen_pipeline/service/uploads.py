@@ -253,24 +253,17 @@ def document_statuses(settings: Settings, indexed: set[str], indexer: Indexer) -
 
 
 def failed_in_runs(settings: Settings, waiting: dict[str, Path]) -> dict[str, str]:
-    """doc_id -> cause, for documents whose latest recorded run failure is newer than their file
-    (a changed file waits for its next run)."""
+    """doc_id -> cause, for documents that failed in a Dagster run since their file last changed."""
     if not waiting:
         return {}
     from colqwen_pipeline.bulk.runner import dagster_instance
-    from colqwen_pipeline.defs.assets import recorded_failures
+    from colqwen_pipeline.defs.assets import failed_since_change
 
     try:
-        recorded = recorded_failures(dagster_instance(settings), sorted(waiting))
+        return failed_since_change(dagster_instance(settings), waiting)
     except Exception as error:  # noqa: BLE001 - an unreadable instance: the list shows them pending
         log.warning("cannot read run failures from the Dagster instance: %s", one_line(error))
         return {}
-    failed = {}
-    for doc_id, (cause, when) in recorded.items():
-        with contextlib.suppress(OSError):
-            if when >= waiting[doc_id].stat().st_mtime:
-                failed[doc_id] = cause
-    return failed
 
 
 def page_count(settings: Settings, doc_id: str) -> int | None:
