@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import signal
 import subprocess
 import time
 import urllib.request
@@ -14,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from colqwen_pipeline_tests.conftest import REPO, free_port
+from colqwen_pipeline_tests.milvus_server import stop_group
 
 LOCATION = "colqwen_pipeline.definitions"
 LOCATION_LOADED = "{ workspaceOrError { ... on Workspace { locationEntries { loadStatus } } } }"
@@ -43,18 +42,13 @@ class GraphQL:
 @contextlib.contextmanager
 def started(command: list[str], log: Path) -> Iterator[subprocess.Popen]:
     """Run ``command`` in its own process group, logging to ``log``; stop the group at the end
-    (SIGINT first: ``dagster dev`` and the daemon shut their children down on it)."""
+    (``stop_group``: SIGINT first, on which ``dagster dev`` and the daemon stop their children)."""
     with log.open("w") as out:
         process = subprocess.Popen(command, cwd=REPO, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         try:
             yield process
         finally:
-            os.killpg(process.pid, signal.SIGINT)
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+            stop_group(process)
 
 
 def wait_until_served(server: GraphQL, process: subprocess.Popen, log: Path, timeout_s: float = 180) -> None:
