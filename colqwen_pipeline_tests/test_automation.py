@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -12,13 +11,12 @@ import yaml
 from PIL import Image
 
 from colqwen_pipeline.bulk import stages
-from colqwen_pipeline.bulk.runner import ingest, run_materializations
-from colqwen_pipeline.bulk.runs import RANGE_END, RANGE_START
 from colqwen_pipeline.definitions import RESOURCES, defs
 from colqwen_pipeline.defs.automation import inbox_sensor, reindex_schedule, remove_documents_job
+from colqwen_pipeline.defs.runner import ingest, run_materializations
+from colqwen_pipeline.defs.runs import RANGE_END, RANGE_START
 from colqwen_pipeline.embedding import registry
 from colqwen_pipeline.inbox import document_key
-from colqwen_pipeline.inbox import watch as inbox_watch
 from colqwen_pipeline_tests.conftest import REPO, add_sample
 
 OLD = time.time() - 3600
@@ -68,12 +66,13 @@ def test_sensor_groups_a_drop_of_files_into_runs_of_at_most_the_limit(state, ins
 
 
 def test_sensor_waits_for_files_still_being_written(state, instance):
-    add_sample(state, "scanned_invoice.jpg")  # mtime is now: could still be growing
+    path = add_sample(state, "scanned_invoice.jpg")  # mtime is now: could still be growing
 
     first, cursor = tick(instance)
-    second, _ = tick(instance, cursor)  # unchanged since the last tick: settled
+    settled(path)  # untouched for COLQWEN_SETTLE_S since
+    second, _ = tick(instance, cursor)
 
-    assert first.run_requests == []
+    assert first.run_requests == [] and cursor == ""  # no cursor: the next tick plans again
     key = document_key("scanned_invoice.jpg")
     assert ranges(second) == [(key, key)]
 
@@ -103,35 +102,58 @@ def test_sensor_removes_deleted_files(state, instance):
 
     assert [r.job_name for r in result.run_requests] == ["remove_documents_job"]
     assert result.run_requests[0].run_config["ops"]["remove_documents"]["config"]["keys"] == [key]
+    assert result.run_requests[0].tags["colqwen/trigger"] == "sensor"
     assert [list(r.partition_keys) for r in result.dynamic_partitions_requests] == [[key]]
-    assert key not in json.loads(cursor)
 
 
-def test_sensor_tick_over_10000_unchanged_files_hashes_nothing(state, instance, monkeypatch):
+def test_an_unchanged_tick_over_10000_files_plans_nothing_and_keeps_a_short_cursor(state, instance, monkeypatch):
+    from colqwen_pipeline.defs import automation
+
     for i in range(10_000):
         (state.inbox / f"doc-{i:05d}.png").write_bytes(b"x")
         os.utime(state.inbox / f"doc-{i:05d}.png", (OLD, OLD))
     _, cursor = tick(instance)
-    hashed = []
-    real_hash = inbox_watch.file_sha256
-    monkeypatch.setattr(inbox_watch, "file_sha256", lambda p: hashed.append(p) or real_hash(p))
+    planned = []
+    real_plan = automation.plan_inbox
+    monkeypatch.setattr(automation, "plan_inbox", lambda *a: planned.append(1) or real_plan(*a))
 
-    result, _ = tick(instance, cursor)
+    result, again = tick(instance, cursor)
 
-    assert result.run_requests == [] and hashed == []
-    assert len(json.loads(cursor)) == 10_000
+    assert result.run_requests == [] and planned == [] and again == cursor
+    assert len(cursor) <= 64  # a fingerprint, not every file
+    (state.inbox / "doc-00007.png").write_bytes(b"y")
+    os.utime(state.inbox / "doc-00007.png", (OLD, OLD + 1))
+    changed, _ = tick(instance, cursor)
+    assert planned == [1] and ranges(changed)  # one changed file: the tick plans again
 
 
-def test_schedule_requests_the_ingest_job_over_every_document_in_ranges(instance, monkeypatch):
+def test_schedule_requests_runs_only_for_documents_that_need_work(state, instance, monkeypatch):
     monkeypatch.setenv("COLQWEN_MAX_DOCUMENTS_PER_RUN", "2")
-    instance.add_dynamic_partitions("documents", ["a", "b", "c"])
-    context = dg.build_schedule_context(instance=instance, resources=RESOURCES)
+    for name in ("a.png", "b.png", "c.png"):
+        Image.new("RGB", (40, 40), "white").save(state.inbox / name)
+        settled(state.inbox / name)
+    keys = [document_key(name) for name in ("a.png", "b.png", "c.png")]
 
-    requests = list(reindex_schedule.evaluate_tick(context).run_requests or [])
+    requests = schedule_tick(instance)
 
-    assert [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in requests] == [("a", "b"), ("c", "c")]
+    assert [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in requests] == [(keys[0], keys[1]), (keys[2], keys[2])]
     assert {r.tags["colqwen/trigger"] for r in requests} == {"schedule"}
+    assert instance.get_dynamic_partitions("documents") == keys  # added before any run targets them
     assert reindex_schedule.job_name == "ingest_job" and reindex_schedule.cron_schedule == "0 2 * * *"
+    ingest(state, instance=instance, echo=lambda _: None)
+    assert schedule_tick(instance) == []  # an unchanged inbox launches nothing
+    Image.new("RGB", (40, 40), "black").save(state.inbox / "b.png")
+    settled(state.inbox / "b.png")
+    os.utime(state.inbox / "b.png", (OLD + 5, OLD + 5))
+    assert [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in schedule_tick(instance)] == [(keys[1], keys[1])]
+
+
+def schedule_tick(instance) -> list:
+    import datetime
+
+    now = datetime.datetime.now(datetime.UTC)
+    context = dg.build_schedule_context(instance=instance, resources=RESOURCES, scheduled_execution_time=now)
+    return list(reindex_schedule.evaluate_tick(context).run_requests or [])
 
 
 def test_a_bulk_run_indexes_good_documents_and_fails_the_broken_one_alone(state, instance):
@@ -251,6 +273,8 @@ def test_index_schema_upgrade_is_refused_for_writes_and_rebuilt_by_a_run(state, 
 
 def test_sensor_never_hashes_a_file_over_the_size_cap(state, instance, monkeypatch):
     """A 300 GB sparse '%PDF' once made every tick time out: it is handed on unread, and refused by its run."""
+    from colqwen_pipeline.bulk import plan
+
     huge = state.inbox / "huge.pdf"
     with huge.open("wb") as handle:
         handle.write(b"%PDF-1.7\n")
@@ -258,31 +282,14 @@ def test_sensor_never_hashes_a_file_over_the_size_cap(state, instance, monkeypat
     settled(huge)
     settled(add_sample(state, "scanned_invoice.jpg"))
     hashed = []
-    real_hash = inbox_watch.file_sha256
-    monkeypatch.setattr(inbox_watch, "file_sha256", lambda p: hashed.append(p.name) or real_hash(p))
+    monkeypatch.setattr(plan, "file_sha256", lambda p: hashed.append(p.name))
 
     result, _ = tick(instance)
 
-    assert hashed == ["scanned_invoice.jpg"]
+    assert hashed == []
     keys = {document_key("huge.pdf"), document_key("scanned_invoice.jpg")}
     assert {k for r in result.dynamic_partitions_requests for k in r.partition_keys} == keys
-
-
-def test_sensor_spreads_hashing_over_ticks_within_its_byte_budget(state, instance, monkeypatch):
-    from colqwen_pipeline.defs import automation
-
-    monkeypatch.setattr(automation, "HASH_BUDGET_BYTES", 200_000)
-    for i in range(3):
-        settled(add_sample(state, "scanned_invoice.jpg", f"scan-{i}.jpg"))  # 164 KB each: one per tick
-
-    seen, cursor = [], None
-    for _ in range(3):
-        result, cursor = tick(instance, cursor)
-        added = [k for r in result.dynamic_partitions_requests for k in r.partition_keys]
-        assert len(added) == 1
-        seen += added
-
-    assert sorted(seen) == sorted(document_key(f"scan-{i}.jpg") for i in range(3))
+    assert {k for r in ranges(result) for k in r} == keys
 
 
 def test_first_sensor_tick_leaves_a_failed_file_until_it_changes(state, instance):
@@ -328,7 +335,7 @@ def test_first_sensor_tick_after_a_cli_ingest_requests_only_new_files(state, tmp
         timeout=300,
     )
     assert cli.returncode == 0, cli.stderr
-    os.utime(invoice, (OLD - 60, OLD - 60))  # touched, same content: hashed, not ingested
+    os.utime(invoice, (OLD - 60, OLD - 60))  # touched, same content: hashed by the plan, not ingested
 
     with dg.instance_for_test() as fresh:  # `dagster dev` without DAGSTER_HOME: a temporary home
         result, _ = tick(fresh)

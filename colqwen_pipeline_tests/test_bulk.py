@@ -10,7 +10,7 @@ from PIL import Image
 
 from colqwen_pipeline.bulk import stages, versions
 from colqwen_pipeline.bulk.engine import run_documents
-from colqwen_pipeline.bulk.runs import partition_ranges
+from colqwen_pipeline.defs.runs import partition_ranges
 from colqwen_pipeline.embedding import registry
 from colqwen_pipeline.inbox import document_key, inbox_files
 from colqwen_pipeline_tests.conftest import add_sample

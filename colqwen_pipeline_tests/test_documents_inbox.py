@@ -7,7 +7,7 @@ pages directory and no rows; the good documents must be indexed completely.
 from __future__ import annotations
 
 from colqwen_pipeline.bulk import stages
-from colqwen_pipeline.bulk.runner import ingest
+from colqwen_pipeline.defs.runner import ingest
 from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
 from colqwen_pipeline.inbox import document_key
 from colqwen_pipeline_tests.conftest import SAMPLES, add_sample

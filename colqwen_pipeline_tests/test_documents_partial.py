@@ -11,7 +11,7 @@ import dagster as dg
 import pytest
 from PIL import Image
 
-from colqwen_pipeline.bulk.runner import ingest, run_check_evaluations, run_materializations
+from colqwen_pipeline.defs.runner import ingest, run_check_evaluations, run_materializations
 from colqwen_pipeline.documents import DocumentError, Manifest, rasterize_document
 from colqwen_pipeline.inbox import document_key
 from colqwen_pipeline.settings import Settings

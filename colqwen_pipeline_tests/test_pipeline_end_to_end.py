@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from colqwen_pipeline.bulk import stages
-from colqwen_pipeline.bulk.runner import ingest
+from colqwen_pipeline.defs.runner import ingest
 from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
 from colqwen_pipeline.embedding.registry import embed_queries_cached
 from colqwen_pipeline.inbox import document_key

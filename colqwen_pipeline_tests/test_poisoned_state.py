@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from colqwen_pipeline.bulk import stages
-from colqwen_pipeline.bulk.runner import ingest
+from colqwen_pipeline.defs.runner import ingest
 from colqwen_pipeline.documents.manifest import Manifest
 from colqwen_pipeline.embedding import registry
 from colqwen_pipeline.embedding.artifact import EmbeddingArtifact

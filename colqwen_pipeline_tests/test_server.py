@@ -385,7 +385,7 @@ sys.exit(main(["serve", "--port", sys.argv[1]]))
 def test_a_remote_cuda_model_is_the_servers_device_and_never_this_hosts_gpu(deployment, tmp_path, monkeypatch):
     import torch
 
-    from colqwen_pipeline.bulk.runner import ingest, run_check_evaluations
+    from colqwen_pipeline.defs.runner import ingest, run_check_evaluations
 
     assert not torch.cuda.is_available()  # the point: this host has no CUDA at all
     port = free_port()

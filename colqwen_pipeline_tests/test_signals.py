@@ -15,7 +15,7 @@ import pytest
 from PIL import Image
 
 from colqwen_pipeline.bulk import stages
-from colqwen_pipeline.bulk.runner import ingest
+from colqwen_pipeline.defs.runner import ingest
 
 pytestmark = pytest.mark.slow
 

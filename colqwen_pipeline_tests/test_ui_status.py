@@ -14,7 +14,7 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from colqwen_pipeline.bulk.runner import ingest
+from colqwen_pipeline.defs.runner import ingest
 from colqwen_pipeline.definitions import RESOURCES, defs
 from colqwen_pipeline.defs.checks import WARNING_LABEL
 from colqwen_pipeline.inbox import document_key

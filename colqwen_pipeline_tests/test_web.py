@@ -32,7 +32,7 @@ AUTH = {"authorization": f"Bearer {KEY}"}
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> dict[str, str]:
     """A state directory holding one indexed PDF, as `colqwen-pipeline ingest` leaves it."""
-    from colqwen_pipeline.bulk.runner import ingest
+    from colqwen_pipeline.defs.runner import ingest
 
     root = tmp_path_factory.mktemp("web")
     env = one_document_env(root, tiny_model_dir, SAMPLE) | {"DAGSTER_HOME": str(root / "var" / "dagster")}
@@ -314,7 +314,7 @@ def test_a_document_that_fails_to_render_is_listed_as_failed(client: httpx.Clien
 def test_a_document_that_failed_in_a_dagster_run_is_listed_as_failed_until_it_changes(state, instance) -> None:
     """Uploads left to the daemon's sensor fail in a Dagster run the server never sees: the list
     reads the run's failure, and a replaced file waits for its next run."""
-    from colqwen_pipeline.bulk.runner import ingest
+    from colqwen_pipeline.defs.runner import ingest
     from colqwen_pipeline.service.uploads import SensorIndexer, document_statuses
     from colqwen_pipeline_tests.conftest import add_sample
 
@@ -352,7 +352,9 @@ def test_auto_indexing_leaves_uploads_to_a_live_daemons_sensor(tmp_path: Path, m
     import threading
 
     from colqwen_pipeline.service import uploads
-    from colqwen_pipeline.service.uploads import AutoIndexer, daemon_heartbeat_is_fresh
+    from colqwen_pipeline.defs import instance as dagster_side
+    from colqwen_pipeline.defs.instance import daemon_heartbeat_is_fresh
+    from colqwen_pipeline.service.uploads import AutoIndexer
     from colqwen_pipeline_tests.dagster_processes import daemon
 
     for folder in ("dagster", "inbox"):
@@ -367,7 +369,7 @@ def test_auto_indexing_leaves_uploads_to_a_live_daemons_sensor(tmp_path: Path, m
         while not daemon_heartbeat_is_fresh(settings):
             assert time.monotonic() < deadline, (tmp_path / "dagster-daemon.log").read_text()[-3000:]
             time.sleep(0.5)
-    monkeypatch.setattr(uploads, "DAEMON_FRESH_S", 1.0)  # rather than wait a minute after the daemon stopped
+    monkeypatch.setattr(dagster_side, "DAEMON_FRESH_S", 1.0)  # rather than wait a minute after the daemon stopped
     time.sleep(1.5)
     assert not daemon_heartbeat_is_fresh(settings)
 

@@ -1,5 +1,5 @@
 """Cost of reading run failures for GET /documents and the sensor's first tick
-(defs/assets.failed_since_change) on a temporary SQLite Dagster instance.
+(defs/instance.failed_since_change) on a temporary SQLite Dagster instance.
 
     .venv/bin/python scripts/bench_failure_lookup.py [--documents 5000] [--failed 200]
 
@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO))
 def main() -> int:
     import dagster as dg
 
-    from colqwen_pipeline.defs.assets import failed_since_change
+    from colqwen_pipeline.defs.instance import failed_since_change
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--documents", type=int, default=5000)

@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from colqwen_pipeline.bulk import versions
+from colqwen_pipeline.bulk.stamps import IndexStamp, read_stamp
 from colqwen_pipeline.common.atomic import sweep_temporaries
 from colqwen_pipeline.common.errors import PipelineError
 from colqwen_pipeline.documents.manifest import DocumentError, Manifest
@@ -37,7 +37,6 @@ from colqwen_pipeline.settings import Settings
 log = logging.getLogger(__name__)
 Log = Callable[[str], None]
 STAGES = ("raw", "pages", "embeddings", "index")
-INDEX_STAMP = "index.json"  # beside the embeddings: replaced (so invalid) whenever they are
 MAX_DOCUMENT_CHARS = 1024  # the index's `document` VARCHAR
 
 
@@ -55,6 +54,7 @@ class DocumentResult:
     document: str = ""  # path relative to the inbox
     stages: dict[str, StageOutcome] = field(default_factory=dict)
     error: str = ""
+    failed_stage: str = ""  # the first stage that did not complete; the stages before it did
     embedding_check: CheckOutcome | None = None  # set when the embeddings were (re)made
     pages_check: CheckOutcome | None = None  # set when the pages were (re)rendered
 
@@ -62,7 +62,14 @@ class DocumentResult:
     def ok(self) -> bool:
         return not self.error
 
+    def completed(self, stage: str) -> bool:
+        """Did ``stage`` complete for this document (changed or already current)?"""
+        if stage not in self.stages:
+            return False
+        return not self.failed_stage or STAGES.index(stage) < STAGES.index(self.failed_stage)
+
     def fail(self, stage: str, error: BaseException | str) -> None:
+        self.failed_stage = self.failed_stage or stage
         reason = str(error) if isinstance(error, PipelineError | str) else f"{type(error).__name__}: {error}"
         name = printable(self.document or self.key)
         for raw in {self.document, Path(self.document).name} - {""}:  # a newline in a name: one line still
@@ -324,9 +331,11 @@ class _Run:
         stored = target.token_counts_by_document([r.key for r, _, _ in todo])  # one query for the wave
         rows: list[DocumentRows] = []
         for result, version, artifact in todo:
-            stamp = _read_json(artifact.directory / INDEX_STAMP)
-            current = stamp.get("version") == version and stored.get(result.key) == artifact.total_tokens
+            stamp = read_stamp(artifact.directory)
+            current = stamp is not None and stamp.version == version and stored.get(result.key) == artifact.total_tokens
             if current and not self.force:
+                if stamp != (fresh := _stamp(result, version, stamp.tokens)):  # touched, same content
+                    fresh.write(artifact.directory)
                 result.stages["index"] = StageOutcome(version, False, self._index_metadata(artifact, target))
                 continue
             document = _document_rows(result, artifact)
@@ -343,7 +352,7 @@ class _Run:
         seconds = _since(started)
         for result, version, artifact in todo:
             if result.key in written:
-                _write_json(artifact.directory / INDEX_STAMP, {"version": version, "tokens": written[result.key]})
+                _stamp(result, version, written[result.key]).write(artifact.directory)
                 metadata = self._index_metadata(artifact, target) | {"write_seconds_of_wave": seconds}
                 result.stages["index"] = StageOutcome(version, True, metadata)
 
@@ -418,18 +427,9 @@ def _read_manifest(directory: Path) -> Manifest | None:
         return None
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _write_json(path: Path, value: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value))
-    tmp.replace(path)
+def _stamp(result: DocumentResult, version: str, tokens: int) -> IndexStamp:
+    raw = result.stages["raw"].metadata
+    return IndexStamp(version, tokens, raw["bytes"], raw["mtime_ns"], raw["sha256"])
 
 
 def _pages_metadata(manifest: Manifest, directory: Path) -> dict[str, Any]:

@@ -43,3 +43,17 @@ def embeddings_version(pages: str, fingerprint: str) -> str:
 
 def index_version(embeddings: str, collection: str, schema: str, centroids_per_page: int) -> str:
     return _digest("index", INDEX_CODE, embeddings, collection, schema, str(centroids_per_page))
+
+
+def document_version(source_sha256: str, settings: Settings, fingerprint: str, collection: str, schema: str) -> str:
+    """The version of a document's index rows made from this file content: the last stage's version,
+    so one comparison tells whether every stage of a document is current."""
+    pages = pages_version(source_sha256, settings)
+    embeddings = embeddings_version(pages, fingerprint)
+    return index_version(embeddings, collection, schema, settings.index_centroids_per_page)
+
+
+def context_digest(settings: Settings, fingerprint: str, collection: str, schema: str) -> str:
+    """What every document's versions depend on besides its own file: a failure recorded under
+    another context (a new model, render settings, index schema) no longer holds."""
+    return _digest("context", document_version("", settings, fingerprint, collection, schema))

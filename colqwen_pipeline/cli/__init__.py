@@ -39,7 +39,7 @@ def plural(count: int, noun: str) -> str:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    from colqwen_pipeline.bulk.runner import IngestInterrupted, ingest
+    from colqwen_pipeline.defs.runner import IngestInterrupted, ingest
 
     settings = load_settings()
     preflight_ingest(settings)  # a configuration error stops here, before any document is rendered

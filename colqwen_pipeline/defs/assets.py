@@ -4,12 +4,16 @@ One step, so that a run of many documents loads the model once, shares model bat
 documents, overlaps rendering with embedding and writes Milvus through one connection
 (``bulk.engine``). Dagster records a materialisation per document and stage as each document
 finishes, and only for stages that did work: a document whose file, render settings, model and
-index are unchanged costs a ``stat`` and leaves no event. A broken document fails alone: the others
-of the run are materialised, and the run fails at the end naming the broken ones. The checks of
-each document are evaluated in the same step (``defs/checks.py``).
+index are unchanged costs a ``stat`` and leaves no event.
+
+Partition statuses stay true when one document breaks. Dagster marks every partition a failed run
+targeted and did not materialise as failed, so a run that is about to fail first re-confirms the
+stages that were current (a materialisation with the same data version, ``unchanged: true``) of
+every document that did not fail, and of the broken one the stages before the one that failed.
+The broken document is then failed from its first failed stage on, with its one-line cause as an
+observation on that partition; the run fails at the end naming the broken documents.
 """
 
-import contextlib
 import logging
 import warnings
 from pathlib import Path
@@ -18,9 +22,10 @@ from typing import Any
 import dagster as dg
 
 from colqwen_pipeline.bulk import versions
-from colqwen_pipeline.bulk.runs import TRIGGER
+from colqwen_pipeline.bulk.plan import current_target
 from colqwen_pipeline.defs import checks
 from colqwen_pipeline.defs.resources import ColQwenResource
+from colqwen_pipeline.defs.runs import TRIGGER
 from colqwen_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -103,6 +108,7 @@ with warnings.catch_warnings():
 
         say(f"{len(keys)} document(s), stages up to {STAGE_ASSETS[selected[-1]]}")
         run_checks = checks.RunChecks(context, settings)
+        failure_context = current_target(settings).digest(settings)
         try:
             report = run_documents(
                 settings,
@@ -110,12 +116,13 @@ with warnings.catch_warnings():
                 until=selected[-1],
                 force=config.force,
                 say=say,
-                on_document=lambda result: _record(context, selected, result, run_checks),
+                on_document=lambda result: _record(context, selected, result, run_checks, failure_context),
             )
             checks.evaluate_after_run(context, run_checks, report)
         finally:  # an interrupted or crashed run keeps the verdicts on the documents it finished
             run_checks.log_documents()
         if report.failed:
+            _reconfirm_current(context, selected, report.documents)
             lines = sorted(report.failed.values())
             raise dg.Failure(
                 description=f"{len(lines)} of {len(keys)} document(s) failed; the others are indexed: "
@@ -133,15 +140,17 @@ def _tag_trigger(context: dg.AssetExecutionContext) -> None:
         context.instance.add_run_tags(context.run_id, {TRIGGER: "ui"})
 
 
-def _record(context: dg.AssetExecutionContext, selected: list[str], result: Any, run_checks: checks.RunChecks) -> None:
+def _record(
+    context: dg.AssetExecutionContext, selected: list[str], result: Any, run_checks: checks.RunChecks, target: str
+) -> None:
     """One materialisation per stage that did work for this document, with its data version; a
     failed document's one-line cause on the partition of the first asset it did not reach."""
     if not result.ok:
-        _record_failure(context, selected, result)
+        _record_failure(context, selected, result, target)
     for stage in selected:
-        outcome = result.stages.get(stage)
-        if outcome is None or not outcome.changed:
+        if not result.completed(stage) or not result.stages[stage].changed:
             continue
+        outcome = result.stages[stage]
         metadata = {k: v for k, v in outcome.metadata.items() if v is not None}
         if stage == "pages":
             metadata["preview"] = dg.MetadataValue.md(_preview(outcome.metadata["path"]))
@@ -163,43 +172,45 @@ def _record(context: dg.AssetExecutionContext, selected: list[str], result: Any,
         run_checks.document("embedding_dimension", result.key, result.embedding_check)
 
 
-def _record_failure(context: dg.AssetExecutionContext, selected: list[str], result: Any) -> None:
-    """An observation, shown on the partition's page beside "Run … failed": the cause in one line."""
-    stage = next((s for s in selected if s not in result.stages or s == selected[-1]), selected[-1])
-    metadata = {"error": result.error, "run_id": context.run_id}
+def _record_failure(context: dg.AssetExecutionContext, selected: list[str], result: Any, target: str) -> None:
+    """An observation on the partition of the first stage the document did not complete: its cause
+    in one line (shown on that partition's page), and the file and target it failed with, so that
+    planning retries it only once either changes."""
+    stage = result.failed_stage if result.failed_stage in selected else selected[-1]
+    size, mtime_ns = _source_stat(result)
+    metadata = {"error": result.error, "run_id": context.run_id, "context": target}
+    metadata |= {"source_size": size, "source_mtime_ns": mtime_ns} if size >= 0 else {}
     context.log_event(
         dg.AssetObservation(STAGE_ASSETS[stage], partition=result.key, description=result.error, metadata=metadata)
     )
 
 
-def failed_since_change(instance: dg.DagsterInstance, files: dict[str, Path]) -> dict[str, str]:
-    """doc_id -> cause, for the files whose latest failure that ``_record_failure`` recorded (in a
-    run of any kind: sensor, schedule, CLI, UI) is newer than the file: a changed file is retried."""
-    failed = {}
-    for doc_id, (cause, when) in _latest_failures(instance, sorted(files)).items():
-        with contextlib.suppress(OSError):
-            if when >= files[doc_id].stat().st_mtime:
-                failed[doc_id] = cause
-    return failed
+def _source_stat(result: Any) -> tuple[int, int]:
+    raw = result.stages["raw"].metadata if "raw" in result.stages else None
+    if raw is not None:
+        return raw["bytes"], raw["mtime_ns"]
+    try:
+        stat = result.path.stat()
+    except (OSError, AttributeError):
+        return -1, -1
+    return stat.st_size, stat.st_mtime_ns
 
 
-def _latest_failures(instance: dg.DagsterInstance, doc_ids: list[str]) -> dict[str, tuple[str, float]]:
-    """doc_id -> (cause, unix time) of its latest recorded failure; one query per stage asset and
-    500 documents."""
-    latest: dict[str, tuple[str, float]] = {}
-    for asset in STAGE_ASSETS.values():
-        for start in range(0, len(doc_ids), 500):
-            chunk = doc_ids[start : start + 500]
-            records = instance.fetch_observations(
-                dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=chunk), limit=4 * len(chunk)
-            ).records
-            for record in records:
-                observation, when = record.asset_observation, record.timestamp
-                if observation is None or observation.partition is None or not observation.description:
-                    continue
-                if when > latest.get(observation.partition, ("", 0.0))[1]:
-                    latest[observation.partition] = (observation.description, when)
-    return latest
+def _reconfirm_current(context: dg.AssetExecutionContext, selected: list[str], results: list[Any]) -> None:
+    """Before the run fails: a materialisation, same data version, for each stage that was already
+    current and did not fail, so Dagster does not mark it failed with the run (module docstring)."""
+    for result in results:
+        for stage in selected:
+            if result.completed(stage) and not result.stages[stage].changed:
+                context.log_event(
+                    dg.AssetMaterialization(
+                        STAGE_ASSETS[stage],
+                        partition=result.key,
+                        description="current: re-confirmed by a run that failed for another reason",
+                        metadata={"unchanged": True},
+                        tags=_provenance(stage, result),
+                    )
+                )
 
 
 def _provenance(stage: str, result: Any) -> dict[str, str]:
@@ -218,7 +229,6 @@ def _provenance(stage: str, result: Any) -> dict[str, str]:
 
 
 def _preview(pages_dir: str) -> str:
-    from pathlib import Path
 
     from colqwen_pipeline.documents.manifest import Manifest
     from colqwen_pipeline.documents.preview import thumbnails_markdown

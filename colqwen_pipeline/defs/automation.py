@@ -1,25 +1,22 @@
 """How the pipeline runs by itself: the inbox sensor, the nightly reindex, document removal.
 
-The sensor and the schedule launch ``ingest_job`` over ranges of documents (bulk/runs.py), at
-most COLQWEN_MAX_DOCUMENTS_PER_RUN per run, so every path runs the same assets and checks."""
-
-import contextlib
-import json
-import time
+Both plan before they launch (``bulk.plan``): a ``stat`` per file and the stamp per document say
+which documents need work, and only those get runs of ``ingest_job``, over ranges of at most
+COLQWEN_MAX_DOCUMENTS_PER_RUN documents (defs/runs.py). The sensor's cursor is a digest of every
+file's size and mtime and of the model and index: an unchanged inbox costs a listing and a stat per
+file, and launches nothing."""
 
 import dagster as dg
 
 from colqwen_pipeline.bulk import stages
-from colqwen_pipeline.bulk.indexed import indexed_inbox_state
-from colqwen_pipeline.bulk.runs import partition_ranges, range_tags, stable_key
-from colqwen_pipeline.bulk.stale_runs import fail_dead_cli_runs
-from colqwen_pipeline.defs.assets import documents, failed_since_change, ingest_job
+from colqwen_pipeline.bulk.plan import Plan, current_target, fingerprint, inbox_stats, plan_documents
+from colqwen_pipeline.defs.assets import documents, ingest_job
+from colqwen_pipeline.defs.instance import failed_since_change
 from colqwen_pipeline.defs.resources import ColQwenResource
+from colqwen_pipeline.defs.runs import TRIGGER, keys_in_flight, partition_ranges, range_tags, stable_key
+from colqwen_pipeline.defs.stale_runs import clear_dead_runs
 from colqwen_pipeline.inbox import inbox_files, mass_removal
-from colqwen_pipeline.inbox.watch import scan_inbox
 from colqwen_pipeline.settings import Settings
-
-HASH_BUDGET_BYTES = 2 << 30  # read per tick at most (~4 s): a tick must end well inside its deadline
 
 
 class RemoveConfig(dg.Config):
@@ -35,9 +32,43 @@ def remove_documents(context: dg.OpExecutionContext, config: RemoveConfig, colqw
         context.log.info(f"removed {key} from the index and the state directory")
 
 
-@dg.job(description="Remove deleted inbox documents from Milvus and the state directory.")
+@dg.job(
+    description="Remove deleted inbox documents from Milvus and the state directory.",
+    tags={"colqwen/trigger": "sensor"},
+)
 def remove_documents_job() -> None:
     remove_documents()
+
+
+def plan_inbox(instance: dg.DagsterInstance, settings: Settings, files: dict, stats: dict, known: list[str]) -> Plan:
+    """The sensor's and the schedule's plan: files written in the last COLQWEN_SETTLE_S wait."""
+    return plan_documents(
+        settings,
+        files,
+        current_target(settings),
+        known=known,
+        failures=lambda candidates: failed_since_change(instance, candidates),
+        in_flight=keys_in_flight(instance, known, ingest_job.name),
+        stats=stats,
+        settle_s=settings.settle_s,
+    )
+
+
+def ingest_requests(plan: Plan, ordered: list[str], stats: dict, settings: Settings, trigger: str, *salt: str):
+    """One run request per range of documents that need work; the run key names the files' versions,
+    so a tick that sees the same files again asks for nothing new."""
+    requests = []
+    for first, last in partition_ranges(ordered, plan.work, settings.max_documents_per_run, may_span=plan.current):
+        span = ordered[ordered.index(first) : ordered.index(last) + 1]
+        versions = [f"{k}@{stats[k].st_size}@{stats[k].st_mtime_ns}" for k in span if k in plan.work]
+        requests.append(
+            dg.RunRequest(
+                job_name=ingest_job.name,
+                run_key=stable_key(trigger, *salt, *versions),
+                tags=range_tags(first, last, trigger),
+            )
+        )
+    return requests
 
 
 @dg.sensor(
@@ -48,75 +79,42 @@ def remove_documents_job() -> None:
 def inbox_sensor(context: dg.SensorEvaluationContext, colqwen: ColQwenResource) -> dg.SensorResult:
     """New or changed files -> ingest runs over ranges; deleted files -> removal; half-written files wait."""
     settings = colqwen.settings()
-    for run_id in fail_dead_cli_runs(context.instance):  # else they hold the run queue forever
-        context.log.warning(f"marked run {run_id} failed: its `colqwen-pipeline ingest` process is gone")
-    previous = json.loads(context.cursor) if context.cursor else {}
-    seeded = [] if context.cursor else _start_from_the_index(context, settings, previous)
-    changes, state = scan_inbox(  # InboxError: the tick fails, cursor kept
-        settings.inbox,
-        previous,
-        settings.settle_s,
-        max_file_bytes=settings.max_file_mb * 2**20,
-        hash_budget_bytes=HASH_BUDGET_BYTES,
-    )
-    ordered = context.instance.get_dynamic_partitions(documents.name)
-    known = set(ordered)
-    refusal = None if settings.allow_mass_removal else mass_removal(len(known), len(changes.deleted))
-    if refusal:  # keep the vanished files in the cursor: every tick says so until they return or it is confirmed
+    for line in clear_dead_runs(context.instance):  # else they hold the run queue or the GPU pool forever
+        context.log.warning(line)
+    files = inbox_files(settings.inbox)  # InboxError: the tick fails, cursor kept
+    stats = inbox_stats(files)
+    cursor = fingerprint(stats, current_target(settings).digest(settings))
+    if context.cursor == cursor:
+        return dg.SensorResult(skip_reason="the inbox, the model and the index are unchanged", cursor=cursor)
+    known = context.instance.get_dynamic_partitions(documents.name)
+    plan = plan_inbox(context.instance, settings, files, stats, known)
+    refusal = None if settings.allow_mass_removal else mass_removal(len(known), len(plan.gone))
+    if refusal:  # every tick says so (no cursor) until the files return or the removal is confirmed
         context.log.warning(refusal)
-        state |= {key: previous[key] for key in changes.deleted}
-        changes.deleted = []
-    # New files, and indexed documents this instance has no partition for (so the UI lists them).
-    new = list(dict.fromkeys(key for key in [*seeded, *changes.to_ingest] if key not in known))
-    ordered = [*ordered, *new]  # the order the partitions have once the add request is applied
-    requests = []
-    for first, last in partition_ranges(ordered, changes.to_ingest, settings.max_documents_per_run):
-        span = ordered[ordered.index(first) : ordered.index(last) + 1]
-        versions = [f"{key}@{changes.to_ingest[key]}" for key in span if key in changes.to_ingest]
+        plan.gone = []
+    new = [key for key in stats if key not in set(known) and key not in plan.waiting]
+    ordered = [*known, *new]  # the order the partitions have once the add request is applied
+    requests = ingest_requests(plan, ordered, stats, settings, "sensor")
+    if plan.gone:
+        config = {"ops": {"remove_documents": {"config": {"keys": plan.gone}}}}
         requests.append(
             dg.RunRequest(
-                job_name=ingest_job.name, run_key=stable_key(*versions), tags=range_tags(first, last, "sensor")
+                job_name=remove_documents_job.name,
+                run_config=config,
+                run_key=stable_key("remove", *plan.gone),
+                tags={TRIGGER: "sensor"},
             )
         )
-    if changes.deleted:
-        config = {"ops": {"remove_documents": {"config": {"keys": changes.deleted}}}}
-        run_key = stable_key("remove", *(f"{k}@{previous[k].get('sha256')}" for k in changes.deleted))
-        tags = {"colqwen/trigger": "sensor"}
-        requests.append(
-            dg.RunRequest(job_name=remove_documents_job.name, run_config=config, run_key=run_key, tags=tags)
-        )
-    if changes.waiting:
-        context.log.info(f"waiting for {len(changes.waiting)} file(s) still being written: {changes.waiting[:5]}")
-    partition_requests = [
-        documents.build_add_request(new),
-        documents.build_delete_request([k for k in changes.deleted if k in known]),
-    ]
+    if plan.waiting:
+        context.log.info(f"waiting for {len(plan.waiting)} file(s) still being written: {plan.waiting[:5]}")
+    if plan.failed:
+        context.log.info(f"{len(plan.failed)} document(s) failed as they are now; retried once they change")
+    partition_requests = [documents.build_add_request(new), documents.build_delete_request(plan.gone)]
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[r for r in partition_requests if r.partition_keys],
-        cursor=json.dumps(state, separators=(",", ":")),
+        cursor="" if plan.waiting or refusal else cursor,  # no cursor: the next tick plans again
     )
-
-
-def _start_from_the_index(context: dg.SensorEvaluationContext, settings: Settings, state: dict) -> list[str]:
-    """First tick (empty cursor): documents already indexed (a CLI ingest, an earlier Dagster home)
-    enter the cursor as they were indexed, and documents that failed in a run of this instance since
-    they last changed enter it as they are (retried once they change, as after a sensor run's
-    failure), so only new or changed files are requested."""
-    state.update(indexed_inbox_state(settings))
-    indexed, files = len(state), inbox_files(settings.inbox)
-    failed = failed_since_change(context.instance, {key: path for key, path in files.items() if key not in state})
-    for key in failed:
-        with contextlib.suppress(OSError):
-            stat = files[key].stat()
-            seen = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-            # not hashed (the tick's budget is for new files): any change reads as changed, a deletion as deleted
-            state[key] = seen | {"sha256": f"failed-{stat.st_size}-{stat.st_mtime_ns}", "pending": False}
-    context.log.info(
-        f"first tick: {indexed} document(s) already indexed, {len(state) - indexed} failed since they last "
-        "changed; only new or changed files are ingested"
-    )
-    return list(state)
 
 
 @dg.schedule(
@@ -124,18 +122,28 @@ def _start_from_the_index(context: dg.SensorEvaluationContext, settings: Setting
     job=ingest_job,
     cron_schedule=Settings().reindex_cron,
     default_status=dg.DefaultScheduleStatus.RUNNING,
-    description="Bulk reindex (COLQWEN_REINDEX_CRON, default nightly at 02:00): every document whose file, "
-    "render settings, model or index changed; the rest cost a stat. Force a full rebuild with the run config "
-    "ops.document_pipeline.config.force=true.",
+    description="Bulk reindex (COLQWEN_REINDEX_CRON, default nightly at 02:00): runs for the documents whose file, "
+    "render settings, model or index changed, none for the rest (an unchanged inbox launches nothing). Force a "
+    "full rebuild with `colqwen-pipeline ingest --force` or the run config ops.document_pipeline.config.force=true.",
 )
-def reindex_schedule(context: dg.ScheduleEvaluationContext, colqwen: ColQwenResource) -> list[dg.RunRequest]:
-    ordered = context.instance.get_dynamic_partitions(documents.name)
-    limit = colqwen.settings().max_documents_per_run
-    tick = str(time.time_ns())  # one reindex per tick; a key unique to it (tests have no scheduled time)
-    return [
-        dg.RunRequest(run_key=stable_key(tick, first, last), tags=range_tags(first, last, "schedule"))
-        for first, last in partition_ranges(ordered, ordered, limit)
-    ]
+def reindex_schedule(context: dg.ScheduleEvaluationContext, colqwen: ColQwenResource):
+    settings = colqwen.settings()
+    instance = context.instance
+    files = inbox_files(settings.inbox)
+    stats = inbox_stats(files)
+    known = instance.get_dynamic_partitions(documents.name)
+    new = [key for key in stats if key not in set(known)]
+    if new:  # a run can target only partitions that exist
+        instance.add_dynamic_partitions(documents.name, new)
+    ordered = [*known, *new]
+    plan = plan_inbox(instance, settings, files, stats, ordered)
+    requests = ingest_requests(plan, ordered, stats, settings, "schedule", context.scheduled_execution_time.isoformat())
+    if not requests:
+        return dg.SkipReason(
+            f"nothing to reindex: {len(plan.current)} document(s) current, {len(plan.failed)} failed as they are "
+            f"now, {len(plan.in_flight)} in a run, {len(plan.waiting)} still being written"
+        )
+    return requests
 
 
 JOBS: list = [ingest_job, remove_documents_job]

@@ -27,5 +27,7 @@ class ColQwenResource(dg.ConfigurableResource):
     collection: str = ""
 
     def settings(self) -> Settings:
+        """The COLQWEN_* settings with this resource's non-empty fields on top, validated like them
+        (``model_copy(update=)`` would not: a ``home`` given here stayed a ``str``)."""
         overrides = {name: value for name, value in self.model_dump().items() if value}
-        return Settings().model_copy(update=overrides)
+        return Settings(**overrides)

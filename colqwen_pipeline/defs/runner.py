@@ -7,8 +7,6 @@ Milvus Lite file."""
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -16,11 +14,11 @@ from pathlib import Path
 
 import dagster as dg
 
+from colqwen_pipeline.defs.instance import PARTITIONS, dagster_instance, failed_since_change
 from colqwen_pipeline.inbox import document_key, inbox_files, mass_removal
 from colqwen_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
-PARTITIONS = "documents"
 
 
 class IngestInterrupted(Exception):
@@ -35,19 +33,9 @@ class IngestSummary:
     removed: int = 0
     seconds: float = 0.0
     failed: dict[str, str] = field(default_factory=dict)  # partition key -> one-line reason
+    not_retried: list[str] = field(default_factory=list)  # of ``failed``: failed before as they are now
+    runs: int = 0
     checks: dict[str, str] = field(default_factory=dict)  # collection check -> "passed" or "WARN/ERROR: why"
-
-
-def dagster_instance(settings: Settings) -> dg.DagsterInstance:
-    """The persistent instance under the state directory (DAGSTER_HOME wins when set)."""
-    if not os.environ.get("DAGSTER_HOME"):
-        home = settings.dagster_home
-        home.mkdir(parents=True, exist_ok=True)
-        project_yaml = Path(__file__).resolve().parents[2] / "dagster.yaml"
-        if project_yaml.exists() and not (home / "dagster.yaml").exists():
-            shutil.copy(project_yaml, home / "dagster.yaml")
-        os.environ["DAGSTER_HOME"] = str(home)
-    return dg.DagsterInstance.get()
 
 
 def select_documents(settings: Settings, paths: Sequence[str]) -> dict[str, Path]:
@@ -75,19 +63,21 @@ def ingest(
     confirm_removals: bool = False,
     force: bool = False,
     stop_requested: Callable[[], bool] = lambda: False,
+    trigger: str = "cli",
 ) -> IngestSummary:
     """Bring the selected documents (all of the inbox by default) up to date through ``ingest_job``,
     the job the sensor and the schedule launch, over ranges of COLQWEN_MAX_DOCUMENTS_PER_RUN
-    documents; prune vanished ones. ``force`` redoes every stage."""
-    from colqwen_pipeline.bulk.runs import partition_ranges, range_tags
-    from colqwen_pipeline.bulk.stale_runs import fail_dead_cli_runs, process_tags
-    from colqwen_pipeline.definitions import defs
-    from colqwen_pipeline.defs.checks import COLLECTION_CHECKS
+    documents; prune vanished ones. Only documents that need work get a run (``bulk.plan``): a
+    document that failed as its file is now is listed, and retried once it changes, when named in
+    ``paths``, or with ``force`` (which also redoes every stage)."""
+    from colqwen_pipeline.bulk.plan import current_target, plan_documents
+    from colqwen_pipeline.defs.runs import keys_in_flight, partition_ranges, range_tags
+    from colqwen_pipeline.defs.stale_runs import clear_dead_runs, process_tags
 
     started = time.perf_counter()
     instance = instance or dagster_instance(settings)
-    for run_id in fail_dead_cli_runs(instance):
-        echo(f"marked run {run_id} failed: its `colqwen-pipeline ingest` process is gone")
+    for line in clear_dead_runs(instance):
+        echo(line)
     documents = select_documents(settings, paths)
     known = set(instance.get_dynamic_partitions(PARTITIONS))
     instance.add_dynamic_partitions(PARTITIONS, [k for k in documents if k not in known])
@@ -95,37 +85,41 @@ def ingest(
     if not paths:
         confirmed = confirm_removals or settings.allow_mass_removal
         summary.removed = prune(settings, instance, set(documents), known, echo, confirmed)
-    job = defs.resolve_job_def("ingest_job")
     ordered = instance.get_dynamic_partitions(PARTITIONS)
-    ranges = partition_ranges(ordered, documents, settings.max_documents_per_run)
+    plan = plan_documents(
+        settings,
+        documents,
+        current_target(settings),
+        failures=(lambda _: {}) if paths else (lambda files: failed_since_change(instance, files)),
+        in_flight=keys_in_flight(instance, ordered, "ingest_job"),
+        force=force,
+    )
+    summary.failed |= plan.failed
+    summary.not_retried = sorted(plan.failed)
+    for key in plan.in_flight:
+        echo(f"{key}: another run is working on it now; left to that run")
+    if plan.failed:
+        echo(
+            f"{len(plan.failed)} document(s) failed before as they are now and are not retried (change the file, "
+            "name it, or use --force)"
+        )
+    ranges = partition_ranges(ordered, plan.work, settings.max_documents_per_run, may_span=plan.current)
+    if not ranges:
+        echo(f"nothing to do: {len(plan.current)} document(s) current")
     for number, (first, last) in enumerate(ranges, 1):
         span = ordered[ordered.index(first) : ordered.index(last) + 1]
         echo(f"run {number}/{len(ranges)}: {len(span)} document(s)")
-        result = job.execute_in_process(
-            instance=instance,
-            tags=range_tags(first, last, "cli") | process_tags(),
-            run_config={
-                "ops": {"document_pipeline": {"config": {"force": force}}},
-                # Failures are summarised by this command, one line each; progress: the python logger.
-                "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
-            },
-            raise_on_error=False,
-        )
+        result = _execute(instance, range_tags(first, last, trigger) | process_tags(), force)
+        summary.runs += 1
         if _interrupted(result) or stop_requested():
             raise IngestInterrupted(
                 f"interrupted during run {number}/{len(ranges)}: documents finished before it stay indexed, "
                 "the document in progress was rolled back; run ingest again to continue"
             )
         summary.failed |= _failed_documents(result, span)
-        evaluations = run_check_evaluations(instance, result.run_id)
-        for line in _check_lines(evaluations):
-            echo(f"    {line}")
-        for evaluation in (e for e in evaluations if e.partition is None and e.check_name in COLLECTION_CHECKS):
-            summary.checks[evaluation.check_name] = _check_line(evaluation)
-            echo(f"check {evaluation.check_name}: {summary.checks[evaluation.check_name]}")
+        _collect_checks(instance, result.run_id, summary, echo)
     for key in documents:
-        if key in summary.failed:
-            echo(f"    FAILED: {summary.failed[key]}")
+        if key in summary.failed or key in plan.in_flight:
             continue
         pages, tokens = _indexed(settings, key)
         summary.documents += 1
@@ -133,6 +127,32 @@ def ingest(
         summary.tokens += tokens
     summary.seconds = round(time.perf_counter() - started, 2)
     return summary
+
+
+def _execute(instance: dg.DagsterInstance, tags: dict[str, str], force: bool) -> dg.ExecuteInProcessResult:
+    from colqwen_pipeline.definitions import defs
+
+    return defs.resolve_job_def("ingest_job").execute_in_process(
+        instance=instance,
+        tags=tags,
+        run_config={
+            "ops": {"document_pipeline": {"config": {"force": force}}},
+            # Failures are summarised by this command, one line each; progress: the python logger.
+            "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
+        },
+        raise_on_error=False,
+    )
+
+
+def _collect_checks(instance: dg.DagsterInstance, run_id: str, summary: IngestSummary, echo: Callable) -> None:
+    from colqwen_pipeline.defs.checks import COLLECTION_CHECKS
+
+    evaluations = run_check_evaluations(instance, run_id)
+    for line in _check_lines(evaluations):
+        echo(f"    {line}")
+    for evaluation in (e for e in evaluations if e.partition is None and e.check_name in COLLECTION_CHECKS):
+        summary.checks[evaluation.check_name] = _check_line(evaluation)
+        echo(f"check {evaluation.check_name}: {summary.checks[evaluation.check_name]}")
 
 
 def prune(

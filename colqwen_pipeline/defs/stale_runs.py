@@ -1,7 +1,9 @@
-"""Runs of `colqwen-pipeline ingest` whose process died (SIGKILL, OOM, a lost machine) stay
-STARTED forever and count against the run queue's limit. Each CLI run carries its host and pid;
-the CLI and the inbox sensor mark such runs of this host failed when the pid is gone, and free
-the concurrency-pool slots they held."""
+"""Runs whose process died keep what they held. A `colqwen-pipeline ingest` killed by SIGKILL, OOM or
+a lost machine stays STARTED forever and counts against the run queue's limit; a run whose step
+process died is marked failed by its run worker but keeps its ``gpu`` pool slot, so every later
+GPU step waits for good. The CLI and the inbox sensor clear both before they launch anything (the
+daemon's run monitoring frees finished runs' slots too: dagster.yaml ``free_slots_after_run_end_seconds``;
+this covers the CLI and the UI when no daemon runs)."""
 
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import dagster as dg
 
 HOST_TAG, PID_TAG = "colqwen/host", "colqwen/pid"
 IN_PROGRESS = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 
 
 def process_tags() -> dict[str, str]:
@@ -36,6 +39,31 @@ def fail_dead_cli_runs(instance: dg.DagsterInstance) -> list[str]:
     for run in dead:
         message = f"the process of this run (pid {run.tags[PID_TAG]} on {host}) is gone: marked failed"
         instance.report_run_failed(run, message)
-        # and give back its "gpu" pool slot: a dead run's claim would queue every later run forever
-        instance.event_log_storage.free_concurrency_slots_for_run(run.run_id)
     return [run.run_id for run in dead]
+
+
+def free_slots_of_finished_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Give back the pool slots that runs which have ended (in any way, under any launcher) still
+    claim; returns those runs' ids."""
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return []
+    holders = storage.get_concurrency_run_ids()
+    if not holders:
+        return []
+    runs = instance.get_runs(filters=dg.RunsFilter(run_ids=list(holders)))
+    live = {run.run_id for run in runs if not run.is_finished}
+    ended = sorted(holders - live)  # finished, or deleted
+    for run_id in ended:
+        storage.free_concurrency_slots_for_run(run_id)
+    return ended
+
+
+def clear_dead_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Both of the above, as the CLI and the sensor call them: one line per run for the log."""
+    lines = [
+        f"marked run {run} failed: its `colqwen-pipeline ingest` process is gone"
+        for run in fail_dead_cli_runs(instance)
+    ]
+    lines += [f"gave back the pool slot of ended run {run_id}" for run_id in free_slots_of_finished_runs(instance)]
+    return lines

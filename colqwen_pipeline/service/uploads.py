@@ -35,7 +35,6 @@ from colqwen_pipeline.settings import Settings
 log = logging.getLogger(__name__)
 CHUNK = 1 << 20
 MAX_NAME_CHARS = 120
-DAEMON_FRESH_S = 60.0  # Dagster's daemons beat every ~20 s
 
 
 @dataclass(frozen=True)
@@ -170,14 +169,14 @@ class ServerIndexer(Indexer):
                 self.on_indexed()
 
     def _ingest(self, doc_id: str, path: Path) -> None:
-        from colqwen_pipeline.bulk.runner import ingest
+        from colqwen_pipeline.defs.instance import ingest_upload
 
         if not path.exists():  # deleted before its turn
             return
         started = time.perf_counter()
         try:
             with self.lock:
-                summary = ingest(self.settings, [str(path)], echo=log.debug)
+                summary = ingest_upload(self.settings, path)
         except Exception as error:  # one document's failure must not stop the worker
             log.warning("indexing %s failed: %s", path.name, error)
             self.failed[doc_id] = one_line(error)
@@ -205,25 +204,14 @@ class AutoIndexer(Indexer):
         return self.server.indexing()
 
 
-def daemon_heartbeat_is_fresh(settings: Settings) -> bool:
-    """Has a Dagster daemon of this state directory's instance run its sensors within the last minute?"""
-    from colqwen_pipeline.bulk.runner import dagster_instance
-
-    try:
-        beats = dagster_instance(settings).get_daemon_heartbeats()
-    except Exception as error:  # an unreadable instance: no daemon can be using it either
-        log.debug("no daemon heartbeat readable: %s", error)
-        return False
-    sensor = beats.get("SENSOR")
-    return sensor is not None and time.time() - sensor.timestamp < DAEMON_FRESH_S
-
-
 def make_indexer(settings: Settings, lock: threading.Lock, on_indexed: Callable[[], None]) -> Indexer:
     if settings.server_index_uploads == "never":
         return SensorIndexer()
     server = ServerIndexer(settings, lock, on_indexed)
     if settings.server_index_uploads == "always":
         return server
+    from colqwen_pipeline.defs.instance import daemon_heartbeat_is_fresh
+
     return AutoIndexer(server, lambda: daemon_heartbeat_is_fresh(settings))
 
 
@@ -256,8 +244,7 @@ def failed_in_runs(settings: Settings, waiting: dict[str, Path]) -> dict[str, st
     """doc_id -> cause, for documents that failed in a Dagster run since their file last changed."""
     if not waiting:
         return {}
-    from colqwen_pipeline.bulk.runner import dagster_instance
-    from colqwen_pipeline.defs.assets import failed_since_change
+    from colqwen_pipeline.defs.instance import dagster_instance, failed_since_change
 
     try:
         return failed_since_change(dagster_instance(settings), waiting)
@@ -277,6 +264,7 @@ def remove_document(settings: Settings, doc_id: str, lock: threading.Lock) -> st
     """Out of the inbox, the index, the state directory and Dagster's partitions; returns its file name.
     404 unless the doc_id is a document of the inbox or the index."""
     from colqwen_pipeline.bulk import stages
+    from colqwen_pipeline.defs.instance import forget_partition
 
     path = inbox_files(settings.inbox).get(doc_id)
     with lock:
@@ -286,13 +274,5 @@ def remove_document(settings: Settings, doc_id: str, lock: threading.Lock) -> st
         if path is not None:
             path.unlink(missing_ok=True)  # first: a sensor tick after this sees a deletion, never a new file
         stages.remove_document(settings, doc_id, index)
-        _forget_partition(settings, doc_id)
+        forget_partition(settings, doc_id)
     return path.relative_to(settings.inbox).as_posix() if path else doc_id
-
-
-def _forget_partition(settings: Settings, doc_id: str) -> None:
-    from colqwen_pipeline.bulk.runner import PARTITIONS, dagster_instance
-
-    instance = dagster_instance(settings)
-    if instance.has_dynamic_partition(PARTITIONS, doc_id):
-        instance.delete_dynamic_partition(PARTITIONS, doc_id)
