@@ -72,7 +72,7 @@ def ingest(
     ``paths``, or with ``force`` (which also redoes every stage)."""
     from colqwen_pipeline.bulk.plan import current_target, plan_documents
     from colqwen_pipeline.defs.runs import keys_in_flight, partition_ranges, range_tags
-    from colqwen_pipeline.defs.stale_runs import clear_dead_runs, process_tags
+    from colqwen_pipeline.defs.stale_runs import clear_dead_runs, process_tags, wait_for_pool
 
     started = time.perf_counter()
     instance = instance or dagster_instance(settings)
@@ -109,6 +109,7 @@ def ingest(
     for number, (first, last) in enumerate(ranges, 1):
         span = ordered[ordered.index(first) : ordered.index(last) + 1]
         echo(f"run {number}/{len(ranges)}: {len(span)} document(s)")
+        wait_for_pool(instance, "gpu", echo)
         result = _execute(instance, range_tags(first, last, trigger) | process_tags(), force)
         summary.runs += 1
         if _interrupted(result) or stop_requested():

@@ -7,8 +7,11 @@ this covers the CLI and the UI when no daemon runs)."""
 
 from __future__ import annotations
 
+import math
 import os
 import socket
+import time
+from collections.abc import Callable
 
 import dagster as dg
 
@@ -67,3 +70,23 @@ def clear_dead_runs(instance: dg.DagsterInstance) -> list[str]:
     ]
     lines += [f"gave back the pool slot of ended run {run_id}" for run_id in free_slots_of_finished_runs(instance)]
     return lines
+
+
+def wait_for_pool(instance: dg.DagsterInstance, pool: str, echo: Callable[[str], None], poll_s: float = 1.0) -> None:
+    """Before a run: wait while live runs hold every slot of ``pool``, saying who, and giving back
+    the slots of runs that end meanwhile. Dagster's own wait inside a step says only "blocked" and
+    does not answer SIGTERM; this one is a plain sleep, so a signal stops the ingest at once."""
+    storage = instance.event_log_storage
+    if not storage.supports_global_concurrency_limits:
+        return
+    said_at = -math.inf
+    while True:
+        info = storage.get_concurrency_info(pool)
+        limit = info.limit if info.limit is not None else info.slot_count
+        if not limit or len(info.claimed_slots) < limit or free_slots_of_finished_runs(instance):
+            return
+        if time.monotonic() - said_at >= 30:
+            holders = ", ".join(sorted(info.active_run_ids))
+            echo(f"waiting for the {pool!r} pool ({limit} slot(s)): held by run(s) {holders}")
+            said_at = time.monotonic()
+        time.sleep(poll_s)
