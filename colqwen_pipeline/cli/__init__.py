@@ -211,6 +211,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         result = bench_embed(
             model=args.model, precision=args.precision, batch_size=args.batch_size, pages=args.pages or 16
         )
+    elif args.stage == "orchestration":
+        from colqwen_pipeline.defs.bench import bench_orchestration
+
+        result = bench_orchestration(documents=args.docs, materialized=args.materialized)
     elif args.stage == "ingest":
         from colqwen_pipeline.bulk.bench import bench_ingest
 
@@ -299,7 +303,9 @@ def build_parser() -> argparse.ArgumentParser:
     rasterize.set_defaults(func=cmd_rasterize)
 
     bench = command("bench", "measure a stage against its baseline (JSON)")
-    bench.add_argument("stage", choices=["rasterize", "embed", "search", "ingest"], help="the stage to measure")
+    bench.add_argument(
+        "stage", choices=["rasterize", "embed", "search", "ingest", "orchestration"], help="the stage to measure"
+    )
     bench.add_argument("--pages", type=positive_int, help="pages to generate (default: 100 / 16 / 1000)")
     bench.add_argument("--model", choices=["tiny", "full-random"], default="tiny", help="embed only: which model")
     bench.add_argument(
@@ -315,7 +321,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--peers", type=peer_names, default=[], help="search only: embedded peers, e.g. lancedb,qdrant-local (.[bench])"
     )
     bench.add_argument("--token-pooling", type=int, default=0, help="search only: store pages pooled by this factor")
-    bench.add_argument("--docs", type=positive_int, default=200, help="ingest only: generated documents")
+    bench.add_argument("--docs", type=positive_int, default=200, help="ingest, orchestration: generated documents")
+    bench.add_argument(
+        "--materialized",
+        type=int,
+        default=10_000,
+        help="orchestration only: partitions materialised for the asset page",
+    )
     bench.add_argument("--pages-per-doc", type=positive_int, default=1, help="ingest only: pages per document")
     bench.add_argument("--json", action="store_true", help="one line of JSON")
     bench.set_defaults(func=cmd_bench)
