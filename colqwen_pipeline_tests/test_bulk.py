@@ -52,7 +52,10 @@ def test_partition_ranges_cover_the_wanted_keys_within_the_limit():
 
     assert partition_ranges(ordered, ordered, 4) == [("k0", "k3"), ("k4", "k7"), ("k8", "k9")]
     assert partition_ranges(ordered, ["k1", "k2", "k8"], 4) == [("k1", "k2"), ("k8", "k8")]
-    assert partition_ranges(ordered, ["k0", "k3"], 4) == [("k0", "k3")]  # k1, k2 ride along (a stat each)
+    assert partition_ranges(ordered, ["k0", "k3"], 4) == [("k0", "k0"), ("k3", "k3")]  # nothing may ride along
+    current = ["k1", "k2"]  # current documents may ride along (a stat each)
+    assert partition_ranges(ordered, ["k0", "k3"], 4, may_span=current) == [("k0", "k3")]
+    assert partition_ranges(ordered, ["k0", "k3"], 4, may_span=["k1"]) == [("k0", "k0"), ("k3", "k3")]  # k2: failed
     assert partition_ranges(ordered, [], 4) == []
 
 

@@ -88,4 +88,6 @@ def test_sensor_keeps_watching_files_that_vanished_en_masse(state, instance):
     assert [r.job_name for r in result.run_requests] == []
     assert result.dynamic_partitions_requests == []
     assert sorted(instance.get_dynamic_partitions("documents")) == keys
-    assert result.cursor == cursor  # still known: the next tick refuses again until confirmed
+    assert result.cursor == ""  # no cursor: the next tick plans again, and refuses again until confirmed
+    again = inbox_sensor(dg.build_sensor_context(instance=instance, cursor="", definitions=defs, resources=RESOURCES))
+    assert again.run_requests == [] and sorted(instance.get_dynamic_partitions("documents")) == keys

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from colqwen_pipeline.bulk import versions
-from colqwen_pipeline.bulk.stamps import IndexStamp, read_stamp
+from colqwen_pipeline.bulk.stamps import IndexStamp, artifact_stats, read_stamp
 from colqwen_pipeline.common.atomic import sweep_temporaries
 from colqwen_pipeline.common.errors import PipelineError
 from colqwen_pipeline.documents.manifest import DocumentError, Manifest
@@ -334,7 +334,7 @@ class _Run:
             stamp = read_stamp(artifact.directory)
             current = stamp is not None and stamp.version == version and stored.get(result.key) == artifact.total_tokens
             if current and not self.force:
-                if stamp != (fresh := _stamp(result, version, stamp.tokens)):  # touched, same content
+                if stamp != (fresh := _stamp(result, version, stamp.tokens, artifact.directory)):  # touched, same content
                     fresh.write(artifact.directory)
                 result.stages["index"] = StageOutcome(version, False, self._index_metadata(artifact, target))
                 continue
@@ -352,7 +352,7 @@ class _Run:
         seconds = _since(started)
         for result, version, artifact in todo:
             if result.key in written:
-                _stamp(result, version, written[result.key]).write(artifact.directory)
+                _stamp(result, version, written[result.key], artifact.directory).write(artifact.directory)
                 metadata = self._index_metadata(artifact, target) | {"write_seconds_of_wave": seconds}
                 result.stages["index"] = StageOutcome(version, True, metadata)
 
@@ -427,9 +427,9 @@ def _read_manifest(directory: Path) -> Manifest | None:
         return None
 
 
-def _stamp(result: DocumentResult, version: str, tokens: int) -> IndexStamp:
+def _stamp(result: DocumentResult, version: str, tokens: int, directory: Path) -> IndexStamp:
     raw = result.stages["raw"].metadata
-    return IndexStamp(version, tokens, raw["bytes"], raw["mtime_ns"], raw["sha256"])
+    return IndexStamp(version, tokens, raw["bytes"], raw["mtime_ns"], raw["sha256"], artifact_stats(directory))
 
 
 def _pages_metadata(manifest: Manifest, directory: Path) -> dict[str, Any]:

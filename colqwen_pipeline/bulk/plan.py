@@ -124,6 +124,8 @@ def _is_current(
     stamp = read_stamp(directory)
     if stamp is None or stamp.version != target.document_version(settings, stamp.source_sha256):
         return False
+    if not stamp.artifacts_intact(directory):  # damaged since: the run rebuilds them
+        return False
     if stamp.matches(stat):
         return True
     if stat.st_size != stamp.source_size or not budget.take(stat.st_size):

@@ -125,7 +125,8 @@ with warnings.catch_warnings():
             _reconfirm_current(context, selected, report.documents)
             lines = sorted(report.failed.values())
             raise dg.Failure(
-                description=f"{len(lines)} of {len(keys)} document(s) failed; the others are indexed: "
+                description=f"{len(lines)} of {len(keys)} document(s) failed"
+                + ("; the others are indexed: " if len(lines) < len(keys) else ": ")
                 + "; ".join(lines[:20])
                 + (f"; … and {len(lines) - 20} more" if len(lines) > 20 else ""),
                 metadata={"failed": dg.MetadataValue.json(report.failed)},

@@ -83,7 +83,7 @@ def _measure(settings: Settings, documents: int, materialized: int, root: Path) 
 def _indexed_inbox(settings: Settings, documents: int) -> list[str]:
     """Small distinct files, each with the stamp of a document indexed under the current target."""
     from colqwen_pipeline.bulk.plan import current_target
-    from colqwen_pipeline.bulk.stamps import IndexStamp
+    from colqwen_pipeline.bulk.stamps import IndexStamp, artifact_stats
     from colqwen_pipeline.inbox import document_key, file_sha256, inbox_files
 
     target, old = current_target(settings), time.time() - 3600
@@ -94,9 +94,11 @@ def _indexed_inbox(settings: Settings, documents: int) -> list[str]:
         path.write_bytes(i.to_bytes(4, "big"))
         os.utime(path, (old, old))
         key, stat, sha = document_key(relative), path.stat(), file_sha256(path)
-        (settings.embeddings_dir / key).mkdir(parents=True)
-        stamp = IndexStamp(target.document_version(settings, sha), 1, stat.st_size, stat.st_mtime_ns, sha)
-        stamp.write(settings.embeddings_dir / key)
+        directory = settings.embeddings_dir / key
+        directory.mkdir(parents=True)
+        (directory / "vectors.npy").write_bytes(b"\0" * 256)  # stands in for the vectors: planning stats it
+        version = target.document_version(settings, sha)
+        IndexStamp(version, 1, stat.st_size, stat.st_mtime_ns, sha, artifact_stats(directory)).write(directory)
     return list(inbox_files(settings.inbox))  # the partitions' order: as the sensor adds them
 
 
