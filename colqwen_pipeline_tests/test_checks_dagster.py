@@ -6,9 +6,9 @@ from __future__ import annotations
 import dagster as dg
 
 from colqwen_pipeline.bulk import stages
-from colqwen_pipeline.defs.runner import collection_checks, ingest, run_check_evaluations, run_materializations
 from colqwen_pipeline.definitions import RESOURCES, defs
 from colqwen_pipeline.defs.assets import ASSETS
+from colqwen_pipeline.defs.runner import collection_checks, ingest, run_check_evaluations, run_materializations
 from colqwen_pipeline.inbox import document_key
 from colqwen_pipeline_tests.conftest import add_sample
 

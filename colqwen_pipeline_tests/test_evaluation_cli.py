@@ -6,8 +6,8 @@ import json
 
 import dagster as dg
 
-from colqwen_pipeline.defs.runner import ingest
 from colqwen_pipeline.cli import main
+from colqwen_pipeline.defs.runner import ingest
 from colqwen_pipeline_tests.conftest import REPO, add_sample
 
 

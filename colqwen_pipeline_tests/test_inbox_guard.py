@@ -12,9 +12,9 @@ import pytest
 from PIL import Image
 
 from colqwen_pipeline.bulk import stages
-from colqwen_pipeline.defs.runner import ingest, prune
 from colqwen_pipeline.definitions import RESOURCES, defs
 from colqwen_pipeline.defs.automation import inbox_sensor
+from colqwen_pipeline.defs.runner import ingest, prune
 from colqwen_pipeline.inbox import InboxError, document_key, inbox_files
 from colqwen_pipeline_tests.conftest import add_sample
 

@@ -14,9 +14,9 @@ from typing import Any
 import dagster as dg
 import pytest
 
-from colqwen_pipeline.defs.runner import ingest
 from colqwen_pipeline.definitions import RESOURCES, defs
 from colqwen_pipeline.defs.checks import WARNING_LABEL
+from colqwen_pipeline.defs.runner import ingest
 from colqwen_pipeline.inbox import document_key
 from colqwen_pipeline_tests.conftest import add_sample
 from colqwen_pipeline_tests.dagster_processes import GraphQL, webserver

@@ -351,7 +351,6 @@ def test_auto_indexing_leaves_uploads_to_a_live_daemons_sensor(tmp_path: Path, m
     daemon whose last heartbeat is older than ``DAEMON_FRESH_S``: the server again."""
     import threading
 
-    from colqwen_pipeline.service import uploads
     from colqwen_pipeline.defs import instance as dagster_side
     from colqwen_pipeline.defs.instance import daemon_heartbeat_is_fresh
     from colqwen_pipeline.service.uploads import AutoIndexer

@@ -334,7 +334,8 @@ class _Run:
             stamp = read_stamp(artifact.directory)
             current = stamp is not None and stamp.version == version and stored.get(result.key) == artifact.total_tokens
             if current and not self.force:
-                if stamp != (fresh := _stamp(result, version, stamp.tokens, artifact.directory)):  # touched, same content
+                fresh = _stamp(result, version, stamp.tokens, artifact.directory)
+                if stamp != fresh:  # touched, same content: the stamp learns the new mtime
                     fresh.write(artifact.directory)
                 result.stages["index"] = StageOutcome(version, False, self._index_metadata(artifact, target))
                 continue
