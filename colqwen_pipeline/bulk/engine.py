@@ -29,7 +29,7 @@ from colqwen_pipeline.common.errors import PipelineError
 from colqwen_pipeline.documents.manifest import DocumentError, Manifest
 from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
 from colqwen_pipeline.evaluation.checks import CheckOutcome, check_embeddings
-from colqwen_pipeline.inbox import file_sha256, inbox_files, printable
+from colqwen_pipeline.inbox import document_name, file_sha256, inbox_files, printable, readable
 from colqwen_pipeline.index.base import DocumentIndex, DocumentRows, IndexRefused, PageRows
 from colqwen_pipeline.index.milvus_rows import check_shapes
 from colqwen_pipeline.settings import Settings
@@ -155,7 +155,7 @@ class _Run:
         if path is None:
             result.fail("raw", f"{key}: no file in {self.settings.inbox} has this partition key (moved or deleted?)")
             return result
-        result.document = path.relative_to(self.settings.inbox).as_posix()
+        result.document = document_name(self.settings.inbox, path)
         stage = "raw"
         if len(result.document) > MAX_DOCUMENT_CHARS:  # before any artifact: the index could not store it
             result.fail(
@@ -191,8 +191,8 @@ class _Run:
         )
         sha = previous.source_sha256 if same_file and previous else file_sha256(path)
         metadata = {
-            "path": str(path.resolve()),
-            "relative_path": path.relative_to(self.settings.inbox).as_posix(),
+            "path": readable(str(path.resolve())),
+            "relative_path": document_name(self.settings.inbox, path),
             "bytes": stat.st_size,
             "sha256": sha,
             "mtime_ns": stat.st_mtime_ns,

@@ -13,7 +13,7 @@ from typing import Any
 
 from colqwen_pipeline.documents.manifest import Manifest
 from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
-from colqwen_pipeline.inbox import file_sha256, find_document
+from colqwen_pipeline.inbox import document_name, file_sha256, find_document, readable
 from colqwen_pipeline.index import make_index
 from colqwen_pipeline.index.base import DocumentIndex, Hit, PageRows
 from colqwen_pipeline.settings import Settings
@@ -25,8 +25,8 @@ Log = Callable[[str], None]
 def describe_source(settings: Settings, key: str) -> dict[str, Any]:
     path = find_document(settings.inbox, key)
     return {
-        "path": str(path.resolve()),
-        "relative_path": path.relative_to(settings.inbox).as_posix(),
+        "path": readable(str(path.resolve())),
+        "relative_path": document_name(settings.inbox, path),
         "bytes": path.stat().st_size,
         "sha256": file_sha256(path),
     }
@@ -54,7 +54,7 @@ def embed_stage(settings: Settings, key: str, log: Log = log.info) -> tuple[Embe
 def index_stage(settings: Settings, key: str, index: DocumentIndex | None = None) -> int:
     """Replace the document's rows in Milvus with its current embeddings; returns token vectors indexed."""
     artifact = EmbeddingArtifact.read(settings.embeddings_dir / key)
-    document = find_document(settings.inbox, key).relative_to(settings.inbox).as_posix()
+    document = document_name(settings.inbox, find_document(settings.inbox, key))
     pages = [
         PageRows(p["page"], p["sha256"], artifact.page_vectors(i), p["image"]) for i, p in enumerate(artifact.pages)
     ]
