@@ -11,6 +11,7 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
+from colqwen_pipeline.common.document_locks import document_locks
 from colqwen_pipeline.documents.manifest import Manifest
 from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
 from colqwen_pipeline.inbox import document_name, file_sha256, find_document, readable
@@ -63,10 +64,14 @@ def index_stage(settings: Settings, key: str, index: DocumentIndex | None = None
 
 
 def remove_document(settings: Settings, key: str, index: DocumentIndex | None = None) -> None:
-    """Forget a document everywhere: rows first, then artifacts (a crash leaves no orphan rows)."""
-    (index or make_index(settings)).delete_document(key)
-    for directory in (settings.pages_dir / key, settings.embeddings_dir / key):
-        shutil.rmtree(directory, ignore_errors=True)
+    """Forget a document everywhere: rows first, then artifacts (a crash leaves no orphan rows).
+
+    Call it once the file is gone from the inbox: under the document's lock, so an ingest in another
+    process either wrote before (and this removes it) or finds the file gone and writes nothing."""
+    with document_locks(settings.home_dir, [key]):
+        (index or make_index(settings)).delete_document(key)
+        for directory in (settings.pages_dir / key, settings.embeddings_dir / key):
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def search(query: str, top_k: int = 5, settings: Settings | None = None, doc_ids: list[str] | None = None) -> list[Hit]:
