@@ -10,13 +10,20 @@
   connection in a few large inserts; each document stays all-or-nothing in search.
 - Isolated: a document that cannot be read, rendered or passes no embedding check fails alone,
   with one line; the others of the run complete.
+- Removal-safe: each write of a document's pages, embeddings and index rows holds its lock
+  (common/document_locks.py), as a removal does, and first checks that its source file is still
+  the one the run started from. A document removed (or replaced) while it ran is dropped, not
+  written back and not failed, and takes no other document down.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,11 +32,12 @@ from typing import Any
 from colqwen_pipeline.bulk import versions
 from colqwen_pipeline.bulk.stamps import IndexStamp, artifact_stats, read_stamp
 from colqwen_pipeline.common.atomic import sweep_temporaries
+from colqwen_pipeline.common.document_locks import document_locks
 from colqwen_pipeline.common.errors import PipelineError
 from colqwen_pipeline.documents.manifest import DocumentError, Manifest
 from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
 from colqwen_pipeline.evaluation.checks import CheckOutcome, check_embeddings
-from colqwen_pipeline.inbox import file_sha256, inbox_files, printable
+from colqwen_pipeline.inbox import document_name, file_sha256, inbox_files, printable, readable
 from colqwen_pipeline.index.base import DocumentIndex, DocumentRows, IndexRefused, PageRows
 from colqwen_pipeline.index.milvus_rows import check_shapes
 from colqwen_pipeline.settings import Settings
@@ -57,6 +65,8 @@ class DocumentResult:
     failed_stage: str = ""  # the first stage that did not complete; the stages before it did
     embedding_check: CheckOutcome | None = None  # set when the embeddings were (re)made
     pages_check: CheckOutcome | None = None  # set when the pages were (re)rendered
+    source_id: tuple[int, int] | None = None  # (device, inode) of the file when the run reached it
+    removed: bool = False  # removed or replaced while this run indexed it: dropped, nothing recorded
 
     @property
     def ok(self) -> bool:
@@ -67,6 +77,25 @@ class DocumentResult:
         if stage not in self.stages:
             return False
         return not self.failed_stage or STAGES.index(stage) < STAGES.index(self.failed_stage)
+
+    @property
+    def active(self) -> bool:
+        """Still on its way through the stages."""
+        return self.ok and not self.removed
+
+    def source_gone(self) -> bool:
+        """Is the file gone, or another file now (a delete, or a delete and a new upload of that name)?"""
+        try:
+            stat = os.stat(self.path) if self.path else None
+        except OSError:
+            return True
+        return stat is None or (stat.st_dev, stat.st_ino) != self.source_id
+
+    def drop(self) -> None:
+        """Forget what this run did for it: no materialisation, no check, no failure."""
+        self.removed, self.error = True, ""
+        self.stages.clear()
+        self.embedding_check = self.pages_check = None
 
     def fail(self, stage: str, error: BaseException | str) -> None:
         self.failed_stage = self.failed_stage or stage
@@ -95,6 +124,10 @@ class RunReport:
     @property
     def failed(self) -> dict[str, str]:
         return {d.key: d.error for d in self.documents if not d.ok}
+
+    @property
+    def removed(self) -> list[str]:
+        return [d.key for d in self.documents if d.removed]
 
     @property
     def pages(self) -> int:
@@ -162,7 +195,7 @@ class _Run:
         if path is None:
             result.fail("raw", f"{key}: no file in {self.settings.inbox} has this partition key (moved or deleted?)")
             return result
-        result.document = path.relative_to(self.settings.inbox).as_posix()
+        result.document = document_name(self.settings.inbox, path)
         stage = "raw"
         if len(result.document) > MAX_DOCUMENT_CHARS:  # before any artifact: the index could not store it
             result.fail(
@@ -172,15 +205,20 @@ class _Run:
             )
             return result
         try:
+            stat = path.stat()
+            result.source_id = (stat.st_dev, stat.st_ino)
             previous = _read_manifest(self.settings.pages_dir / key)
             result.stages["raw"] = self._raw(path, previous)
             if "pages" in self.stages:
                 stage = "pages"
                 result.stages["pages"] = self._pages(key, path, result.stages["raw"], previous, result)
+                with self.locked([result]):  # written outside the lock: a removal may have run meanwhile
+                    if result.removed:
+                        shutil.rmtree(self.settings.pages_dir / key, ignore_errors=True)
         except Exception as error:  # noqa: BLE001 - one document must not take down the others
             if not isinstance(error, DocumentError | OSError):
                 log.debug("preparing %s failed", key, exc_info=True)
-            result.fail(stage, error)
+            self._fail_unless_removed(result, stage, error)
         return result
 
     def _raw(self, path: Path, previous: Manifest | None) -> StageOutcome:
@@ -198,8 +236,8 @@ class _Run:
         )
         sha = previous.source_sha256 if same_file and previous else file_sha256(path)
         metadata = {
-            "path": str(path.resolve()),
-            "relative_path": path.relative_to(self.settings.inbox).as_posix(),
+            "path": readable(str(path.resolve())),
+            "relative_path": document_name(self.settings.inbox, path),
             "bytes": stat.st_size,
             "sha256": sha,
             "mtime_ns": stat.st_mtime_ns,
@@ -248,7 +286,7 @@ class _Run:
             for number, future in enumerate(futures, 1):
                 result = future.result()
                 self.report.documents.append(result)
-                if not result.ok or "embeddings" not in self.stages:
+                if not result.active or "embeddings" not in self.stages:
                     self.on_document(result)
                     continue
                 pending = self._plan(result)
@@ -281,34 +319,68 @@ class _Run:
         try:
             return plan_embedding(self.settings.pages_dir / result.key, out, self.identity, self.cache, version)
         except (OSError, ValueError, KeyError) as error:
-            result.fail("embeddings", error)
+            self._fail_unless_removed(result, "embeddings", error)
             return None
 
     def _flush(self, wave: list[tuple[DocumentResult, Any]]) -> None:
         if not wave:
             return
-        self._embed_wave([(r, p) for r, p in wave if p is not None and r.ok])
+        self._embed_wave([(r, p) for r, p in wave if p is not None and r.active])
         if "index" in self.stages:
-            self._index_wave([r for r, _ in wave if r.ok])
+            self._index_wave([r for r, _ in wave if r.active])
         for result, _ in wave:
             self.on_document(result)
 
     def _embed_wave(self, wave: list[tuple[DocumentResult, Any]]) -> None:
         from colqwen_pipeline.embedding.document import embed_missing, finish_embedding, identity_metadata
 
-        pendings = [p for _, p in wave]
-        if any(p.missing for p in pendings):
-            figures = embed_missing(self.embedder(), pendings, self.say)
-            _accumulate(self.report.forward, figures)
+        wave = self._embed_pages(wave, embed_missing)
         for result, pending in wave:
             try:
-                artifact = finish_embedding(pending, self.identity, self.cache)
+                with self.locked([result]):
+                    if result.removed:
+                        continue
+                    artifact = finish_embedding(pending, self.identity, self.cache)
             except (OSError, ValueError) as error:
-                result.fail("embeddings", error)
+                self._fail_unless_removed(result, "embeddings", error)
                 continue
             metadata = _embeddings_metadata(artifact) | pending.stats | identity_metadata(self.identity)
             result.stages["embeddings"] = StageOutcome(pending.version, True, metadata)
             self._check_embeddings(result, artifact)
+
+    def _embed_pages(self, wave: list[tuple[DocumentResult, Any]], embed_missing: Callable) -> list:
+        """The model forward of the wave's missing pages. A page file that vanished mid-wave is of a
+        document being removed: that document is dropped and the rest of the wave embedded again."""
+        while any(p.missing for _, p in wave):
+            try:
+                _accumulate(self.report.forward, embed_missing(self.embedder(), [p for _, p in wave], self.say))
+                break
+            except FileNotFoundError:
+                removed = [r for r, _ in wave if self._drop_if_removed(r)]
+                if not removed:
+                    raise
+                wave = [(r, p) for r, p in wave if not r.removed]
+        return wave
+
+    @contextlib.contextmanager
+    def locked(self, results: Sequence[DocumentResult]) -> Iterator[None]:
+        """The documents' locks, held around a write; on entry, drops those whose file is gone."""
+        with document_locks(self.settings.home_dir, [r.key for r in results]):
+            for result in results:
+                self._drop_if_removed(result)
+            yield
+
+    def _drop_if_removed(self, result: DocumentResult) -> bool:
+        if not result.removed and result.source_gone():
+            result.drop()
+            self.say(f"{printable(result.document or result.key)}: removed while it was being indexed; dropped")
+        return result.removed
+
+    def _fail_unless_removed(self, result: DocumentResult, stage: str, error: BaseException) -> None:
+        """An error of a document whose file went away meanwhile is its removal, not a failure."""
+        with self.locked([result]):
+            if not result.removed:
+                result.fail(stage, error)
 
     def _check_embeddings(self, result: DocumentResult, artifact: EmbeddingArtifact, quiet: bool = False) -> None:
         """Blocking, per document: embeddings that fail the check never reach Milvus. ``quiet``:
@@ -327,7 +399,10 @@ class _Run:
             version = versions.index_version(
                 embeddings.version, physical, target.schema_version, self.settings.index_centroids_per_page
             )
-            todo.append((result, version, EmbeddingArtifact.read(self.settings.embeddings_dir / result.key)))
+            try:
+                todo.append((result, version, EmbeddingArtifact.read(self.settings.embeddings_dir / result.key)))
+            except (OSError, ValueError, KeyError) as error:
+                self._fail_unless_removed(result, "index", error)
         stored = target.token_counts_by_document([r.key for r, _, _ in todo])  # one query for the wave
         rows: list[DocumentRows] = []
         for result, version, artifact in todo:
@@ -348,14 +423,17 @@ class _Run:
             rows.append(document)
         if not rows:
             return
-        started = time.perf_counter()
-        written = target.replace_documents(rows, self.identity.fingerprint, self.identity.dim)
-        seconds = _since(started)
-        for result, version, artifact in todo:
-            if result.key in written:
-                _stamp(result, version, written[result.key], artifact.directory).write(artifact.directory)
-                metadata = self._index_metadata(artifact, target) | {"write_seconds_of_wave": seconds}
-                result.stages["index"] = StageOutcome(version, True, metadata)
+        writing = {r.key: r for r, _, _ in todo}
+        with self.locked([writing[d.doc_id] for d in rows]):
+            rows = [d for d in rows if not writing[d.doc_id].removed]
+            started = time.perf_counter()
+            written = target.replace_documents(rows, self.identity.fingerprint, self.identity.dim) if rows else {}
+            seconds = _since(started)
+            for result, version, artifact in todo:
+                if result.key in written:
+                    _stamp(result, version, written[result.key], artifact.directory).write(artifact.directory)
+                    metadata = self._index_metadata(artifact, target) | {"write_seconds_of_wave": seconds}
+                    result.stages["index"] = StageOutcome(version, True, metadata)
 
     def _index_metadata(self, artifact: EmbeddingArtifact, target: DocumentIndex) -> dict[str, Any]:
         return {"tokens_indexed": artifact.total_tokens, "collection": target.collection, "uri": target.uri}

@@ -11,9 +11,10 @@ import shutil
 from collections.abc import Callable
 from typing import Any
 
+from colqwen_pipeline.common.document_locks import document_locks
 from colqwen_pipeline.documents.manifest import Manifest
 from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
-from colqwen_pipeline.inbox import file_sha256, find_document
+from colqwen_pipeline.inbox import document_name, file_sha256, find_document, readable
 from colqwen_pipeline.index import make_index
 from colqwen_pipeline.index.base import DocumentIndex, Hit, PageRows
 from colqwen_pipeline.settings import Settings
@@ -25,8 +26,8 @@ Log = Callable[[str], None]
 def describe_source(settings: Settings, key: str) -> dict[str, Any]:
     path = find_document(settings.inbox, key)
     return {
-        "path": str(path.resolve()),
-        "relative_path": path.relative_to(settings.inbox).as_posix(),
+        "path": readable(str(path.resolve())),
+        "relative_path": document_name(settings.inbox, path),
         "bytes": path.stat().st_size,
         "sha256": file_sha256(path),
     }
@@ -54,7 +55,7 @@ def embed_stage(settings: Settings, key: str, log: Log = log.info) -> tuple[Embe
 def index_stage(settings: Settings, key: str, index: DocumentIndex | None = None) -> int:
     """Replace the document's rows in Milvus with its current embeddings; returns token vectors indexed."""
     artifact = EmbeddingArtifact.read(settings.embeddings_dir / key)
-    document = find_document(settings.inbox, key).relative_to(settings.inbox).as_posix()
+    document = document_name(settings.inbox, find_document(settings.inbox, key))
     pages = [
         PageRows(p["page"], p["sha256"], artifact.page_vectors(i), p["image"]) for i, p in enumerate(artifact.pages)
     ]
@@ -63,10 +64,14 @@ def index_stage(settings: Settings, key: str, index: DocumentIndex | None = None
 
 
 def remove_document(settings: Settings, key: str, index: DocumentIndex | None = None) -> None:
-    """Forget a document everywhere: rows first, then artifacts (a crash leaves no orphan rows)."""
-    (index or make_index(settings)).delete_document(key)
-    for directory in (settings.pages_dir / key, settings.embeddings_dir / key):
-        shutil.rmtree(directory, ignore_errors=True)
+    """Forget a document everywhere: rows first, then artifacts (a crash leaves no orphan rows).
+
+    Call it once the file is gone from the inbox: under the document's lock, so an ingest in another
+    process either wrote before (and this removes it) or finds the file gone and writes nothing."""
+    with document_locks(settings.home_dir, [key]):
+        (index or make_index(settings)).delete_document(key)
+        for directory in (settings.pages_dir / key, settings.embeddings_dir / key):
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def search(query: str, top_k: int = 5, settings: Settings | None = None, doc_ids: list[str] | None = None) -> list[Hit]:

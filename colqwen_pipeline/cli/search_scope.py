@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from colqwen_pipeline.common.errors import PipelineError
-from colqwen_pipeline.inbox import InboxError, document_key, inbox_files
+from colqwen_pipeline.inbox import InboxError, document_key, document_name, inbox_files, printable, readable
 from colqwen_pipeline.index.base import DocumentIndex
 from colqwen_pipeline.settings import Settings
 
@@ -49,12 +49,13 @@ def search_scope(settings: Settings, index: DocumentIndex, wanted: list[str]) ->
 
 
 def indexed_names(settings: Settings, keys: set[str]) -> dict[str, str]:
-    """Key -> path relative to the inbox, for the indexed documents still in the inbox (others: the key)."""
+    """Key -> path relative to the inbox as users see it (inbox.readable), for the indexed documents
+    still in the inbox (others: the key)."""
     try:
         files = inbox_files(settings.inbox)
     except InboxError:  # searching from another folder: the keys still work
         files = {}
-    return {key: files[key].relative_to(settings.inbox).as_posix() if key in files else key for key in keys}
+    return {key: document_name(settings.inbox, files[key]) if key in files else key for key in keys}
 
 
 def resolve_documents(settings: Settings, index: DocumentIndex, wanted: list[str]) -> list[str]:
@@ -76,7 +77,8 @@ def _matches(settings: Settings, keys: set[str], names: dict[str, str], name: st
         return [name]
     candidates = [document_key(name), _key_of_path(settings, name)]
     found = [key for key in candidates if key in keys]
-    return found[:1] or sorted(key for key, relative in names.items() if Path(relative).name == name)
+    shown = readable(name)  # a name typed as its bytes or as it is shown
+    return found[:1] or sorted(key for key, relative in names.items() if Path(relative).name == shown)
 
 
 def _key_of_path(settings: Settings, name: str) -> str:
@@ -87,4 +89,4 @@ def _key_of_path(settings: Settings, name: str) -> str:
 def _miss_message(name: str, names: dict[str, str]) -> str:
     listed = [relative if relative == key else f"{relative} ({key})" for key, relative in sorted(names.items())]
     more = f", and {len(listed) - LISTED_DOCUMENTS} more" if len(listed) > LISTED_DOCUMENTS else ""
-    return f"--doc {name!r} is no indexed document; indexed: {', '.join(listed[:LISTED_DOCUMENTS])}{more}"
+    return f"--doc '{printable(name)}' is no indexed document; indexed: {', '.join(listed[:LISTED_DOCUMENTS])}{more}"

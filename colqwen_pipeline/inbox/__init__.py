@@ -27,20 +27,37 @@ def file_sha256(path: Path) -> str:
         return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
+def readable(text: str) -> str:
+    r"""Text that every UTF-8 surface (JSON, HTML, Milvus VARCHAR, Dagster) can carry. A file name
+    that is not UTF-8 (a Latin-1 ``caf\xe9.pdf`` from a Samba share) reaches Python with its odd
+    bytes as lone surrogates, which no UTF-8 encoder accepts: they are written ``\xe9`` instead,
+    as ``ls -b`` does. A UTF-8 name is returned unchanged."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate no file name decodes to: not from the file system
+        return text.encode("utf-8", "backslashreplace").decode()
+
+
 def printable(name: str) -> str:
-    """A file name as it may appear in one log line: control characters (a newline in a name
-    would split the line) written as escapes; any other character, non-ASCII included, as is."""
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in name)
+    """A file name as it may appear in one log line: readable(), and control characters (a newline
+    in a name would split the line) written as escapes; any other character, non-ASCII included, as is."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in readable(name))
+
+
+def document_name(inbox: Path, path: Path) -> str:
+    """The document's path relative to the inbox, as users see it (search hits, /documents, logs)."""
+    return readable(path.relative_to(inbox).as_posix())
 
 
 def document_key(relative_path: str) -> str:
-    """Stable, readable and safe: a slug of the path plus a short hash of it.
+    r"""Stable, readable and safe: a slug of the path plus a short hash of it.
 
     ``reports/Annual 2025.pdf`` -> ``reports_annual_2025.pdf-1a2b3c4d``. The hash keeps two paths
-    that slug alike apart; the slug keeps the key readable in the UI.
+    that slug alike apart; the slug keeps the key readable in the UI. The hash is of the name's bytes
+    on disk, so a name that is not UTF-8 has a key of its own too (``caf\xe9.pdf`` -> ``caf_.pdf-…``).
     """
     slug = re.sub(r"[^a-z0-9._-]+", "_", relative_path.lower()).strip("_")[:80] or "document"
-    digest = hashlib.sha256(relative_path.encode()).hexdigest()[:8]
+    digest = hashlib.sha256(os.fsencode(relative_path)).hexdigest()[:8]
     return f"{slug}-{digest}"
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from colqwen_pipeline.documents.manifest import DocumentError, Manifest
-from colqwen_pipeline.inbox import IGNORED_PREFIXES, inbox_files
+from colqwen_pipeline.inbox import IGNORED_PREFIXES, document_name, inbox_files
 from colqwen_pipeline.service.limits import Refused
 from colqwen_pipeline.settings import Settings
 
@@ -229,7 +229,7 @@ def document_statuses(settings: Settings, indexed: set[str], indexer: Indexer) -
     failed |= failed_in_runs(settings, waiting)
     statuses = []
     for doc_id, path in files.items():
-        entry: dict[str, Any] = {"doc_id": doc_id, "document": path.relative_to(settings.inbox).as_posix()}
+        entry: dict[str, Any] = {"doc_id": doc_id, "document": document_name(settings.inbox, path)}
         if doc_id in failed:
             entry |= {"status": "failed", "reason": failed[doc_id]}
         elif doc_id in indexed:
@@ -275,4 +275,4 @@ def remove_document(settings: Settings, doc_id: str, lock: threading.Lock) -> st
             path.unlink(missing_ok=True)  # first: a sensor tick after this sees a deletion, never a new file
         stages.remove_document(settings, doc_id, index)
         forget_partition(settings, doc_id)
-    return path.relative_to(settings.inbox).as_posix() if path else doc_id
+    return document_name(settings.inbox, path) if path else doc_id
