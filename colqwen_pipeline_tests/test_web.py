@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import os
+import re
 import subprocess
 import sys
 import time
@@ -111,8 +112,10 @@ def test_sign_in_sets_an_http_only_cookie_that_opens_the_page(server: str) -> No
     with httpx.Client(base_url=server) as browser_like:
         page = browser_like.get("/", headers={"accept": "text/html"})
         assert page.status_code == 401 and 'name="key"' in page.text  # the sign-in form, not a JSON error
-        assert browser_like.post("/sign-in", data={"key": "not-the-key-0123456789"}).status_code == 401
-        signed = browser_like.post("/sign-in", data={"key": KEY})
+        csrf = re.search(r'name="csrf" value="(\w+)"', page.text).group(1)
+        assert browser_like.post("/sign-in", data={"key": KEY}).status_code == 403  # no form token
+        assert browser_like.post("/sign-in", data={"key": "not-the-key-0123456789", "csrf": csrf}).status_code == 401
+        signed = browser_like.post("/sign-in", data={"key": KEY, "csrf": csrf})
         assert signed.status_code == 303
         cookie = signed.headers["set-cookie"]
         assert "HttpOnly" in cookie and "samesite=strict" in cookie.lower() and KEY not in cookie

@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field
 from colqwen_pipeline.embedding.identity import model_marker
 from colqwen_pipeline.embedding.remote import Encoding, encode_vectors
 from colqwen_pipeline.service.auth import ApiKeyAuth, ApiKeys
+from colqwen_pipeline.service.csrf import FormTokens, SameOriginGuard
 from colqwen_pipeline.service.disclosure import public_model_info
 from colqwen_pipeline.service.html import sign_in_page
 from colqwen_pipeline.service.limits import (
@@ -80,11 +81,13 @@ def create_app(
         upload_bytes=upload_bytes,
         upload_paths=UPLOAD_PATHS,
     )
-    app.add_middleware(ApiKeyAuth, keys=keys, sign_in_page=sign_in_page)  # outermost: before any body is read
+    forms = FormTokens()
+    app.add_middleware(ApiKeyAuth, keys=keys, sign_in_page=lambda session: sign_in_page("", forms.token(session)))
+    app.add_middleware(SameOriginGuard)  # outermost: a cross-site post is refused before its key or body is read
     _add_error_handlers(app)
     _add_health_routes(app, holder)
     _add_model_routes(app, holder, settings)
-    app.state.web = add_web_routes(app, holder, settings, keys)
+    app.state.web = add_web_routes(app, holder, settings, keys, forms)
     return app
 
 

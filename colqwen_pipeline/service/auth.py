@@ -19,6 +19,7 @@ from pathlib import Path
 from urllib.parse import parse_qs
 
 from colqwen_pipeline.common.errors import PipelineError
+from colqwen_pipeline.service.csrf import FORM_FIELD
 from colqwen_pipeline.settings import Settings
 
 COOKIE = "colqwen_session"
@@ -109,9 +110,10 @@ def session_cookie(headers: dict[bytes, bytes]) -> str | None:
     return None
 
 
-def sign_in_key(body: bytes) -> str:
-    """The key from the sign-in form (application/x-www-form-urlencoded)."""
-    return parse_qs(body.decode("utf-8", "replace")).get("key", [""])[0].strip()
+def sign_in_form(body: bytes) -> tuple[str, str]:
+    """The key and the form token from the sign-in form (application/x-www-form-urlencoded)."""
+    fields = parse_qs(body.decode("utf-8", "replace"))
+    return fields.get("key", [""])[0].strip(), fields.get(FORM_FIELD, [""])[0]
 
 
 Send = Callable[[dict], Awaitable[None]]
@@ -120,7 +122,8 @@ Send = Callable[[dict], Awaitable[None]]
 class ApiKeyAuth:
     """ASGI middleware: 401 for a request without a valid key (a sign-in page for a browser's GET)."""
 
-    def __init__(self, app, keys: ApiKeys, sign_in_page: Callable[[str], str]):
+    def __init__(self, app, keys: ApiKeys, sign_in_page: Callable[[str | None], str]):
+        """``sign_in_page(session)``: the form, for the browser holding that session cookie (or none)."""
         self.app, self.keys, self.sign_in_page = app, keys, sign_in_page
 
     async def __call__(self, scope, receive, send: Send) -> None:
@@ -129,7 +132,8 @@ class ApiKeyAuth:
             return
         wants_html = b"text/html" in dict(scope["headers"]).get(b"accept", b"")
         if wants_html and scope["method"] == "GET":
-            await respond(send, 401, self.sign_in_page("").encode(), b"text/html; charset=utf-8")
+            page = self.sign_in_page(session_cookie(dict(scope["headers"])))
+            await respond(send, 401, page.encode(), b"text/html; charset=utf-8")
         else:
             body = json.dumps({"detail": "missing or wrong API key: send Authorization: Bearer KEY"}).encode()
             await respond(send, 401, body, b"application/json", [(b"www-authenticate", b"Bearer")])

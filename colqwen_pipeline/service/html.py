@@ -10,6 +10,8 @@ from html import escape
 from typing import Any
 from urllib.parse import quote, urlencode
 
+from colqwen_pipeline.service.csrf import FORM_FIELD
+
 THUMB_WIDTH = 360
 VIEW_WIDTH = 1000
 
@@ -72,8 +74,15 @@ STATUS_SCRIPT = """
 """
 
 
-def layout(title: str, body: str, model: dict[str, Any] | None, signed_in: bool = False) -> str:
-    sign_out = '<form method="post" action="/sign-out"><button class="quiet">Sign out</button></form>'
+def form_token(csrf: str) -> str:
+    """The hidden field that proves a form was served by this server (csrf.py)."""
+    return f'<input type="hidden" name="{FORM_FIELD}" value="{escape(csrf)}">'
+
+
+def layout(title: str, body: str, model: dict[str, Any] | None, signed_in: bool = False, csrf: str = "") -> str:
+    sign_out = (
+        f'<form method="post" action="/sign-out">{form_token(csrf)}<button class="quiet">Sign out</button></form>'
+    )
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{escape(title)} · colqwen-pipeline</title><style>{STYLE}</style></head>
@@ -123,11 +132,11 @@ def view_url(doc_id: str, page: int, query: str, token: int | None = None) -> st
     return f"/view/{quote(doc_id, safe='')}/{page}?{urlencode(params)}"
 
 
-def documents_section(documents: list[dict[str, Any]], notice: str = "") -> str:
-    rows = "".join(document_row(d) for d in documents) or '<tr><td colspan="3">No documents yet.</td></tr>'
+def documents_section(documents: list[dict[str, Any]], csrf: str, notice: str = "") -> str:
+    rows = "".join(document_row(d, csrf) for d in documents) or '<tr><td colspan="3">No documents yet.</td></tr>'
     notice_html = f'<p role="status" class="warning">{escape(notice)}</p>' if notice else ""
     return f"""<section id="documents" aria-labelledby="documents-title"><h2 id="documents-title">Documents</h2>
-{notice_html}<form action="/upload" method="post" enctype="multipart/form-data">
+{notice_html}<form action="/upload" method="post" enctype="multipart/form-data">{form_token(csrf)}
 <label for="file">Add a document (PDF, DOCX, PPTX, XLSX, PNG, JPEG, TIFF):</label>
 <input id="file" name="file" type="file" required> <button type="submit">Upload</button></form>
 <table><thead><tr><th scope="col">Document</th><th scope="col">Status</th><th scope="col">
@@ -135,12 +144,12 @@ def documents_section(documents: list[dict[str, Any]], notice: str = "") -> str:
 <script>{STATUS_SCRIPT}</script></section>"""
 
 
-def document_row(document: dict[str, Any]) -> str:
+def document_row(document: dict[str, Any], csrf: str) -> str:
     doc_id = document["doc_id"]
     action = f"/documents/{quote(doc_id, safe='')}/delete"
     return f"""<tr><td>{escape(document["document"])}</td>
 <td id="status-{escape(doc_id)}" data-status="{escape(document["status"])}">{escape(status_text(document))}</td>
-<td><form method="post" action="{escape(action)}"><button class="quiet"
+<td><form method="post" action="{escape(action)}">{form_token(csrf)}<button class="quiet"
  aria-label="Remove {escape(document["document"])}">Remove</button></form></td></tr>"""
 
 
@@ -194,9 +203,9 @@ def page_links(doc_id: str, page: int, pages: int, query: str) -> str:
     return f"<p>{' · '.join(links)}</p>" if links else ""
 
 
-def sign_in_page(message: str) -> str:
+def sign_in_page(message: str, csrf: str) -> str:
     problem = f'<p class="error" role="alert">{escape(message)}</p>' if message else ""
-    body = f"""<h2>Sign in</h2>{problem}<form method="post" action="/sign-in">
+    body = f"""<h2>Sign in</h2>{problem}<form method="post" action="/sign-in">{form_token(csrf)}
 <label for="key">API key</label><br><input id="key" name="key" type="password" autocomplete="current-password"
  required autofocus size="40"> <button type="submit">Sign in</button></form>
 <p class="muted">Programs send the key as <code>Authorization: Bearer KEY</code>.</p>"""

@@ -8,13 +8,14 @@ import logging
 import threading
 from typing import Any
 
-from fastapi import FastAPI, File, Query, Request, UploadFile
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
 from colqwen_pipeline.embedding.identity import model_marker
 from colqwen_pipeline.inbox import document_key
 from colqwen_pipeline.service import heatmap, html
-from colqwen_pipeline.service.auth import COOKIE, ApiKeys, sign_in_key
+from colqwen_pipeline.service.auth import COOKIE, ApiKeys, sign_in_form
+from colqwen_pipeline.service.csrf import EXPIRED_FORM, FormTokens
 from colqwen_pipeline.service.limits import Refused, check_query, check_query_tokens
 from colqwen_pipeline.service.model import ModelHolder, NotReady
 from colqwen_pipeline.service.pages import DocumentIds, PageStore, check_width, thumbnail_jpeg
@@ -30,10 +31,10 @@ IMAGE_CACHE = {"cache-control": "private, max-age=60"}
 class Web:
     """What the routes share: settings, the model, the index's ids, the page store, the indexer."""
 
-    def __init__(self, holder: ModelHolder, settings: Settings, keys: ApiKeys):
+    def __init__(self, holder: ModelHolder, settings: Settings, keys: ApiKeys, forms: FormTokens):
         from colqwen_pipeline.index import make_index
 
-        self.holder, self.settings, self.keys = holder, settings, keys
+        self.holder, self.settings, self.keys, self.forms = holder, settings, keys, forms
         self.indexed = DocumentIds(lambda: make_index(holder.settings).document_ids())
         self.pages = PageStore(settings, self.indexed)
         self.uploads = UploadStore(settings)
@@ -48,6 +49,14 @@ class Web:
         if self._prompt is None:
             self._prompt = heatmap.prompt_tokens(processor)
         return self._prompt
+
+    def csrf(self, request: Request) -> str:
+        """The form token of this browser (bound to its session cookie)."""
+        return self.forms.token(request.cookies.get(COOKIE))
+
+    def check_form(self, request: Request, csrf: str) -> None:
+        if not self.forms.valid(csrf, request.cookies.get(COOKIE)):
+            raise Refused(403, EXPIRED_FORM)
 
     def documents(self) -> list[dict[str, Any]]:
         return document_statuses(self.settings, self.indexed(), self.indexer)
@@ -101,8 +110,8 @@ class Web:
         return [processor.tokenizer.decode([i]).strip() or "␣" for i in ids]
 
 
-def add_web_routes(app: FastAPI, holder: ModelHolder, settings: Settings, keys: ApiKeys) -> Web:
-    web = Web(holder, settings, keys)
+def add_web_routes(app: FastAPI, holder: ModelHolder, settings: Settings, keys: ApiKeys, forms: FormTokens) -> Web:
+    web = Web(holder, settings, keys, forms)
     _add_page_routes(app, web)
     _add_document_routes(app, web)
     _add_html_routes(app, web)
@@ -151,7 +160,7 @@ def _add_document_routes(app: FastAPI, web: Web) -> None:
 
 def _add_html_routes(app: FastAPI, web: Web) -> None:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def search_page(q: str = "", notice: str = "") -> HTMLResponse:
+    def search_page(request: Request, q: str = "", notice: str = "") -> HTMLResponse:
         body, status = html.search_form(q), 200
         if q:
             try:
@@ -160,11 +169,12 @@ def _add_html_routes(app: FastAPI, web: Web) -> None:
             except (Refused, NotReady) as error:
                 status = error.status if isinstance(error, Refused) else 503
                 body += f'<p class="error" role="alert">{html.escape(detail(error))}</p>'
-        body += html.documents_section(web.documents(), notice)
-        return HTMLResponse(html.layout(q or "Search", body, web.model(), web.keys.enabled), status)
+        csrf = web.csrf(request)
+        body += html.documents_section(web.documents(), csrf, notice)
+        return HTMLResponse(html.layout(q or "Search", body, web.model(), web.keys.enabled, csrf), status)
 
     @app.get("/view/{doc_id}/{page}", response_class=HTMLResponse, include_in_schema=False)
-    def view_page(doc_id: str, page: int, q: str = "", token: int | None = None) -> HTMLResponse:
+    def view_page(request: Request, doc_id: str, page: int, q: str = "", token: int | None = None) -> HTMLResponse:
         resolved = web.pages.resolve(doc_id, page)
         from colqwen_pipeline.documents.manifest import Manifest
 
@@ -173,30 +183,34 @@ def _add_html_routes(app: FastAPI, web: Web) -> None:
         document = next((d["document"] for d in web.documents() if d["doc_id"] == doc_id), doc_id)
         doc = {"doc_id": doc_id, "page": page, "document": document}
         body = html.page_view(doc, q, tokens, token, pages)
-        return HTMLResponse(html.layout(f"{document} page {page}", body, web.model(), web.keys.enabled))
+        title = f"{document} page {page}"
+        return HTMLResponse(html.layout(title, body, web.model(), web.keys.enabled, web.csrf(request)))
 
     @app.post("/upload", include_in_schema=False)
-    def upload_form(file: UploadFile = File()) -> RedirectResponse:
+    def upload_form(request: Request, file: UploadFile = File(), csrf: str = Form("")) -> RedirectResponse:
+        web.check_form(request, csrf)
         accepted = web.accept_upload(file)
         notice = f"{accepted['document']} added; it is being indexed (indexed by the {accepted['indexed_by']})."
         return RedirectResponse(f"/?{html.urlencode({'notice': notice})}#documents", status_code=303)
 
     @app.post("/documents/{doc_id}/delete", include_in_schema=False)
-    def delete_form(doc_id: str) -> RedirectResponse:
+    def delete_form(request: Request, doc_id: str, csrf: str = Form("")) -> RedirectResponse:
+        web.check_form(request, csrf)
         removed = web.remove(doc_id)
         return RedirectResponse(f"/?{html.urlencode({'notice': f'{removed} removed.'})}#documents", status_code=303)
 
 
 def _add_sign_in_routes(app: FastAPI, web: Web) -> None:
     @app.get("/sign-in", response_class=HTMLResponse, include_in_schema=False)
-    def sign_in_form() -> HTMLResponse:
-        return HTMLResponse(html.sign_in_page(""))
+    def sign_in_page(request: Request) -> HTMLResponse:
+        return HTMLResponse(html.sign_in_page("", web.csrf(request)))
 
     @app.post("/sign-in", include_in_schema=False)
     async def sign_in(request: Request) -> Response:
-        key = sign_in_key(await request.body())
+        key, csrf = sign_in_form(await request.body())
+        web.check_form(request, csrf)  # else a page elsewhere could sign this browser in with its own key
         if not web.keys.enabled or not web.keys.accepts(key):
-            return HTMLResponse(html.sign_in_page("That key is not accepted."), status_code=401)
+            return HTMLResponse(html.sign_in_page("That key is not accepted.", web.csrf(request)), status_code=401)
         response = RedirectResponse("/", status_code=303)
         secure = request.url.scheme == "https"
         token = web.keys.session_token(key)
@@ -204,7 +218,8 @@ def _add_sign_in_routes(app: FastAPI, web: Web) -> None:
         return response
 
     @app.post("/sign-out", include_in_schema=False)
-    def sign_out() -> Response:
+    def sign_out(request: Request, csrf: str = Form("")) -> Response:
+        web.check_form(request, csrf)
         response = RedirectResponse("/sign-in", status_code=303)
         response.delete_cookie(COOKIE, path="/")
         return response
