@@ -338,3 +338,28 @@ def test_a_peer_without_its_package_is_refused_with_one_line(tmp_path: Path, mon
     monkeypatch.setitem(sys.modules, "lancedb", None)  # what an install without the bench extra sees
     with pytest.raises(PipelineError, match=r"^peer 'lancedb' needs pip install '\.\[bench\]'"):
         LanceDBPeer(tmp_path)
+
+
+def test_a_path_of_1024_characters_in_three_byte_characters_is_indexed_beside_another_document(index: MilvusIndex):
+    """A server's VARCHAR limit counts UTF-8 bytes: a 734-character CJK path (2,174 bytes) failed its
+    document and an innocent one written with it (issue 26 item 5). The engine admits paths of up to
+    1,024 characters, so the index stores 1,024 characters of any script."""
+    long_path = "资料/" + "年度报告" * 255 + ".pdf"  # 1,027 characters: the longest the engine admits is 1,024
+    long_path = long_path[: 1024 - 4] + ".pdf"
+    assert len(long_path) == 1024 and len(long_path.encode()) > 3000
+    documents = [
+        milvus.DocumentRows("doc-long", long_path, unit_pages(1, 1)),
+        milvus.DocumentRows("doc-plain", "plain.pdf", unit_pages(2, 1)),
+    ]
+    assert index.replace_documents(documents, "model-x", DIM) == {"doc-long": 40, "doc-plain": 40}
+    assert index.document_ids() == {"doc-long", "doc-plain"}
+    hit = index.search([unit_pages(1, 1)[0].vectors[:4]], top_k=1)[0][0]
+    assert (hit.doc_id, hit.document) == ("doc-long", long_path)
+
+
+def test_an_image_path_over_the_byte_limit_is_refused_with_one_line_before_anything_is_written(index: MilvusIndex):
+    page = unit_pages(1, 1)[0]
+    too_long = PageRows(1, page.sha256, page.vectors, "/state/" + "页" * 3000 + ".png")
+    with pytest.raises(IndexRefused, match=r"^doc-a: page 1 image path is 9011 bytes in UTF-8, over the 8192"):
+        index.replace_document("doc-a", "a.pdf", [too_long], "model-x", DIM)
+    assert index.document_ids() == set()

@@ -64,7 +64,7 @@ from colqwen_pipeline.index.milvus_schema import (
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"  # 4: VARCHAR limits sized in bytes (milvus_schema)
 MAX_REQUEST_ROWS = 16_384  # a Milvus server's default cap on query/get/search result rows
 INSERT_BYTES = 16 << 20  # payload per insert call: few round trips, far below gRPC's limits
 FIRST_FETCH_CHUNKS = 8  # chunks fetched per candidate before knowing n_chunks (1,528 tokens at dim 128)
@@ -356,7 +356,7 @@ class MilvusIndex(DocumentIndex):
         """Rows of a new generation (k-means centroids, packed tokens), computed before a connection
         opens: a Lite file stays locked only for the inserts and deletes."""
         for doc in documents:
-            check_shapes(doc.doc_id, doc.pages, dim)
+            check_shapes(doc.doc_id, doc.pages, dim, doc.document)
         generation = new_generation()  # unique to this call, so one per document written here
         pages = [(doc, page, secrets.randbits(54)) for doc in documents for page in doc.pages]
         return NewRows(

@@ -23,6 +23,7 @@ from colqwen_pipeline.index.maxsim import (
     split_tokens,
     unpack_tokens,
 )
+from colqwen_pipeline.index.milvus_schema import DOC_ID_BYTES, DOCUMENT_BYTES, IMAGE_BYTES
 
 ROW_BITS = 8  # key = page_uid << ROW_BITS | row (a centroid, or a chunk of the page's tokens)
 
@@ -86,10 +87,21 @@ def new_generation() -> str:
     return f"{time.time_ns():020d}-{secrets.token_hex(8)}"
 
 
-def check_shapes(doc_id: str, pages: Sequence[PageRows], dim: int) -> None:
+def check_shapes(doc_id: str, pages: Sequence[PageRows], dim: int, document: str = "") -> None:
+    """Refuse, with one line, what the collections cannot hold, before anything of the write is sent:
+    one bad document must not fail the others written with it."""
+    _check_bytes(doc_id, "document id", doc_id, DOC_ID_BYTES)
+    _check_bytes(doc_id, "path", document, DOCUMENT_BYTES)
     for page in pages:
         if page.vectors.ndim != 2 or page.vectors.shape[1] != dim:
             raise IndexRefused(_shape_error(doc_id, page, dim))
+        _check_bytes(doc_id, f"page {page.page} image path", page.image, IMAGE_BYTES)
+
+
+def _check_bytes(doc_id: str, what: str, value: str, limit: int) -> None:
+    size = len(value.encode("utf-8", "surrogateescape"))
+    if size > limit:
+        raise IndexRefused(f"{doc_id}: {what} is {size} bytes in UTF-8, over the {limit} the index stores")
 
 
 def _shape_error(doc_id: str, page: PageRows, dim: int) -> str:
