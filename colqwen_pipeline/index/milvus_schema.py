@@ -15,7 +15,6 @@ log = logging.getLogger(__name__)
 # server's default, Bounded, lags writes by up to seconds; Lite is always strong).
 CONSISTENCY = "Strong"
 MIN_SERVER = (2, 3)  # partition keys, query iterators, collection properties (docs/search.md)
-_server_versions: dict[int, tuple[int, int]] = {}
 # VARCHAR limits, in UTF-8 bytes: a server counts bytes, Lite characters (issue 26: a 734-character
 # CJK path, 2,174 bytes, failed its write on a server). The engine admits document paths of up to
 # 1,024 characters, of up to 4 bytes each; the image path is the state folder's plus a key.
@@ -92,12 +91,12 @@ def open_collections(client: Any, names: list[str]) -> None:
 
 
 def server_version(client: Any) -> tuple[int, int]:
-    """(major, minor) of the Milvus server behind ``client`` (``v2.3.5-lite`` -> (2, 3)), asked once per client."""
-    if id(client) not in _server_versions:
-        text = str(client.get_server_version()).lstrip("v")
-        numbers = [int(part) for part in text.split("-")[0].split(".")[:2] if part.isdigit()]
-        _server_versions[id(client)] = (numbers + [0, 0])[0], (numbers + [0, 0])[1]
-    return _server_versions[id(client)]
+    """(major, minor) of the Milvus server behind ``client`` (``v2.3.5`` -> (2, 3); Lite's
+    ``milvus_lite-3.2.2`` -> (0, 0)). Asked each time, once per open or create: a cache keyed by
+    ``id(client)`` handed a new client the version of a collected one at the same address."""
+    text = str(client.get_server_version()).lstrip("v")
+    numbers = [int(part) for part in text.split("-")[0].split(".")[:2] if part.isdigit()]
+    return (numbers + [0, 0])[0], (numbers + [0, 0])[1]
 
 
 def require_supported_server(client: Any, uri: str) -> None:
