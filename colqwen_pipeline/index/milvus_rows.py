@@ -13,9 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from colqwen_pipeline.index.base import DocumentRows, Hit, IndexRefused, PageRows
+from colqwen_pipeline.index.base import DocumentRows, IndexRefused, PageRows
 from colqwen_pipeline.index.maxsim import (
-    maxsim,
     mean_direction,
     pack_chunk,
     packed_bytes,
@@ -24,6 +23,7 @@ from colqwen_pipeline.index.maxsim import (
     unpack_tokens,
 )
 from colqwen_pipeline.index.milvus_schema import DOC_ID_BYTES, DOCUMENT_BYTES, IMAGE_BYTES
+from colqwen_pipeline.index.two_stage import StoredPage
 
 ROW_BITS = 8  # key = page_uid << ROW_BITS | row (a centroid, or a chunk of the page's tokens)
 
@@ -36,20 +36,6 @@ class NewRows:
     page_rows: list[list[dict]]
     centroid_rows: list[list[dict]]
     generation: str
-
-
-@dataclass
-class StoredPage:
-    """One page as the exact stage reads it back."""
-
-    uid: int
-    doc_id: str
-    document: str
-    page: int
-    sha256: str
-    generation: str
-    image: str
-    vectors: np.ndarray
 
 
 def literal(value: str) -> str:
@@ -152,29 +138,6 @@ def newest(rows: Iterable[dict]) -> list[dict]:
         if key not in newest or row["generation"] > newest[key]["generation"]:
             newest[key] = row
     return list(newest.values())
-
-
-def exact_top_k(query: np.ndarray, pages: list[StoredPage], top_k: int) -> list[Hit]:
-    if not pages:
-        return []
-    scores = maxsim(query, [p.vectors for p in pages])
-    best = np.argsort(-scores, kind="stable")[:top_k]
-    return [Hit(pages[i].doc_id, pages[i].document, pages[i].page, float(scores[i]), pages[i].image) for i in best]
-
-
-def approximate_scores(results: list[list[dict]]) -> dict[int, float]:
-    """Per page: sum over query tokens of its best centroid similarity among the hits; a page
-    missing from a token's hits gets that token's lowest returned similarity (an upper bound of
-    its best centroid similarity)."""
-    best: dict[int, dict[int, float]] = {}
-    floors = []
-    for q, hits in enumerate(results):
-        floors.append(min((h["distance"] for h in hits), default=0.0))
-        for hit in hits:
-            scores = best.setdefault(hit["id"] >> ROW_BITS, {})
-            if hit["distance"] > scores.get(q, -2.0):
-                scores[q] = hit["distance"]
-    return {uid: sum(s.get(q, floors[q]) for q in range(len(results))) for uid, s in best.items()}
 
 
 def page_rows(uid: int, doc_id: str, document: str, page: PageRows, generation: str) -> list[dict]:
