@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     )
 
     # Index
+    index_backend: Literal["milvus"] = Field(
+        "milvus", description="Index implementation (index.BACKENDS); Lite or a server is chosen by the URI."
+    )
     milvus_uri: str = Field("", description="Milvus URI; empty = Milvus Lite file under home.")
     milvus_token: str = Field("", description="Milvus token/password (server only).")
     collection: str = "colqwen_pages"

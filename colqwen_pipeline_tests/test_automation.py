@@ -245,7 +245,7 @@ def test_index_schema_upgrade_is_refused_for_writes_and_rebuilt_by_a_run(state, 
     everything into collections of the current schema."""
     from colqwen_pipeline.bulk.engine import run_documents
     from colqwen_pipeline.index.base import IndexRefused
-    from colqwen_pipeline.index.milvus import MilvusIndex
+    from colqwen_pipeline.index.milvus import SCHEMA_VERSION, MilvusIndex
 
     class OlderSchema(MilvusIndex):
         schema_version = "2"
@@ -255,7 +255,8 @@ def test_index_schema_upgrade_is_refused_for_writes_and_rebuilt_by_a_run(state, 
     assert run_documents(state, [key], until="embeddings").failed == {}
     stages.index_stage(state, key, OlderSchema.from_settings(state))
     index = stages.make_index(state)
-    with pytest.raises(IndexRefused, match="index schema 2, this version writes 3: run `colqwen-pipeline ingest`"):
+    refusal = f"index schema 2, this version writes {SCHEMA_VERSION}: run `colqwen-pipeline ingest`"
+    with pytest.raises(IndexRefused, match=refusal):
         stages.index_stage(state, key)
     assert len(stages.search("pump", top_k=5, settings=state)) > 0  # still served
 
@@ -263,7 +264,7 @@ def test_index_schema_upgrade_is_refused_for_writes_and_rebuilt_by_a_run(state, 
     report = run_documents(state, [key], say=messages.append)
 
     assert report.failed == {} and report.switched_to == index.live_fingerprint()
-    assert any("index schema changed (2 -> 3)" in m for m in messages)
+    assert any(f"index schema changed (2 -> {SCHEMA_VERSION})" in m for m in messages)
     assert index.rebuild_reason(index.live_fingerprint()) is None
     assert index.document_ids() == {key} and len(stages.search("pump", top_k=5, settings=state)) > 0
     with index.client() as client:

@@ -12,7 +12,8 @@ import pytest
 from colqwen_pipeline.index.base import DocumentRows
 from colqwen_pipeline.index.milvus import MilvusIndex
 from colqwen_pipeline_tests.conftest import run_in_threads, unique_collection
-from colqwen_pipeline_tests.test_index import BACKENDS, DIM, make_test_index, unit_pages
+from colqwen_pipeline_tests.test_index import DIM, unit_pages
+from colqwen_pipeline_tests.test_milvus import BACKENDS, make_test_index
 
 
 @pytest.fixture(params=BACKENDS)
@@ -38,7 +39,7 @@ def _one_copy(index: MilvusIndex, doc_id: str, pages: int) -> None:
     rows = index.page_rows(doc_id)
     assert len({r["generation"] for r in rows}) == 1 and len(rows) == pages
     assert index.count_tokens(doc_id) == 40 * pages
-    assert index.unreachable_rows() == {}
+    assert index.check(thorough=True) == {}
     hits = index.exact_search([unit_pages(1, pages)[0].vectors[:4]], top_k=pages)[0]
     assert sorted(h.page for h in hits) == list(range(1, pages + 1))
 
@@ -71,7 +72,7 @@ def test_orphan_centroid_rows_are_reported_and_removed_by_the_next_write(index: 
     rows = index._new_rows([DocumentRows("doc-a", "a.pdf", unit_pages(1, 2))], DIM)
     with index.client() as client:
         index._insert_centroids(client, rows, DIM)  # a crashed writer's centroids without pages
-    assert index.unreachable_rows() == {"doc-a": 2 * index.centroids_per_page}
+    assert index.check(thorough=True) == {"doc-a": 2 * index.centroids_per_page}
 
     index.replace_document("doc-a", "a.pdf", unit_pages(1, 2), "model-x", DIM)
     _one_copy(index, "doc-a", 2)

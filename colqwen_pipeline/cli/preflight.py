@@ -45,13 +45,12 @@ def check_model(settings: Settings) -> None:
 
 
 def check_index(settings: Settings) -> None:
-    """Open and close the index client: an unreachable server or a bad token fails here, in one line."""
+    """The index's own check: an unreachable server or a bad token fails here, in one line."""
     from colqwen_pipeline.index import make_index
     from colqwen_pipeline.index.base import IndexRefused
 
     try:
-        with make_index(settings).client():
-            pass
+        make_index(settings).check()
     except IndexRefused as error:
         if not settings.milvus_uri:
             raise

@@ -86,7 +86,7 @@ def consistency(settings: Settings, index: DocumentIndex | None = None) -> Check
     artifact_tokens = {d: a.total_tokens for d, a in load_artifacts(settings.embeddings_dir, inbox).items()}
     with index.session():  # one connection for every count
         indexed = tokens_by_document(index, set(artifact_tokens))
-        unreachable = index.unreachable_rows()
+        unreachable = index.check(thorough=True)
     outcome = check_consistency(artifact_tokens, indexed, inbox)
     if not unreachable:
         return outcome

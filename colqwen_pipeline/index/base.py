@@ -61,16 +61,20 @@ class Hit:
 
 
 class DocumentIndex(ABC):
-    """Pages of documents, written and replaced per document, searched by MaxSim."""
+    """Pages of documents, written and replaced per document, searched by MaxSim.
 
-    collection: str
+    The whole contract (``test_index.py`` runs it on every backend): writes, search, the documents
+    held, rebuilds for a new model or schema, and a health check. Nothing else of an index is used
+    outside ``index/``."""
+
+    collection: str  # the name search reads (shown in metadata)
     uri: str
     schema_version: str
 
     # -- writes: each document all-or-nothing for search, exactly one copy after a rewrite ---------
     @abstractmethod
     def replace_documents(self, documents: Sequence[DocumentRows], fingerprint: str, dim: int) -> dict[str, int]:
-        """Write each document's pages, replacing any earlier copy; token vectors stored per doc_id."""
+        """Write each document's pages, replacing any earlier copy; returns token vectors per doc_id."""
 
     def replace_document(
         self, doc_id: str, document: str, pages: Sequence[PageRows], fingerprint: str, dim: int
@@ -80,7 +84,7 @@ class DocumentIndex(ABC):
     @abstractmethod
     def delete_document(self, doc_id: str) -> None: ...
 
-    # -- reads -------------------------------------------------------------------------------------
+    # -- search ------------------------------------------------------------------------------------
     @abstractmethod
     def search(
         self,
@@ -89,7 +93,7 @@ class DocumentIndex(ABC):
         doc_ids: Sequence[str] | None = None,
         candidates: int | None = None,
     ) -> list[list[Hit]]:
-        """Top-k pages per query."""
+        """Top-k pages per query (each page once, of the newest write of its document)."""
 
     @abstractmethod
     def exact_search(
@@ -97,22 +101,17 @@ class DocumentIndex(ABC):
     ) -> list[list[Hit]]:
         """Brute-force MaxSim over every stored page (the fidelity check's reference)."""
 
-    @abstractmethod
-    def count_tokens(self, doc_id: str | None = None) -> int: ...
-
-    @abstractmethod
-    def token_counts_by_document(self, doc_ids: Sequence[str] | None = None) -> dict[str, int]: ...
-
+    # -- the documents held ------------------------------------------------------------------------
     @abstractmethod
     def document_ids(self) -> set[str]: ...
 
     @abstractmethod
-    def unreachable_rows(self) -> dict[str, int]:
-        """Rows per document that no search can reach (left by a crashed or raced write)."""
+    def token_counts_by_document(self, doc_ids: Sequence[str] | None = None) -> dict[str, int]:
+        """Token vectors stored per document (all, or those of ``doc_ids``), over every copy on disk:
+        a count above what was written means a second copy."""
 
-    @abstractmethod
-    def page_rows(self, doc_id: str) -> list[dict]:
-        """One dict per stored page: page, page_sha256, n_tokens, generation."""
+    def count_tokens(self, doc_id: str | None = None) -> int:
+        return sum(self.token_counts_by_document(None if doc_id is None else [doc_id]).values())
 
     # -- model and schema changes: rebuild beside the live index, then switch -----------------------
     @abstractmethod
@@ -129,6 +128,13 @@ class DocumentIndex(ABC):
     @abstractmethod
     def switch_to(self, fingerprint: str) -> None:
         """Make the rebuilt index of ``fingerprint`` the searched one, in one step."""
+
+    # -- health ------------------------------------------------------------------------------------
+    @abstractmethod
+    def check(self, thorough: bool = False) -> dict[str, int]:
+        """Raise IndexRefused (one line) when the index cannot be reached or opened. ``thorough``
+        also reads every row and returns, per document, the rows no search can reach (left by a
+        crashed or raced write; the next write of the document removes them); otherwise {}."""
 
     @contextlib.contextmanager
     def session(self) -> Iterator[Any]:

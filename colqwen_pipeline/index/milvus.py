@@ -10,15 +10,16 @@ accept it unchanged, chosen by URI).
                   merge ever handles gigabytes of strings (Milvus Lite's compaction fails past
                   2 GB of strings in one merge: ~7,500 pages in a single partition).
 
-Search: all query tokens of all queries go to one ANN call over the centroids; pages are ranked
-by the approximate MaxSim those hits give; the best ``candidates`` pages are fetched by primary
-key (the key encodes page and chunk, so no filter scan and no 16384-row query cap) and scored by
-exact MaxSim. Writes are idempotent per document: a new generation is written (pages rows
-first, then centroid rows), then older generations are deleted (centroid rows first); a crash
-anywhere followed by a re-run converges to exactly one copy, and search hides an older generation.
+Search (``two_stage``): all query tokens of all queries go to one ANN call over the centroids;
+pages are ranked by the approximate MaxSim those hits give; the best ``candidates`` pages are
+fetched by primary key (``_MilvusPages``) and scored by exact MaxSim. Writes are idempotent per
+document: a new generation is written (pages rows first, then centroid rows), then older
+generations are deleted (centroid rows first); a crash anywhere followed by a re-run converges
+to exactly one copy, and search hides an older generation.
 
-Here: the class (connection through ``connection``, aliases and rebuilds, writes, reads, two-stage
-search); ``milvus_schema`` creates the collections, ``milvus_rows`` defines their rows.
+Here: the class (connection through ``connection``, aliases and rebuilds, writes, reads) and the
+page store the two-stage search reads; ``milvus_schema`` creates the collections, ``milvus_rows``
+defines their rows.
 """
 
 from __future__ import annotations
@@ -35,17 +36,14 @@ from typing import Any
 
 import numpy as np
 
-from colqwen_pipeline.index import lite_server
+from colqwen_pipeline.index import lite_server, two_stage
 from colqwen_pipeline.index.base import DocumentIndex, DocumentRows, Hit, IndexRefused
 from colqwen_pipeline.index.connection import LiteBusy, load_once, shared_client
 from colqwen_pipeline.index.milvus_rows import (
     ROW_BITS,
     NewRows,
-    StoredPage,
-    approximate_scores,
     centroid_rows,
     check_shapes,
-    exact_top_k,
     flat,
     implied_dim,
     literal,
@@ -61,27 +59,35 @@ from colqwen_pipeline.index.milvus_schema import (
     open_collections,
     require_supported_server,
 )
+from colqwen_pipeline.index.two_stage import StoredPage, TokenHit
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "3"
+SCHEMA_VERSION = "4"  # 4: VARCHAR limits sized in bytes (milvus_schema)
 MAX_REQUEST_ROWS = 16_384  # a Milvus server's default cap on query/get/search result rows
 INSERT_BYTES = 16 << 20  # payload per insert call: few round trips, far below gRPC's limits
 FIRST_FETCH_CHUNKS = 8  # chunks fetched per candidate before knowing n_chunks (1,528 tokens at dim 128)
 MAX_QUERY_VECTORS = 1024  # query tokens per first-stage call
 # Replies must stay under gRPC's 256 MB message cap (a 50-query batch at 10,000 pages once asked
-# for 401 MB): at most 2,048 rows of <= 66 KB per get, and pages decoded 256 at a time (~70 MB of
-# base64 at 780 tokens), which also bounds memory however many queries or pages a call has.
+# for 401 MB): at most 2,048 rows of <= 66 KB per get (and two_stage reads 256 pages at a time).
 MAX_GET_IDS = 2048
-FETCH_PAGES = 256
-# Search scores every page exactly when the collection holds at most this many times the candidate
-# count: the candidates would be a large share of it anyway (issue 20: 81 pages of the random-weight
-# test model gave the first stage a recall@5 of 0.46-0.48, so index_fidelity failed on the demo).
-EXACT_SHARE = 6  # with 20 candidates: up to 120 pages
 ESTIMATE_TTL_S = 5.0  # how long search trusts a row count (as stale as a server's Bounded reads)
 
 
 _GEN_FIELDS = ["doc_id", "generation"]
+PAGE_FIELDS = [
+    "page_uid",
+    "chunk",
+    "n_chunks",
+    "n_tokens",
+    "tokens",
+    "doc_id",
+    "document",
+    "page",
+    "page_sha256",
+    "generation",
+    "image",
+]
 
 
 def _quiet_pymilvus() -> None:
@@ -125,7 +131,7 @@ class MilvusIndex(DocumentIndex):
         # 994 vs 120 ms at 300 pages on 2.3.5), Bounded sees writes older than ~5 s. Counts, checks,
         # exact search and the engine's own reads are Strong (the collections' default).
         self.search_consistency = search_consistency
-        self.exact_share = EXACT_SHARE
+        self.exact_share = two_stage.EXACT_SHARE
         self._held: Any = None
         self._estimates: dict[str, tuple[float, int]] = {}  # collection -> (when, pages), see _pages_estimate
 
@@ -356,7 +362,7 @@ class MilvusIndex(DocumentIndex):
         """Rows of a new generation (k-means centroids, packed tokens), computed before a connection
         opens: a Lite file stays locked only for the inserts and deletes."""
         for doc in documents:
-            check_shapes(doc.doc_id, doc.pages, dim)
+            check_shapes(doc.doc_id, doc.pages, dim, doc.document)
         generation = new_generation()  # unique to this call, so one per document written here
         pages = [(doc, page, secrets.randbits(54)) for doc in documents for page in doc.pages]
         return NewRows(
@@ -430,11 +436,13 @@ class MilvusIndex(DocumentIndex):
             rows = list(self._iterate(client, name, expression, ["generation"]))
         return {row["generation"] for row in rows}
 
-    def unreachable_rows(self) -> dict[str, int]:
-        """Centroid rows per document whose generation has no pages rows: search cannot score
-        them (a write that lost a race or crashed left them; the next write of the document
-        removes them)."""
+    def check(self, thorough: bool = False) -> dict[str, int]:
+        """Open (and close) a client: an unreachable server or a bad token raises here, in one line.
+        ``thorough``: centroid rows per document whose generation has no pages rows (search cannot
+        score them)."""
         with self.client() as client:
+            if not thorough:
+                return {}
             if not client.has_collection(self.collection):
                 return {}
             self._load(client, self.pages, self.collection)
@@ -448,19 +456,12 @@ class MilvusIndex(DocumentIndex):
         return orphans
 
     # -- reads -----------------------------------------------------------------------------------
-    def count_tokens(self, doc_id: str | None = None) -> int:
-        """Token vectors stored (all documents, or one), over every generation on disk."""
-        return sum(self._token_counts(doc_id).values())
-
     def token_counts_by_document(self, doc_ids: Sequence[str] | None = None) -> dict[str, int]:
         """Token vectors stored per document (all, or those of ``doc_ids``), over every generation on disk."""
         if doc_ids is not None and not doc_ids:
             return {}
         expression = f"chunk == 0 and doc_id in {quote(doc_ids)}" if doc_ids else "chunk == 0"
         return dict(sorted(self._token_counts_where(expression).items()))
-
-    def _token_counts(self, doc_id: str | None) -> dict[str, int]:
-        return self._token_counts_where("chunk == 0" + (f" and doc_id == {literal(doc_id)}" if doc_id else ""))
 
     def _token_counts_where(self, expression: str) -> dict[str, int]:
         with self.client() as client:
@@ -513,7 +514,7 @@ class MilvusIndex(DocumentIndex):
             rows += client.get(name, ids=batch, output_fields=fields, consistency_level=consistency)
         return rows
 
-    # -- search ----------------------------------------------------------------------------------
+    # -- search (two_stage ranks; _MilvusPages reads) ----------------------------------------------
     def search(
         self,
         queries: Sequence[np.ndarray],
@@ -521,42 +522,13 @@ class MilvusIndex(DocumentIndex):
         doc_ids: Sequence[str] | None = None,
         candidates: int | None = None,
     ) -> list[list[Hit]]:
-        """Top-k pages per query by exact MaxSim over candidates from the centroid first stage.
-        All queries share one first-stage call; their candidates are fetched together, in groups
-        of queries whose candidates fit one bounded fetch. When the candidates would be a large
-        share of the collection anyway, every page is scored exactly (same cost, no misses)."""
-        queries = [np.asarray(q, dtype=np.float32).reshape(len(q), -1) for q in queries]
+        """Top-k pages per query: centroids first stage, exact MaxSim over the candidates (two_stage)."""
         wanted = max(candidates or self.candidates, top_k)
         with self.client() as client:
-            if not client.has_collection(self.collection) or not queries:
+            if not client.has_collection(self.collection):
                 return [[] for _ in queries]
-            # 0 means unknown (a server counts flushed rows only): then the first stage decides
-            small = 0 < self._pages_estimate(client) <= wanted * self.exact_share
-        if small:
-            return self.exact_search(queries, top_k, doc_ids)
-        with self.client() as client:
-            self._load(client, self.collection, self.pages)
-            ranked = self._first_stage(client, queries, doc_ids, wanted)
-            results: list[list[Hit]] = []
-            group = max(1, FETCH_PAGES // wanted)
-            for start in range(0, len(queries), group):
-                batch = list(zip(queries[start : start + group], ranked[start : start + group], strict=True))
-                uids = sorted({uid for _, uids in batch for uid in uids})
-                stored = self._fetch_pages(client, uids, self.search_consistency)
-                results += [exact_top_k(q, [stored[u] for u in uids if u in stored], top_k) for q, uids in batch]
-        return results
-
-    def _pages_estimate(self, client: Any) -> int:
-        """Pages in the collection, from its row statistics (a page has up to ``centroids_per_page`` rows),
-        asked at most every ``ESTIMATE_TTL_S``: the call cost ~6 ms of a 1,000-page query on Lite, and a
-        stale answer only picks the other of two exact-enough paths."""
-        when, pages = self._estimates.get(self.collection, (-ESTIMATE_TTL_S, 0))
-        if time.monotonic() - when >= ESTIMATE_TTL_S:
-            rows = int(client.get_collection_stats(self.collection).get("row_count", 0))
-            pages = -(-rows // self.centroids_per_page)
-            if pages:  # 0 is "not flushed yet" on a server: ask again next time
-                self._estimates[self.collection] = (time.monotonic(), pages)
-        return pages
+            store = _MilvusPages(self, client, self.search_consistency)
+            return two_stage.search(store, queries, top_k, doc_ids, wanted, self.exact_share)
 
     def exact_search(
         self, queries: Sequence[np.ndarray], top_k: int = 5, doc_ids: Sequence[str] | None = None
@@ -565,76 +537,7 @@ class MilvusIndex(DocumentIndex):
         with self.client() as client:
             if not client.has_collection(self.pages):
                 return [[] for _ in queries]
-            self._load(client, self.pages)
-            expression = "chunk == 0" + (f" and doc_id in {quote(doc_ids)}" if doc_ids else "")
-            heads = self._iterate(client, self.pages, expression, ["page_uid", "doc_id", "page", "generation"])
-            uids = [row["page_uid"] for row in newest(heads)]
-            best: list[list[Hit]] = [[] for _ in queries]
-            for start in range(0, len(uids), FETCH_PAGES):
-                pages = list(self._fetch_pages(client, uids[start : start + FETCH_PAGES]).values())
-                for i, query in enumerate(queries):
-                    hits = best[i] + exact_top_k(np.asarray(query, dtype=np.float32), pages, top_k)
-                    best[i] = sorted(hits, key=lambda hit: -hit.score)[:top_k]
-        return best
-
-    def _first_stage(
-        self, client: Any, queries: list[np.ndarray], doc_ids: Sequence[str] | None, wanted: int
-    ) -> list[list[int]]:
-        """Per query, the ``wanted`` pages with the best approximate MaxSim over centroid hits."""
-        tokens = np.concatenate(queries)
-        expression = f"doc_id in {quote(doc_ids)}" if doc_ids else ""
-        limit = min(self.hits_per_token, MAX_REQUEST_ROWS)
-        hits: list[list[dict]] = []
-        for start in range(0, len(tokens), MAX_QUERY_VECTORS):
-            hits += client.search(
-                self.collection,
-                data=tokens[start : start + MAX_QUERY_VECTORS].tolist(),
-                limit=limit,
-                filter=expression,
-                # The key already encodes the page; Lite answers an empty field list with every
-                # field (vectors included), ~2x slower, so ask for one short one.
-                output_fields=["doc_id"],
-                search_params={"metric_type": "IP", "params": {"ef": max(limit, 64)}},
-                consistency_level=self.search_consistency,
-            )
-        ranked, offset = [], 0
-        for query in queries:
-            scores = approximate_scores(hits[offset : offset + len(query)])
-            offset += len(query)
-            ranked.append(sorted(scores, key=scores.get, reverse=True)[:wanted])
-        return ranked
-
-    def _fetch_pages(self, client: Any, uids: list[int], consistency: str = CONSISTENCY) -> dict[int, StoredPage]:
-        """Pages' token vectors by primary key; a page whose rows come back incomplete is an error,
-        never a silently wrong score. Of two generations of one page, only the newest is kept."""
-        if not uids:
-            return {}
-        fields = [
-            "page_uid",
-            "chunk",
-            "n_chunks",
-            "n_tokens",
-            "tokens",
-            "doc_id",
-            "document",
-            "page",
-            "page_sha256",
-            "generation",
-            "image",
-        ]
-        first = [uid << ROW_BITS | c for uid in uids for c in range(FIRST_FETCH_CHUNKS)]
-        rows = self._get(client, self.pages, first, fields, consistency)
-        by_page: dict[int, list[dict]] = {}
-        for row in rows:
-            by_page.setdefault(row["page_uid"], []).append(row)
-        rest = [
-            uid << ROW_BITS | c for uid, got in by_page.items() for c in range(FIRST_FETCH_CHUNKS, got[0]["n_chunks"])
-        ]
-        for row in self._get(client, self.pages, rest, fields, consistency):
-            by_page[row["page_uid"]].append(row)
-        dim = implied_dim(by_page.values()) or self._dim(client)  # no describe call per query
-        keep = [row["page_uid"] for row in newest(got[0] for got in by_page.values())]
-        return {uid: stored_page(uid, by_page[uid], dim) for uid in keep}
+            return two_stage.exact_search(_MilvusPages(self, client, CONSISTENCY), queries, top_k, doc_ids)
 
     def _dim(self, client: Any) -> int:
         info = self.collection_info(client)
@@ -642,3 +545,83 @@ class MilvusIndex(DocumentIndex):
             return info["dim"]
         description = client.describe_collection(self.pages)
         return next(f["params"]["dim"] for f in description["fields"] if f["name"] == "vector")
+
+
+class _MilvusPages:
+    """Pages of one Milvus index as the two-stage search reads them (``two_stage.PageStore``):
+    centroids searched by ANN, tokens fetched by primary key (the key encodes page and chunk, so
+    no filter scan and no 16384-row query cap)."""
+
+    def __init__(self, index: MilvusIndex, client: Any, consistency: str):
+        self.index, self.client, self.consistency = index, client, consistency
+
+    def pages_estimate(self) -> int:
+        """Pages in the collection, from its row statistics (a page has up to ``centroids_per_page``
+        rows), asked at most every ``ESTIMATE_TTL_S``: the call cost ~6 ms of a 1,000-page query on
+        Lite, and a stale answer only picks the other of two exact-enough paths."""
+        index = self.index
+        when, pages = index._estimates.get(index.collection, (-ESTIMATE_TTL_S, 0))
+        if time.monotonic() - when >= ESTIMATE_TTL_S:
+            pages = -(-self._centroid_rows() // index.centroids_per_page)
+            index._estimates[index.collection] = (time.monotonic(), pages)
+        return pages
+
+    def _centroid_rows(self) -> int:
+        """Lite: its row statistics. A server's statistics count flushed segments only (0 for a new
+        index), so ask it to count (2.3+), as current as this search's consistency."""
+        if self.index.is_lite:
+            return int(self.client.get_collection_stats(self.index.collection).get("row_count", 0))
+        self.index._load(self.client, self.index.collection)
+        reply = self.client.query(
+            self.index.collection, filter="", output_fields=["count(*)"], consistency_level=self.consistency
+        )
+        return int(reply[0]["count(*)"])
+
+    def first_stage(self, tokens: np.ndarray, doc_ids: Sequence[str] | None) -> list[list[TokenHit]]:
+        index = self.index
+        index._load(self.client, index.collection, index.pages)
+        expression = f"doc_id in {quote(doc_ids)}" if doc_ids else ""
+        limit = min(index.hits_per_token, MAX_REQUEST_ROWS)
+        hits: list[list[TokenHit]] = []
+        for start in range(0, len(tokens), MAX_QUERY_VECTORS):
+            replies = self.client.search(
+                index.collection,
+                data=tokens[start : start + MAX_QUERY_VECTORS].tolist(),
+                limit=limit,
+                filter=expression,
+                # The key already encodes the page; Lite answers an empty field list with every
+                # field (vectors included), ~2x slower, so ask for one short one.
+                output_fields=["doc_id"],
+                search_params={"metric_type": "IP", "params": {"ef": max(limit, 64)}},
+                consistency_level=self.consistency,
+            )
+            hits += [[TokenHit(h["id"] >> ROW_BITS, h["distance"]) for h in reply] for reply in replies]
+        return hits
+
+    def page_uids(self, doc_ids: Sequence[str] | None) -> list[int]:
+        index = self.index
+        index._load(self.client, index.pages)
+        expression = "chunk == 0" + (f" and doc_id in {quote(doc_ids)}" if doc_ids else "")
+        heads = index._iterate(self.client, index.pages, expression, ["page_uid", "doc_id", "page", "generation"])
+        return [row["page_uid"] for row in newest(heads)]
+
+    def fetch(self, uids: list[int]) -> dict[int, StoredPage]:
+        """Pages' token vectors by primary key; a page whose rows come back incomplete is an error,
+        never a silently wrong score. Of two generations of one page, only the newest is kept."""
+        if not uids:
+            return {}
+        index, client = self.index, self.client
+        index._load(client, index.pages)
+        first = [uid << ROW_BITS | c for uid in uids for c in range(FIRST_FETCH_CHUNKS)]
+        rows = index._get(client, index.pages, first, PAGE_FIELDS, self.consistency)
+        by_page: dict[int, list[dict]] = {}
+        for row in rows:
+            by_page.setdefault(row["page_uid"], []).append(row)
+        rest = [
+            uid << ROW_BITS | c for uid, got in by_page.items() for c in range(FIRST_FETCH_CHUNKS, got[0]["n_chunks"])
+        ]
+        for row in index._get(client, index.pages, rest, PAGE_FIELDS, self.consistency):
+            by_page[row["page_uid"]].append(row)
+        dim = implied_dim(by_page.values()) or index._dim(client)  # no describe call per query
+        keep = [row["page_uid"] for row in newest(got[0] for got in by_page.values())]
+        return {uid: stored_page(uid, by_page[uid], dim) for uid in keep}

@@ -13,9 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from colqwen_pipeline.index.base import DocumentRows, Hit, IndexRefused, PageRows
+from colqwen_pipeline.index.base import DocumentRows, IndexRefused, PageRows
 from colqwen_pipeline.index.maxsim import (
-    maxsim,
     mean_direction,
     pack_chunk,
     packed_bytes,
@@ -23,6 +22,8 @@ from colqwen_pipeline.index.maxsim import (
     split_tokens,
     unpack_tokens,
 )
+from colqwen_pipeline.index.milvus_schema import DOC_ID_BYTES, DOCUMENT_BYTES, IMAGE_BYTES
+from colqwen_pipeline.index.two_stage import StoredPage
 
 ROW_BITS = 8  # key = page_uid << ROW_BITS | row (a centroid, or a chunk of the page's tokens)
 
@@ -35,20 +36,6 @@ class NewRows:
     page_rows: list[list[dict]]
     centroid_rows: list[list[dict]]
     generation: str
-
-
-@dataclass
-class StoredPage:
-    """One page as the exact stage reads it back."""
-
-    uid: int
-    doc_id: str
-    document: str
-    page: int
-    sha256: str
-    generation: str
-    image: str
-    vectors: np.ndarray
 
 
 def literal(value: str) -> str:
@@ -86,10 +73,21 @@ def new_generation() -> str:
     return f"{time.time_ns():020d}-{secrets.token_hex(8)}"
 
 
-def check_shapes(doc_id: str, pages: Sequence[PageRows], dim: int) -> None:
+def check_shapes(doc_id: str, pages: Sequence[PageRows], dim: int, document: str = "") -> None:
+    """Refuse, with one line, what the collections cannot hold, before anything of the write is sent:
+    one bad document must not fail the others written with it."""
+    _check_bytes(doc_id, "document id", doc_id, DOC_ID_BYTES)
+    _check_bytes(doc_id, "path", document, DOCUMENT_BYTES)
     for page in pages:
         if page.vectors.ndim != 2 or page.vectors.shape[1] != dim:
             raise IndexRefused(_shape_error(doc_id, page, dim))
+        _check_bytes(doc_id, f"page {page.page} image path", page.image, IMAGE_BYTES)
+
+
+def _check_bytes(doc_id: str, what: str, value: str, limit: int) -> None:
+    size = len(value.encode("utf-8", "surrogateescape"))
+    if size > limit:
+        raise IndexRefused(f"{doc_id}: {what} is {size} bytes in UTF-8, over the {limit} the index stores")
 
 
 def _shape_error(doc_id: str, page: PageRows, dim: int) -> str:
@@ -140,29 +138,6 @@ def newest(rows: Iterable[dict]) -> list[dict]:
         if key not in newest or row["generation"] > newest[key]["generation"]:
             newest[key] = row
     return list(newest.values())
-
-
-def exact_top_k(query: np.ndarray, pages: list[StoredPage], top_k: int) -> list[Hit]:
-    if not pages:
-        return []
-    scores = maxsim(query, [p.vectors for p in pages])
-    best = np.argsort(-scores, kind="stable")[:top_k]
-    return [Hit(pages[i].doc_id, pages[i].document, pages[i].page, float(scores[i]), pages[i].image) for i in best]
-
-
-def approximate_scores(results: list[list[dict]]) -> dict[int, float]:
-    """Per page: sum over query tokens of its best centroid similarity among the hits; a page
-    missing from a token's hits gets that token's lowest returned similarity (an upper bound of
-    its best centroid similarity)."""
-    best: dict[int, dict[int, float]] = {}
-    floors = []
-    for q, hits in enumerate(results):
-        floors.append(min((h["distance"] for h in hits), default=0.0))
-        for hit in hits:
-            scores = best.setdefault(hit["id"] >> ROW_BITS, {})
-            if hit["distance"] > scores.get(q, -2.0):
-                scores[q] = hit["distance"]
-    return {uid: sum(s.get(q, floors[q]) for q in range(len(results))) for uid, s in best.items()}
 
 
 def page_rows(uid: int, doc_id: str, document: str, page: PageRows, generation: str) -> list[dict]:

@@ -15,7 +15,10 @@ log = logging.getLogger(__name__)
 # server's default, Bounded, lags writes by up to seconds; Lite is always strong).
 CONSISTENCY = "Strong"
 MIN_SERVER = (2, 3)  # partition keys, query iterators, collection properties (docs/search.md)
-_server_versions: dict[int, tuple[int, int]] = {}
+# VARCHAR limits, in UTF-8 bytes: a server counts bytes, Lite characters (issue 26: a 734-character
+# CJK path, 2,174 bytes, failed its write on a server). The engine admits document paths of up to
+# 1,024 characters, of up to 4 bytes each; the image path is the state folder's plus a key.
+DOC_ID_BYTES, DOCUMENT_BYTES, IMAGE_BYTES = 512, 4 * 1024, 8 * 1024
 
 
 def create_collections(
@@ -40,12 +43,12 @@ def create_collections(
         schema.add_field("chunk", DataType.INT32)
         schema.add_field("n_chunks", DataType.INT32)
         schema.add_field("n_tokens", DataType.INT32)
-        schema.add_field("doc_id", DataType.VARCHAR, max_length=512, is_partition_key=True)
-        schema.add_field("document", DataType.VARCHAR, max_length=1024)
+        schema.add_field("doc_id", DataType.VARCHAR, max_length=DOC_ID_BYTES, is_partition_key=True)
+        schema.add_field("document", DataType.VARCHAR, max_length=DOCUMENT_BYTES)
         schema.add_field("page", DataType.INT32)
         schema.add_field("page_sha256", DataType.VARCHAR, max_length=64)
         schema.add_field("generation", DataType.VARCHAR, max_length=40)
-        schema.add_field("image", DataType.VARCHAR, max_length=2048)
+        schema.add_field("image", DataType.VARCHAR, max_length=IMAGE_BYTES)
         schema.add_field("tokens", DataType.VARCHAR, max_length=VARCHAR_LIMIT)
         # Every Milvus collection needs a vector field; this one (the chunk's mean direction)
         # is never searched: the centroids collection is.
@@ -60,7 +63,7 @@ def create_collections(
         client.alter_collection_properties(pages, properties)
     schema = client.create_schema(auto_id=False)
     schema.add_field("id", DataType.INT64, is_primary=True)  # page_uid << ROW_BITS | centroid
-    schema.add_field("doc_id", DataType.VARCHAR, max_length=512)
+    schema.add_field("doc_id", DataType.VARCHAR, max_length=DOC_ID_BYTES)
     schema.add_field("generation", DataType.VARCHAR, max_length=40)
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
     index = vector_index(client, index_type, lite)
@@ -88,12 +91,12 @@ def open_collections(client: Any, names: list[str]) -> None:
 
 
 def server_version(client: Any) -> tuple[int, int]:
-    """(major, minor) of the Milvus server behind ``client`` (``v2.3.5-lite`` -> (2, 3)), asked once per client."""
-    if id(client) not in _server_versions:
-        text = str(client.get_server_version()).lstrip("v")
-        numbers = [int(part) for part in text.split("-")[0].split(".")[:2] if part.isdigit()]
-        _server_versions[id(client)] = (numbers + [0, 0])[0], (numbers + [0, 0])[1]
-    return _server_versions[id(client)]
+    """(major, minor) of the Milvus server behind ``client`` (``v2.3.5`` -> (2, 3); Lite's
+    ``milvus_lite-3.2.2`` -> (0, 0)). Asked each time, once per open or create: a cache keyed by
+    ``id(client)`` handed a new client the version of a collected one at the same address."""
+    text = str(client.get_server_version()).lstrip("v")
+    numbers = [int(part) for part in text.split("-")[0].split(".")[:2] if part.isdigit()]
+    return (numbers + [0, 0])[0], (numbers + [0, 0])[1]
 
 
 def require_supported_server(client: Any, uri: str) -> None:
