@@ -81,6 +81,7 @@ class Settings(BaseSettings):
 
     # Model server (`colqwen-pipeline serve`) and the pipeline's remote mode
     model_server_url: str = Field("", description="http://host:8005 of a model server; empty = load in-process.")
+    model_server_key: str = Field("", description="API key the pipeline sends to the model server (Bearer).")
     model_server_timeout_s: float = Field(600.0, gt=0, description="Per request; a large batch on CPU is slow.")
     model_server_wait_s: float = Field(300.0, ge=0, description="How long a client waits for the server's READY.")
     server_host: str = Field("127.0.0.1", description="Bind address of `serve` (0.0.0.0 in a container).")

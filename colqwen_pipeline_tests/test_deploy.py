@@ -18,7 +18,7 @@ import yaml
 from colqwen_pipeline_tests.conftest import REPO
 
 DEPLOY = REPO / "deploy"
-SECRET = re.compile(r"PASSWORD|TOKEN|SECRET", re.IGNORECASE)
+SECRET = re.compile(r"PASSWORD|TOKEN|SECRET|KEY", re.IGNORECASE)
 REQUIRED_VARIABLE = re.compile(r"\$\{(\w+):\?[^}]*\}")
 PG_ENV = {
     "DAGSTER_PG_HOST": "db",
@@ -57,7 +57,7 @@ def test_compose_holds_no_secret_and_requires_each_from_the_environment(compose:
     required = set(REQUIRED_VARIABLE.findall((DEPLOY / "compose.yaml").read_text()))
     example = (DEPLOY / ".env.example").read_text()
 
-    assert {"REDIS_PASSWORD", "POSTGRES_PASSWORD"} <= required
+    assert {"REDIS_PASSWORD", "POSTGRES_PASSWORD", "COLQWEN_MODEL_SERVER_KEY"} <= required
     for name, service in compose["services"].items():
         for key, value in service.get("environment", {}).items():
             if SECRET.search(key):
@@ -83,6 +83,50 @@ def test_pipeline_services_reach_the_model_server_milvus_redis_and_postgres(comp
     assert server["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
     assert "/health/ready" in " ".join(server["healthcheck"]["test"])
     assert all(p.startswith("127.0.0.1:") for s in services.values() for p in s.get("ports", []))
+
+
+def compose_env(compose: dict, name: str) -> tuple[dict[str, str], list[str], dict[str, object]]:
+    """A service's environment and command as compose expands them with .env.example filled in,
+    and its mounts (target -> source)."""
+    from scripts.rehearse_production import compose_service, substitute
+
+    example = (DEPLOY / ".env.example").read_text()
+    variables = {v: f"{v.lower()}-0123456789abcdef" for v in re.findall(r"^(\w+)=$", example, re.MULTILINE)}
+    env, command = compose_service(compose, name, variables, {}, Path("/nowhere"))
+    raw = {k: substitute(v, variables) for k, v in compose["services"][name]["environment"].items()}
+    volumes = [re.fullmatch(r"(.+):(/[^:]*)(:r[ow])?", v) for v in compose["services"][name].get("volumes", [])]
+    mounts = {m.group(2): m.group(1) for m in volumes}
+    return raw, command, mounts
+
+
+def test_the_model_server_command_passes_serve_s_key_check(compose: dict) -> None:
+    """`serve --host 0.0.0.0` without keys (and without --insecure) is refused: compose must give keys."""
+    from scripts.rehearse_production import check_serve_starts
+
+    env, command, _ = compose_env(compose, "model-server")
+
+    assert command[command.index("--host") + 1] == "0.0.0.0"  # reachable from the other containers
+    check_serve_starts(env, command)  # raises AuthSetupError without keys
+
+
+def test_the_pipeline_sends_a_key_the_model_server_accepts(compose: dict) -> None:
+    server_env, _, _ = compose_env(compose, "model-server")
+    served = server_env["COLQWEN_SERVER_API_KEYS"].split(",")
+
+    for name in ("dagster-webserver", "dagster-daemon"):
+        env, _, _ = compose_env(compose, name)
+        assert env["COLQWEN_MODEL_SERVER_KEY"] in served, name
+
+
+def test_every_service_that_reads_the_inbox_mounts_it(compose: dict) -> None:
+    """`serve` lists the inbox on its page (a missing one answered / with 500) and writes uploads there."""
+    for name, service in compose["services"].items():
+        inbox = service.get("environment", {}).get("COLQWEN_INBOX")
+        if inbox is None:
+            continue
+        _, _, mounts = compose_env(compose, name)
+        assert inbox in mounts, f"{name} reads COLQWEN_INBOX={inbox} but mounts nothing there"
+        assert "INBOX_DIR" in mounts[inbox], name
 
 
 def test_compose_builds_this_repository(compose: dict) -> None:

@@ -1,6 +1,7 @@
 """The production topology of deploy/compose.yaml, rehearsed without Docker on loopback ports:
 Milvus server, Redis with a password, Postgres-backed Dagster (webserver + daemon), the model
-server; the daemon's sensor indexes dropped files and the model server's /search finds them."""
+server, each with the environment compose gives it (API keys on, the inbox as its container sees it);
+the daemon's sensor indexes dropped files and the model server's /search finds them."""
 
 from __future__ import annotations
 
@@ -27,3 +28,5 @@ def test_production_rehearsal_indexes_dropped_files_and_searches_them_over_http(
     assert summary["documents"] == 4 and len(summary["indexed"]) == 4
     assert 1 <= summary["ingest_runs"] <= 2  # four files dropped at once: one run, two if a tick splits them
     assert summary["top_hit"] is not None
+    assert summary["listed_by_the_model_server"] == summary["indexed"]  # it sees the inbox the daemon reads
+    assert summary["api_keys"].startswith("on")

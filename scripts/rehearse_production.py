@@ -3,7 +3,10 @@
 Starts, on loopback ports of its own and in a temporary directory: a Milvus 2.3.5 standalone
 server, Redis with a password, Postgres (Debian's binaries) as Dagster's storage with
 deploy/dagster.prod.yaml, the model server (`colqwen-pipeline serve`, tiny model), the
-dagster-webserver and the dagster-daemon. Then it drops the sample documents into the inbox,
+dagster-webserver and the dagster-daemon. The three project services get the environment and the
+command that deploy/compose.yaml gives them (API keys on; container paths mapped through each
+service's own volumes, so a folder a service does not mount is missing here too), on loopback
+ports; NOT_AS_IN_COMPOSE lists the few settings that differ and why. Then it drops the sample documents into the inbox,
 waits until the daemon's inbox sensor has indexed them, searches through the model server's HTTP
 API, and stops everything it started. Prints one JSON summary line; exit 0 when every step passed.
 
@@ -18,6 +21,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -72,52 +76,141 @@ def wait_for(what: str, probe, timeout_s: float, interval_s: float = 1.0):
         time.sleep(interval_s)
 
 
+# -- the compose file, read as Docker reads it ----------------------------------------------------------
+VARIABLE = re.compile(r"\$\{(\w+)(?::([?-])([^}]*))?\}")
+# What cannot be as in compose on this machine (no GPU, no weights, no binding beyond loopback), and
+# what only makes the rehearsal quicker; reported in the summary.
+NOT_AS_IN_COMPOSE = {
+    "model-server": {
+        "COLQWEN_MODEL": None,
+        "COLQWEN_BASE_MODEL": None,
+        "COLQWEN_DEVICE": "cpu",
+        "COLQWEN_PRECISION": "auto",
+    },
+    "dagster": {"COLQWEN_SENSOR_INTERVAL_S": "3", "COLQWEN_SETTLE_S": "1"},
+}
+
+
+def substitute(value: str, variables: dict[str, str]) -> str:
+    """``${X}``, ``${X:-default}``, ``${X:?message}`` as docker compose expands them."""
+
+    def one(match: re.Match) -> str:
+        name, kind, rest = match.groups()
+        if variables.get(name):
+            return variables[name]
+        if kind == "?":
+            raise ValueError(f"compose needs {name}: {rest}")
+        return rest if kind == "-" else ""
+
+    return VARIABLE.sub(one, str(value))
+
+
+def compose_service(compose: dict, name: str, variables: dict[str, str], volumes: dict[str, Path], root: Path):
+    """(environment, command) of a compose service, with paths inside the container mapped to the
+    host folders its ``volumes:`` mount there; a path it does not mount maps to a missing folder,
+    as the container would see it."""
+    service = compose["services"][name]
+    mounts: dict[str, Path] = {}
+    for volume in service.get("volumes", []):
+        source, target = substitute(volume, variables).split(":")[:2]
+        mounts[target] = volumes.get(source) or (REPO / "deploy" / source).resolve()
+    env: dict[str, str] = {}
+    for key, value in service.get("environment", {}).items():
+        value = substitute(value, variables)
+        for target in sorted(mounts, key=len, reverse=True):
+            if value == target or value.startswith(target + "/"):
+                value = str(mounts[target]) + value[len(target) :]
+                break
+        else:
+            if value.startswith("/"):
+                value = str(root / "not-mounted" / name) + value
+        env[key] = value
+    return env, [substitute(part, variables) for part in service.get("command", [])]
+
+
+def listen_locally(command: list[str], host_flag: str, port_flag: str, port: int) -> list[str]:
+    """The compose command on a loopback port of this machine (never beyond loopback here)."""
+    command = list(command)
+    command[command.index(host_flag) + 1] = "127.0.0.1"
+    command[command.index(port_flag) + 1] = str(port)
+    return command
+
+
+def check_serve_starts(env: dict[str, str], command: list[str]) -> None:
+    """What `serve` checks before it binds, with the compose host: keys off loopback, or --insecure."""
+    from colqwen_pipeline.service.auth import ApiKeys, require_keys_off_loopback
+    from colqwen_pipeline.settings import Settings
+
+    fields = {k.removeprefix("COLQWEN_").lower(): v for k, v in env.items() if k.startswith("COLQWEN_SERVER_API_KEYS")}
+    keys = ApiKeys.from_settings(Settings(_env_file=None, **fields))
+    require_keys_off_loopback(command[command.index("--host") + 1], keys, "--insecure" in command)
+
+
+def translate(env: dict[str, str], addresses: dict[str, str]) -> dict[str, str]:
+    """Compose's service names (milvus:19530 ...) replaced by the rehearsal's loopback addresses."""
+    for compose_address, local in addresses.items():
+        env = {key: value.replace(compose_address, local) for key, value in env.items()}
+    return env
+
+
 # -- the rehearsal ------------------------------------------------------------------------------------
 def rehearse(root: Path, timeout_s: float) -> dict:
+    import yaml
+
     started = time.monotonic()
     logs, inbox, home, dagster_home = root / "logs", root / "inbox", root / "state", root / "dagster_home"
     for directory in (logs, inbox, home, dagster_home):
         directory.mkdir()
     shutil.copy(REPO / "deploy" / "dagster.prod.yaml", dagster_home / "dagster.yaml")
     redis_port, pg_port, model_port, web_port = free_ports(4)
-    redis_password, pg_password = secrets.token_hex(16), secrets.token_hex(16)
+    key = secrets.token_urlsafe(24)
+    variables = {
+        "REDIS_PASSWORD": secrets.token_hex(16),
+        "POSTGRES_PASSWORD": secrets.token_hex(16),
+        "COLQWEN_MODEL_SERVER_KEY": key,
+        "COLQWEN_INBOX_DIR": str(inbox),
+    }
+    volumes = {"colqwen-state": home}
+    compose = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())
     base_env = {k: v for k, v in os.environ.items() if not k.startswith(("COLQWEN_", "DAGSTER_"))}
+    auth = {"Authorization": f"Bearer {key}"}
     with contextlib.ExitStack() as stack:
         milvus_uri = stack.enter_context(milvus_server(root / "milvus"))
         say(f"milvus server at {milvus_uri}")
-        redis_cmd = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1", "--requirepass", redis_password]
-        stack.enter_context(process("redis", [*redis_cmd, "--save", "", "--appendonly", "no"], logs, base_env))
-        stack.enter_context(postgres(root, pg_port, "dagster", pg_password, "dagster"))
+        redis_cmd = ["redis-server", "--port", str(redis_port), "--bind", "127.0.0.1"]
+        redis_cmd += ["--requirepass", variables["REDIS_PASSWORD"], "--save", "", "--appendonly", "no"]
+        stack.enter_context(process("redis", redis_cmd, logs, base_env))
+        stack.enter_context(postgres(root, pg_port, "dagster", variables["POSTGRES_PASSWORD"], "dagster"))
         say(f"postgres on 127.0.0.1:{pg_port}")
-        pipeline_env = base_env | {
-            "COLQWEN_HOME": str(home),
-            "COLQWEN_INBOX": str(inbox),
-            "COLQWEN_MILVUS_URI": milvus_uri,
-            "COLQWEN_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-            "COLQWEN_REDIS_PASSWORD": redis_password,
-        }
         model_url = f"http://127.0.0.1:{model_port}"
-        serve = [str(BIN / "colqwen-pipeline"), "serve", "--host", "127.0.0.1", "--port", str(model_port)]
-        stack.enter_context(process("model-server", serve, logs, pipeline_env))
+        addresses = {
+            "http://milvus:19530": milvus_uri,
+            "redis://redis:6379": f"redis://127.0.0.1:{redis_port}",
+            "http://model-server:8005": model_url,
+        }
+
+        def service(name: str, overrides: dict[str, str | None]) -> tuple[dict[str, str], list[str]]:
+            env, command = compose_service(compose, name, variables, volumes, root)
+            env = translate(env, addresses) | {k: v for k, v in overrides.items() if v is not None}
+            return {k: v for k, v in env.items() if overrides.get(k, "") is not None}, command
+
+        server_env, serve = service("model-server", NOT_AS_IN_COMPOSE["model-server"])
+        check_serve_starts(server_env, serve)  # as the container would: it binds beyond loopback
+        serve = listen_locally([str(BIN / serve[0]), *serve[1:]], "--host", "--port", model_port)
+        stack.enter_context(process("model-server", serve, logs, base_env | server_env))
         import httpx
 
         wait_for("model server", lambda: httpx.get(f"{model_url}/health/ready").status_code == 200, 300)
-        dagster_env = pipeline_env | {
-            "COLQWEN_MODEL_SERVER_URL": model_url,
-            "COLQWEN_SENSOR_INTERVAL_S": "3",
-            "COLQWEN_SETTLE_S": "1",
-            "DAGSTER_HOME": str(dagster_home),
-            "DAGSTER_PG_HOST": "127.0.0.1",
-            "DAGSTER_PG_PORT": str(pg_port),
-            "DAGSTER_PG_USERNAME": "dagster",
-            "DAGSTER_PG_PASSWORD": pg_password,
-            "DAGSTER_PG_DB": "dagster",
-        }
-        web = [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(web_port), "-w", "workspace.yaml"]
-        stack.enter_context(process("dagster-webserver", web, logs, dagster_env))
-        stack.enter_context(
-            process("dagster-daemon", [str(BIN / "dagster-daemon"), "run", "-w", "workspace.yaml"], logs, dagster_env)
-        )
+        assert httpx.get(f"{model_url}/info").status_code == 401, "the model server answers without a key"
+        page = httpx.get(model_url, headers=auth | {"accept": "text/html"}, timeout=60)
+        assert page.status_code == 200, f"the model server's page: HTTP {page.status_code} {page.text[:200]}"
+        dagster_overrides = NOT_AS_IN_COMPOSE["dagster"] | {"DAGSTER_HOME": str(dagster_home)}
+        dagster_overrides |= {"DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(pg_port)}
+        web_env, web = service("dagster-webserver", dagster_overrides)
+        web = listen_locally([str(BIN / web[0]), *web[1:]], "-h", "-p", web_port)
+        stack.enter_context(process("dagster-webserver", web, logs, base_env | web_env))
+        daemon_env, daemon = service("dagster-daemon", dagster_overrides)
+        stack.enter_context(process("dagster-daemon", [str(BIN / daemon[0]), *daemon[1:]], logs, base_env | daemon_env))
         web_url = f"http://127.0.0.1:{web_port}"
         wait_for("dagster-webserver", lambda: httpx.get(f"{web_url}/server_info").status_code == 200, 180)
         samples = sorted(p.name for p in SAMPLES.iterdir() if p.is_file())
@@ -127,18 +220,22 @@ def rehearse(root: Path, timeout_s: float) -> dict:
         dropped = time.monotonic()
         expected = {document_key(name) for name in samples}
 
+        def search(query: str, top_k: int) -> dict:
+            answer = httpx.post(f"{model_url}/search", json={"query": query, "top_k": top_k}, headers=auth, timeout=60)
+            return answer.json()
+
         def indexed() -> set[str] | None:
-            hits = httpx.post(f"{model_url}/search", json={"query": "report", "top_k": 50}, timeout=60).json()
-            found = {hit["doc_id"] for hit in hits.get("results", [])}
+            found = {hit["doc_id"] for hit in search("report", 50).get("results", [])}
             return found if found >= expected else None
 
         found = wait_for("documents searchable", indexed, timeout_s - (time.monotonic() - started), interval_s=3)
         searchable_s = round(time.monotonic() - dropped, 1)
-        hits = httpx.post(f"{model_url}/search", json={"query": "replace the filter cartridge", "top_k": 3}).json()
+        hits = search("replace the filter cartridge", 3)
         finished = {"SUCCESS", "FAILURE", "CANCELED"}
         runs = wait_for(
             "ingest runs finished", lambda: (r := _runs(web_url)) and all(x["status"] in finished for x in r) and r, 300
         )
+        listed = httpx.get(f"{model_url}/documents", headers=auth, timeout=60).json()["documents"]
     assert all(r["status"] == "SUCCESS" for r in runs if r["jobName"] == "ingest_job"), runs
     return {
         "ok": True,
@@ -147,6 +244,9 @@ def rehearse(root: Path, timeout_s: float) -> dict:
         "ingest_runs": sum(r["jobName"] == "ingest_job" for r in runs),
         "top_hit": hits["results"][0]["document"] if hits["results"] else None,
         "indexed": sorted(found),
+        "listed_by_the_model_server": sorted(d["doc_id"] for d in listed if d["status"] == "indexed"),
+        "api_keys": "on (the model server answered /info without a key with 401)",
+        "not_as_in_compose": NOT_AS_IN_COMPOSE,
         "seconds": round(time.monotonic() - started, 1),
     }
 

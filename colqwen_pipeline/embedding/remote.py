@@ -71,14 +71,15 @@ def identity_from(served: dict[str, Any], url: str) -> ModelIdentity:
 class RemoteEmbedder(IdentifiedModel):
     """Embeds through a model server; ``info`` and ``fingerprint`` are the server's model's."""
 
-    def __init__(self, url: str, timeout_s: float = 600.0, wait_s: float = 300.0, batch_size: int = 4):
+    def __init__(self, url: str, timeout_s: float = 600.0, wait_s: float = 300.0, batch_size: int = 4, key: str = ""):
         import httpx
 
         self.url = url.rstrip("/")
         self.batch_size = batch_size  # kept for the interface; the server batches its own forwards
         self.stats = EmbedStats()
         self.busy_wait_s = wait_s  # how long a busy server's 503 + Retry-After is waited out
-        self._http = httpx.Client(base_url=self.url, timeout=timeout_s)
+        headers = {"Authorization": f"Bearer {key}"} if key else {}  # a server with API keys refuses others
+        self._http = httpx.Client(base_url=self.url, timeout=timeout_s, headers=headers)
         self._wait_until_ready(wait_s)
         served = self._call("GET", "/info")
         self.limits: dict[str, int] = served["limits"]
@@ -150,6 +151,11 @@ class RemoteEmbedder(IdentifiedModel):
             if retry_after is None or time.monotonic() + retry_after > deadline:
                 break
             time.sleep(retry_after)  # busy (its pixel budget is full) or still loading: it said when to come back
+        if response.status_code == 401:
+            raise ModelServerError(
+                f"model server {self.url}{path}: HTTP 401: set COLQWEN_MODEL_SERVER_KEY to one of the server's "
+                "COLQWEN_SERVER_API_KEYS"
+            )
         if response.status_code != 200:
             raise ModelServerError(f"model server {self.url}{path}: HTTP {response.status_code}: {_detail(response)}")
         return response.json()
@@ -194,7 +200,11 @@ def remote_embedder(settings: Settings) -> RemoteEmbedder:
     with _lock:
         if url not in _clients:
             _clients[url] = RemoteEmbedder(
-                url, settings.model_server_timeout_s, settings.model_server_wait_s, settings.batch_size
+                url,
+                settings.model_server_timeout_s,
+                settings.model_server_wait_s,
+                settings.batch_size,
+                key=settings.model_server_key,
             )
             log.info("embedding through the model server at %s (%s)", url, _clients[url].fingerprint)
         embedder = _clients[url]
