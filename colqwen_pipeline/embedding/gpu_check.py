@@ -137,7 +137,7 @@ def forced_attention(name: str | None) -> Iterator[None]:
 
 
 def load(config: dict[str, Any], precision: str, attention: str | None = None) -> tuple[Any, float]:
-    from colqwen_pipeline.embedding.embedder import Embedder
+    from colqwen_pipeline.embedding.embedder import LocalEmbedder
     from colqwen_pipeline.embedding.identity import ModelSpec
     from colqwen_pipeline.embedding.loading import load_model
 
@@ -145,7 +145,7 @@ def load(config: dict[str, Any], precision: str, attention: str | None = None) -
     spec = ModelSpec(str(model_dir(config)), device=config["device"], precision=precision)
     with forced_attention(attention):
         model, processor, identity = load_model(spec, Path(config["work"]) / "views")
-    return Embedder(model, processor, identity), round(time.perf_counter() - started, 1)
+    return LocalEmbedder(model, processor, identity), round(time.perf_counter() - started, 1)
 
 
 def reset_peak(device: str) -> None:
