@@ -29,7 +29,7 @@ from colqwen_pipeline.settings import Settings
 
 DOCUMENT_CHECKS = {
     "pages_complete": ("page_images", "Every page of the document rendered (WARN: a partial document is indexed)."),
-    "embedding_dimension": ("page_embeddings", "Every page has tokens; vectors are the model family's width (128 or 320), finite, unit-norm."),
+    "embedding_dimension": ("page_embeddings", "Every page has tokens; vectors: the model's width, finite, unit-norm."),
     "throughput": ("page_embeddings", "Forward-only pages/s of the run that embedded the document, vs the floor."),
 }
 COLLECTION_CHECKS = {
