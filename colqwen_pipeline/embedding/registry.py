@@ -40,6 +40,7 @@ RANDOM_WEIGHTS_WARNING = (
 _lock = threading.Lock()
 _identities: dict[ModelSpec, ModelIdentity] = {}
 _loaded: dict[ModelSpec, LocalEmbedder] = {}  # at most one: a second model would double GPU memory
+_remembered: set[tuple[Path, str]] = set()  # (state directory, fingerprint) written to its known.json
 _load_count = 0
 
 
@@ -78,8 +79,9 @@ def model_identity(settings: Settings) -> ModelIdentity:
     with _lock:
         if spec not in _identities:
             _identities[spec] = identify(spec)
-            remember(settings.home_dir, spec, _identities[spec])
-        return _identities[spec]
+        identity = _identities[spec]
+    remember(settings.home_dir, spec, identity)
+    return identity
 
 
 KNOWN_MODELS = "known.json"  # under <home>/models: fingerprint -> the spec that produces it
@@ -107,10 +109,18 @@ def _known_models(home: Path) -> Iterator[dict[str, dict]]:
 def remember(home: Path, spec: ModelSpec, identity: ModelIdentity) -> None:
     """Record how to load the model of ``identity.fingerprint`` (its resolved precision: "auto" may
     resolve otherwise on another device), so search can score with it while it serves the live index."""
-    if identity.served_by:
+    if identity.served_by or (home, identity.fingerprint) in _remembered:
         return
     with _known_models(home) as known:
         known[identity.fingerprint] = dataclasses.asdict(spec) | {"precision": identity.precision}
+    _remembered.add((home, identity.fingerprint))
+
+
+def forget_identities() -> None:
+    """Forget the memoised identities and what was remembered (tests; a state directory wiped under a process)."""
+    with _lock:
+        _identities.clear()
+        _remembered.clear()
 
 
 def live_model_settings(settings: Settings) -> Settings:
@@ -160,6 +170,7 @@ def get_embedder(settings: Settings, batch_size: int | None = None) -> Embedder:
             unload_locked()
             model, processor, identity = load_model(spec, settings.home_dir / "models" / "views")
             _identities[spec] = identity
+            remember(settings.home_dir, spec, identity)
             if identity.random_weights:
                 log.warning(RANDOM_WEIGHTS_WARNING)
             embedder = LocalEmbedder(model, processor, identity, batch_size or settings.batch_size)
