@@ -303,3 +303,17 @@ def test_tiny_models_of_each_family_live_apart_under_the_state_directory(tmp_pat
     identity = registry.model_identity(settings)
 
     assert settings.tiny_model_dir.name == "tiny-colqwen3" and identity.family == "colqwen3"
+
+
+def test_full_random_colqwen3_geometry_is_the_4b_backbone():
+    """Built on the meta device: the parameter count of Qwen3-VL-4B plus the 320-d head, without 8.9 GB."""
+    import torch
+    from colpali_engine.models import ColQwen3
+
+    from colqwen_pipeline.embedding.tiny import FULL_RANDOM, _train_tokenizer
+
+    with torch.device("meta"):
+        model = ColQwen3._from_config(FULL_RANDOM["colqwen3"].config(_train_tokenizer()), dtype=torch.bfloat16)
+
+    assert 4.4e9 < sum(p.numel() for p in model.parameters()) < 4.5e9
+    assert (model.config.text_config.num_hidden_layers, model.config.vision_config.depth, model.dim) == (36, 24, 320)
