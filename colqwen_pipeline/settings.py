@@ -23,6 +23,10 @@ class Settings(BaseSettings):
     # Model
     model: str = Field("", description="Local model/adapter directory or hub id; empty = tiny test model.")
     base_model: str = Field("", description="Local base model directory for a LoRA adapter (offline use).")
+    model_family: str = Field(
+        "",
+        description="colqwen2.5, colqwen3 or colnomic; empty = read from the weights' config.",
+    )
     device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
     precision: Literal["auto", "bf16", "fp32", "4bit", "8bit"] = "auto"
     batch_size: int = Field(4, ge=1)
@@ -123,7 +127,9 @@ class Settings(BaseSettings):
     # Asset checks and evaluation (evaluation/, defs/checks.py; see docs/evaluation.md)
     eval_set: Path = Field(Path("data/eval/queries.jsonl"), description="Eval JSONL file or BEIR/ViDoRe directory.")
     eval_split: str = Field("test", description="qrels/<split>.tsv of a BEIR directory.")
-    embedding_dim: int = Field(128, ge=1, description="Token vector dimension the embedding check expects.")
+    embedding_dim: int = Field(
+        0, ge=0, description="Token vector width the embedding check expects (0: the model family's, 128 or 320)."
+    )
     norm_tolerance: float = Field(0.01, gt=0, description="Allowed |norm - 1| of a stored (fp16) token vector.")
     quality_min_ndcg_at_5: float = Field(0.5, ge=0, le=1)
     quality_min_recall_at_5: float = Field(0.7, ge=0, le=1)
@@ -151,7 +157,7 @@ class Settings(BaseSettings):
 
     @property
     def tiny_model_dir(self) -> Path:
-        return self.home_dir / "models" / "tiny-colqwen2.5"
+        return self.home_dir / "models" / f"tiny-{self.model_family or 'colqwen2.5'}"
 
     @property
     def resolved_milvus_uri(self) -> str:

@@ -222,7 +222,8 @@ def test_doc_that_matches_nothing_lists_the_indexed_documents(indexed, capsys):
 
 def test_results_carry_the_model_fingerprint_and_the_random_weights_marker(indexed, capsys):
     marker = search_json(capsys)["model"]
-    assert set(marker) == {"fingerprint", "random_weights"}
+    assert set(marker) == {"fingerprint", "family", "dim", "random_weights"}
+    assert (marker["family"], marker["dim"]) == ("colqwen2.5", 128)
     assert marker["random_weights"] is True and marker["fingerprint"].startswith("tiny-colqwen2.5@")
 
     assert main(["search", "invoice", "--top-k", "1"]) == 0

@@ -27,7 +27,8 @@ def test_cpu_dry_run_measures_every_row_and_writes_json_and_markdown(tmp_path: P
     report = json.loads((out / "device_check.json").read_text())
     assert all(step["status"] == "ok" for step in report["steps"].values()), report["steps"]
     assert report["errors"] == []
-    rows = {(r["kind"], r["precision"], r["batch_size"]): r for r in report["rows"]}
+    default = [r for r in report["rows"] if r.get("family", "colqwen2.5") == "colqwen2.5"]
+    rows = {(r["kind"], r["precision"], r["batch_size"]): r for r in default}
     assert set(rows) == {("embed", "bf16", 1), ("embed", "bf16", 2), ("embed", "4bit", 2)} | {
         ("embed", "8bit", 2),
         ("e2e", "bf16", 2),
@@ -42,8 +43,17 @@ def test_cpu_dry_run_measures_every_row_and_writes_json_and_markdown(tmp_path: P
     assert invariance["grouped_equal_sizes"] == {"max_abs": 0.0, "min_cosine": 1.0}  # the engine's batching
     assert [s["step"] for s in report["skipped"]] == ["sdpa"]  # no flash-attention on a CPU, said so
 
+    colqwen3 = [r for r in report["rows"] if r.get("family") == "colqwen3"]  # the other family, beside it
+    assert [(r["precision"], r["batch_size"], r["visual_tokens"]) for r in colqwen3] == [
+        ("bf16", 1, 744),
+        ("bf16", 2, 744),
+    ]
+    assert all(r["pages_per_s"] > 0 and r["peak_mem_mb"] > 0 for r in colqwen3)
+    assert [r["family"] for r in report["build"]] == ["colqwen2.5", "colqwen3"]
+
     table = (out / "device_check.md").read_text()
     assert "| bench embed | 4bit | sdpa | 2 | 2 |" in table
+    assert "| bench embed colqwen3 | bf16 | sdpa | 2 | 4 |" in table
     assert done.stdout.endswith(table)  # printed last: the device tool's reply keeps the end of the output
     # the device tool brings back at most 8 files: nothing else may land in --out
     assert {p.name for p in out.iterdir()} == {"device_check.json", "device_check.md", "records.jsonl"} | {

@@ -16,7 +16,7 @@ import pytest
 from colqwen_pipeline.bulk import stages
 from colqwen_pipeline.embedding import registry
 from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
-from colqwen_pipeline.embedding.embedder import Embedder, EmbeddingError, group_batches
+from colqwen_pipeline.embedding.embedder import EmbeddingError, LocalEmbedder, group_batches
 from colqwen_pipeline.embedding.identity import ModelLoadError, ModelSpec, identify
 from colqwen_pipeline.embedding.loading import load_model
 from colqwen_pipeline.inbox import document_key
@@ -42,9 +42,9 @@ def rasterized(settings, name: str) -> str:
     return key
 
 
-def load(source: Path, tmp_path: Path, **spec) -> Embedder:
+def load(source: Path, tmp_path: Path, **spec) -> LocalEmbedder:
     model, processor, identity = load_model(ModelSpec(str(source), device="cpu", **spec), tmp_path / "views")
-    return Embedder(model, processor, identity, batch_size=4)
+    return LocalEmbedder(model, processor, identity, batch_size=4)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_local_directory_loads_with_fingerprint_and_normalised_vectors(tiny_mode
 
     identity = embedder.identity
     assert (identity.device, identity.precision, identity.attention) == ("cpu", "fp32", "sdpa")
-    assert identity.fingerprint.startswith(f"{tiny_model_dir.name}@{identity.revision[:12]}/fp32/vt768")
+    assert identity.fingerprint == f"{tiny_model_dir.name}@{identity.revision[:12]}/colqwen2.5/d128/fp32/vt768"
     assert identity.random_weights
     assert vectors.dtype == np.float16 and vectors.shape[1] == 128
     assert embedder.visual_tokens(page_images[0]) <= 768 < len(vectors) + 768  # visual tokens + the prompt
@@ -151,7 +151,7 @@ def test_quantised_loading_embeds_on_cpu(precision, tiny_model_dir, tmp_path, pa
 
     layer_type = bnb.nn.Linear4bit if precision == "4bit" else bnb.nn.Linear8bitLt
     assert any(isinstance(m, layer_type) for m in embedder.model.modules())
-    assert embedder.fingerprint.endswith(f"/{precision}/vt768")
+    assert embedder.fingerprint.endswith(f"/colqwen2.5/d128/{precision}/vt768")
     vectors = embedder.embed_images(page_images[:1])[0].astype(np.float32)
     assert np.isfinite(vectors).all() and np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=2e-2)
 

@@ -363,7 +363,9 @@ def test_pipeline_runs_with_the_model_held_by_the_server(server: str, deployment
     assert [r["doc_id"] for r in found["results"]] == [key] * 3
     assert sorted(r["page"] for r in found["results"]) == [1, 2, 3]
     assert set(found["results"][0]) == {"doc_id", "document", "page", "score", "image_path", "page_url"}
-    assert found["model"] == {"fingerprint": info["model"]["fingerprint"], "random_weights": True}
+    assert found["model"] == {"fingerprint": info["model"]["fingerprint"], "family": "colqwen2.5", "dim": 128} | {
+        "random_weights": True
+    }
     image_path = found["results"][0]["image_path"]
     assert image_path.startswith(f"pages/{key}/")  # relative to the state directory, not absolute
     assert (Path(deployment["COLQWEN_HOME"]) / image_path).is_file()
@@ -376,7 +378,7 @@ CUDA_SERVE = """
 import sys
 from colqwen_pipeline.embedding import embedder
 reported = embedder.IdentifiedModel.info.fget
-embedder.Embedder.info = property(lambda self: reported(self) | {"device": "cuda:0"})
+embedder.LocalEmbedder.info = property(lambda self: reported(self) | {"device": "cuda:0"})
 from colqwen_pipeline.cli import main
 sys.exit(main(["serve", "--port", sys.argv[1]]))
 """

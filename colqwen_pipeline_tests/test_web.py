@@ -219,10 +219,10 @@ def test_patch_grid_matches_every_stored_page(deployment, tiny_model_dir: Path) 
     prompt = heatmap.prompt_tokens(embedder.processor)
     for record, stored in zip(Manifest.read(settings.pages_dir / DOC).pages, artifact.pages, strict=True):
         size = (record.width, record.height)
-        grid = heatmap.patch_grid(embedder.processor, embedder.model.spatial_merge_size, size, stored["count"], prompt)
+        grid = heatmap.patch_grid(embedder.patch_grid(size), size, stored["count"], prompt)
         assert grid.n_x * grid.n_y > 100 and grid.tokens == stored["count"]
         with pytest.raises(heatmap.GridMismatch, match="reindex"):
-            heatmap.patch_grid(embedder.processor, embedder.model.spatial_merge_size, size, stored["count"] + 1, prompt)
+            heatmap.patch_grid(embedder.patch_grid(size), size, stored["count"] + 1, prompt)
 
 
 def test_similarity_map_peaks_where_the_query_token_is() -> None:

@@ -385,7 +385,8 @@ class _Run:
     def _check_embeddings(self, result: DocumentResult, artifact: EmbeddingArtifact, quiet: bool = False) -> None:
         """Blocking, per document: embeddings that fail the check never reach Milvus. ``quiet``:
         unchanged embeddings report a check result only when it fails."""
-        check = check_embeddings(artifact.directory, self.settings.embedding_dim, self.settings.norm_tolerance)
+        dim = self.settings.embedding_dim or self.identity.dim  # 0: the model family's width
+        check = check_embeddings(artifact.directory, dim, self.settings.norm_tolerance)
         if not (quiet and check.passed):
             result.embedding_check = check
         if not check.passed:

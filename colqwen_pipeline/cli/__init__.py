@@ -26,7 +26,7 @@ from colqwen_pipeline.common.errors import PipelineError
 from colqwen_pipeline.settings import Settings
 
 DESCRIPTION = """\
-Turn the documents of an inbox folder (PDF, DOCX/PPTX/XLSX, PNG/JPEG/TIFF) into a ColQwen2.5
+Turn the documents of an inbox folder (PDF, DOCX/PPTX/XLSX, PNG/JPEG/TIFF) into a ColQwen
 page index in Milvus, and search it. Start with `ingest`, then `search "your question"`.
 
 Settings come from COLQWEN_* environment variables or a .env file in the working directory.
@@ -102,13 +102,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     from colqwen_pipeline.bulk.stages import search
     from colqwen_pipeline.cli.search_scope import require_documents, search_scope
     from colqwen_pipeline.embedding.identity import model_marker
-    from colqwen_pipeline.embedding.registry import model_identity
+    from colqwen_pipeline.embedding.registry import live_model_settings, model_identity
     from colqwen_pipeline.index import make_index
 
     settings = load_settings()
     check_query_text(args.query, settings)
     index = make_index(settings)
     doc_ids = search_scope(settings, index, args.doc or [])
+    settings = live_model_settings(settings)  # the model of the vectors searched (a rebuild may not have switched)
     hits = search(args.query, top_k=args.top_k, settings=settings, doc_ids=doc_ids)
     if not hits and not doc_ids:
         require_documents(settings, index)  # every document removed since the last ingest: say so
@@ -183,8 +184,8 @@ def cmd_rasterize(args: argparse.Namespace) -> int:
 def cmd_build_tiny_model(args: argparse.Namespace) -> int:
     from colqwen_pipeline.embedding.tiny import build_tiny_model
 
-    path = build_tiny_model(Path(args.directory))
-    print(f"tiny random-weight ColQwen2.5 written to {path} (for tests and demos: scores are meaningless)")
+    path = build_tiny_model(Path(args.directory), family=args.family)
+    print(f"tiny random-weight {args.family} model written to {path} (for tests and demos: scores are meaningless)")
     return 0
 
 
@@ -260,6 +261,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from colqwen_pipeline.embedding.families import FAMILIES  # a table: no torch
+
     parser = argparse.ArgumentParser(prog="colqwen-pipeline", description=DESCRIPTION, formatter_class=HelpFormatter)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug lines from the pipeline")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -334,6 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     tiny = command("build-tiny-model", "write the tiny random-weight test model (scores are meaningless)")
     tiny.add_argument("directory", help="where to write it (about 2.4 MB)")
+    tiny.add_argument("--family", choices=list(FAMILIES), default="colqwen2.5", help="model family to build")
     tiny.set_defaults(func=cmd_build_tiny_model)
 
     serve = command("serve", "HTTP server: search page, page images, uploads, embed, health (OpenAPI at /docs)")

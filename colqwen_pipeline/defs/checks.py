@@ -29,7 +29,7 @@ from colqwen_pipeline.settings import Settings
 
 DOCUMENT_CHECKS = {
     "pages_complete": ("page_images", "Every page of the document rendered (WARN: a partial document is indexed)."),
-    "embedding_dimension": ("page_embeddings", "Every page has tokens; vectors are 128-d, finite and unit-norm."),
+    "embedding_dimension": ("page_embeddings", "Every page has tokens; vectors: the model's width, finite, unit-norm."),
     "throughput": ("page_embeddings", "Forward-only pages/s of the run that embedded the document, vs the floor."),
 }
 COLLECTION_CHECKS = {
@@ -220,6 +220,7 @@ def evaluate_after_run(context: dg.AssetExecutionContext, run_checks: RunChecks,
 
 def evaluate_selected(context: dg.AssetExecutionContext, settings: Settings) -> None:
     """A run of checks only: per-document checks from the artifacts on disk, then the collection's."""
+    from colqwen_pipeline.embedding.registry import model_identity
     from colqwen_pipeline.evaluation.checks import check_embeddings
 
     run_checks = RunChecks(context, settings)
@@ -227,7 +228,8 @@ def evaluate_selected(context: dg.AssetExecutionContext, settings: Settings) -> 
     for key in keys:
         run_checks.document("pages_complete", key, _pages_complete_from_disk(settings, key))
         directory = settings.embeddings_dir / key
-        outcome = check_embeddings(directory, settings.embedding_dim, settings.norm_tolerance)
+        dim = settings.embedding_dim or model_identity(settings).dim  # 0: the model family's width
+        outcome = check_embeddings(directory, dim, settings.norm_tolerance)
         run_checks.document("embedding_dimension", key, outcome)
     run_checks.finish({}, index_changed=False, judge_collection=True)
 

@@ -27,7 +27,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from colqwen_pipeline.common.errors import PipelineError
-from colqwen_pipeline.embedding.embedder import Embedder, group_batches, warm_up
+from colqwen_pipeline.embedding.embedder import LocalEmbedder, group_batches, warm_up
 from colqwen_pipeline.embedding.identity import ModelSpec
 from colqwen_pipeline.embedding.loading import load_model
 from colqwen_pipeline.settings import Settings
@@ -57,24 +57,29 @@ def synthetic_pages(directory: Path, count: int, size: tuple[int, int] = LETTER_
 
 
 def model_directory(kind: str, settings: Settings, device: str, precision: str) -> Path:
+    """COLQWEN_MODEL_FAMILY picks the family (default ColQwen2.5) of the tiny or full-random model."""
     from colqwen_pipeline.embedding.registry import ensure_tiny_model
-    from colqwen_pipeline.embedding.tiny import build_random_model, full_random_config, is_tiny_model
+    from colqwen_pipeline.embedding.tiny import FULL_RANDOM, build_random_model, is_tiny_model
 
     if kind == "tiny":
-        return ensure_tiny_model(settings.tiny_model_dir)
+        return ensure_tiny_model(settings.tiny_model_dir, settings.model_family)
     if kind != "full-random":
         raise BenchError(f"--model {kind}: expected tiny or full-random")
+    family = settings.model_family or "colqwen2.5"
+    if family not in FULL_RANDOM:
+        raise BenchError(f"--model full-random: no published geometry for {family} (one of {', '.join(FULL_RANDOM)})")
     if not device.startswith("cuda"):
         if os.environ.get(FULL_ON_CPU_ENV) != "1":
             raise BenchError(
-                "--model full-random builds the 3.75 B-parameter Qwen2.5-VL-3B geometry (7.5 GB in bf16, ~8.6 TFLOP "
-                f"per page): run it on a CUDA machine, or set {FULL_ON_CPU_ENV}=1 to insist (minutes per page)"
+                "--model full-random builds a published geometry (3.75 B parameters for ColQwen2.5, 4.4 B for "
+                f"ColQwen3; 7.5-8.9 GB in bf16, ~8.6 TFLOP per page): run it on a CUDA machine, or set "
+                f"{FULL_ON_CPU_ENV}=1 to insist (minutes per page)"
             )
         if precision in {"fp32", "auto"}:
             raise BenchError("--model full-random on a CPU needs --precision bf16, 4bit or 8bit (fp32 needs ~15 GB)")
-    directory = settings.home_dir / "models" / "full-random-qwen2.5-vl-3b"
+    directory = settings.home_dir / "models" / f"full-random-{family}"
     if not is_tiny_model(directory):
-        build_random_model(directory, full_random_config, dtype="bf16", device=device)
+        build_random_model(directory, FULL_RANDOM[family], dtype="bf16", device=device)
     return directory
 
 
@@ -98,7 +103,7 @@ def bench_embed(model: str = "tiny", precision: str = "auto", batch_size: int = 
     spec = ModelSpec(str(source), device=device, precision=precision, max_visual_tokens=settings.max_visual_tokens)
     started = time.perf_counter()
     loaded, processor, identity = load_model(spec, settings.home_dir / "models" / "views")
-    embedder = Embedder(loaded, processor, identity, batch_size)
+    embedder = LocalEmbedder(loaded, processor, identity, batch_size)
     warm_up(embedder)
     load_s = time.perf_counter() - started
     with tempfile.TemporaryDirectory(prefix="bench-embed-") as scratch:
@@ -162,14 +167,14 @@ def _difference(reference: list[np.ndarray], other: list[np.ndarray]) -> dict[st
     return {"max_abs": round(max_abs, 6), "min_cosine": round(min_cos, 6)}
 
 
-def _embed_fp32(embedder: Embedder, images: list[Image.Image], batches: list[list[int]]) -> list[np.ndarray]:
+def _embed_fp32(embedder: LocalEmbedder, images: list[Image.Image], batches: list[list[int]]) -> list[np.ndarray]:
     """Float32 vectors (no fp16 rounding hiding small differences) for explicit batches."""
     return embedder._run(
         batches, lambda idx: embedder.processor.process_images([images[i] for i in idx]), None, np.float32
     )
 
 
-def _batchings(embedder: Embedder, images: list[Image.Image], size: int) -> dict[str, list[list[int]]]:
+def _batchings(embedder: LocalEmbedder, images: list[Image.Image], size: int) -> dict[str, list[list[int]]]:
     tokens = [embedder.visual_tokens(i) for i in images]
     return {
         "batch_1": [[i] for i in range(len(images))],
@@ -180,7 +185,7 @@ def _batchings(embedder: Embedder, images: list[Image.Image], size: int) -> dict
     }
 
 
-def _mixed_queries(embedder: Embedder, queries: list[str]) -> list[np.ndarray]:
+def _mixed_queries(embedder: LocalEmbedder, queries: list[str]) -> list[np.ndarray]:
     embedder.mix_sizes = True
     try:
         return embedder.embed_queries(queries)
@@ -197,7 +202,7 @@ def measure_batch_invariance(
         model, processor, identity = load_model(
             ModelSpec(str(model_dir), device="cpu", precision=precision), Path(tempfile.gettempdir())
         )
-        embedder = Embedder(model, processor, identity, batch_size=1)
+        embedder = LocalEmbedder(model, processor, identity, batch_size=1)
         runs = {name: _embed_fp32(embedder, images, b) for name, b in _batchings(embedder, images, batch_size).items()}
         queries_one = embedder.embed_queries(queries)
         embedder.batch_size = batch_size
@@ -225,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         from colqwen_pipeline.embedding.registry import ensure_tiny_model
 
-        model_dir = ensure_tiny_model(Settings().tiny_model_dir)
+        settings = Settings()
+        model_dir = ensure_tiny_model(settings.tiny_model_dir, settings.model_family)
         result = measure_batch_invariance(model_dir, render_inbox_pages(Path(args.inbox)), batch_size=args.batch_size)
     print(json.dumps(result))
     return 0

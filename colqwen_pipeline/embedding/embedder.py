@@ -1,4 +1,7 @@
-"""Turn page images and queries into ColQwen2.5 multi-vectors, using the accelerator well.
+"""Turn page images and queries into multi-vectors of the model's family, using the accelerator well.
+
+``Embedder`` is what the pipeline needs of any embedder: ``LocalEmbedder`` (the model in this
+process, below) and ``remote.RemoteEmbedder`` (a client of ``serve``) both provide it.
 
 - Batches hold pages of the *same* visual-token count only (queries: the same token count): the
   prompt is fixed, so equal visual tokens mean equal sequence lengths and no padding at all.
@@ -19,7 +22,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from PIL import Image
@@ -76,8 +79,39 @@ def group_batches(keys: Sequence[int], size: int, mix_sizes: bool = False) -> li
     return batches
 
 
+class Embedder(Protocol):
+    """What the pipeline uses of an embedder, wherever its model runs."""
+
+    identity: ModelIdentity
+    batch_size: int
+    stats: EmbedStats
+
+    @property
+    def info(self) -> dict[str, Any]: ...
+
+    @property
+    def fingerprint(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def device(self) -> str: ...
+
+    @property
+    def effective_batch_size(self) -> int: ...
+
+    def embed_images(self, pages: Sequence[PageImage], progress: Progress | None = None) -> list[np.ndarray]:
+        """One float16 array (tokens, dim) per page, in input order."""
+        ...
+
+    def embed_queries(self, queries: Sequence[str]) -> list[np.ndarray]:
+        """One float32 array (tokens, dim) per query."""
+        ...
+
+
 class IdentifiedModel:
-    """What the pipeline reads of any embedder, local or remote: its model identity."""
+    """The part of ``Embedder`` both implementations read from their model identity."""
 
     identity: ModelIdentity
 
@@ -98,8 +132,8 @@ class IdentifiedModel:
         return self.identity.device
 
 
-class Embedder(IdentifiedModel):
-    """A loaded model + processor. Holds no per-document state except ``stats``."""
+class LocalEmbedder(IdentifiedModel):
+    """A loaded model + processor of one family. Holds no per-document state except ``stats``."""
 
     def __init__(self, model: Any, processor: Any, identity: ModelIdentity, batch_size: int = 4):
         self.model = model
@@ -115,8 +149,12 @@ class Embedder(IdentifiedModel):
     def effective_batch_size(self) -> int:
         return min(self.batch_size, self.oom_cap or self.batch_size)
 
+    def patch_grid(self, size: tuple[int, int]) -> tuple[int, int]:
+        """(across, down) merged patches of a (width, height) page: one visual token each."""
+        return self.identity.model_family.patch_grid(self.processor, size)
+
     def visual_tokens(self, page: PageImage) -> int:
-        n_x, n_y = self.processor.get_n_patches(page_size(page), spatial_merge_size=self.model.spatial_merge_size)
+        n_x, n_y = self.patch_grid(page_size(page))
         return n_x * n_y
 
     def embed_images(self, pages: Sequence[PageImage], progress: Progress | None = None) -> list[np.ndarray]:
@@ -218,7 +256,7 @@ def _pinned(prepare: Callable[[list[int]], Any]) -> Callable[[list[int]], Any]:
     return prepare_pinned
 
 
-def warm_up(embedder: Embedder) -> None:
+def warm_up(embedder: LocalEmbedder) -> None:
     """One small forward so the first real batch doesn't pay for lazy initialisation (kernels, caches)."""
     embedder.embed_images([Image.new("RGB", (224, 224), "white")])
     embedder.embed_queries(["warm-up"])

@@ -7,9 +7,11 @@ JSON record per measurement to ``records.jsonl``; after every step the orchestra
 ``device_check.json`` and ``device_check.md`` from them, so a run cut short keeps what it measured.
 
 Steps, most wanted first: env, build (the full-random Qwen2.5-VL-3B geometry in bf16 on the
-device, or the tiny model), bf16 (batch sizes, then batch-size invariance), 4bit, 8bit, sdpa (only
-when flash-attention-2 is importable: the bf16 rows then ran with it), e2e (the bulk engine on
-generated PDFs up to the embeddings stage: no Milvus on the device).
+device, or the tiny model), bf16 (batch sizes, then batch-size invariance), colqwen3 (the other
+family beside it: the full-random ColQwen3-4B geometry built, loaded and measured in bf16 at the
+same batch sizes), 4bit, 8bit, sdpa (only when flash-attention-2 is importable: the bf16 rows then
+ran with it), e2e (the bulk engine on generated PDFs up to the embeddings stage: no Milvus on the
+device).
 """
 
 from __future__ import annotations
@@ -30,6 +32,9 @@ from typing import Any
 
 RECORDS = "records.jsonl"
 STEP_LIMITS_S = {"env": 60, "build": 240, "bf16": 240, "4bit": 150, "8bit": 150, "sdpa": 120, "e2e": 150}
+STEP_LIMITS_S["colqwen3"] = 240  # build (8.9 GB written), load and bf16 rows of ColQwen3-4B
+FAMILY_STEPS = ("colqwen3",)  # steps that measure another family than the default ColQwen2.5, named after it
+DEFAULT_FAMILY = "colqwen2.5"
 MIXED_SIZES = ((1275, 1650), (510, 660))  # letter at 150 and 60 DPI: 744 and 432 visual tokens
 OPTIONAL_MODULES = ("colpali_engine", "bitsandbytes", "flash_attn", "pydantic_settings", "pypdfium2", "peft")
 
@@ -90,24 +95,25 @@ def environment(device: str) -> dict[str, Any]:
     return record
 
 
-def model_dir(config: dict[str, Any]) -> Path:
-    return Path(config["work"]) / "models" / config["model"]
+def model_dir(config: dict[str, Any], family: str = DEFAULT_FAMILY) -> Path:
+    name = config["model"] if family == DEFAULT_FAMILY else f"{config['model']}-{family}"
+    return Path(config["work"]) / "models" / name
 
 
-def build(config: dict[str, Any]) -> dict[str, Any]:
-    from colqwen_pipeline.embedding.tiny import build_random_model, full_random_config, is_tiny_model, tiny_config
+def build(config: dict[str, Any], family: str = DEFAULT_FAMILY) -> dict[str, Any]:
+    """The family's published geometry with random weights (full-random) or its tiny model."""
+    from colqwen_pipeline.embedding.tiny import FULL_RANDOM, TINY, build_random_model, is_tiny_model
 
-    directory, started = model_dir(config), time.perf_counter()
+    directory, started = model_dir(config, family), time.perf_counter()
     if config["model"] == "full-random" and not config["device"].startswith("cuda"):
-        raise RuntimeError("full-random is 3.75 B parameters: build it on a CUDA device (use --model tiny on a CPU)")
+        raise RuntimeError("full-random is 3.75-4.4 B parameters: build it on a CUDA device (--model tiny on a CPU)")
     if not is_tiny_model(directory):
-        geometry = full_random_config if config["model"] == "full-random" else tiny_config
+        geometry = (FULL_RANDOM if config["model"] == "full-random" else TINY)[family]
         dtype = "bf16" if config["device"].startswith("cuda") else "fp32"
         build_random_model(directory, geometry, dtype=dtype, device=config["device"])
     size = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
-    return {"kind": "build", "model": config["model"], "seconds": round(time.perf_counter() - started, 1)} | {
-        "size_gb": round(size / 1e9, 2)
-    }
+    record = {"kind": "build", "model": config["model"], "family": family}
+    return record | {"seconds": round(time.perf_counter() - started, 1), "size_gb": round(size / 1e9, 2)}
 
 
 def page_files(config: dict[str, Any]) -> list[Path]:
@@ -136,16 +142,18 @@ def forced_attention(name: str | None) -> Iterator[None]:
         identity.attention_implementation = original
 
 
-def load(config: dict[str, Any], precision: str, attention: str | None = None) -> tuple[Any, float]:
-    from colqwen_pipeline.embedding.embedder import Embedder
+def load(
+    config: dict[str, Any], precision: str, attention: str | None = None, family: str = DEFAULT_FAMILY
+) -> tuple[Any, float]:
+    from colqwen_pipeline.embedding.embedder import LocalEmbedder
     from colqwen_pipeline.embedding.identity import ModelSpec
     from colqwen_pipeline.embedding.loading import load_model
 
     started = time.perf_counter()
-    spec = ModelSpec(str(model_dir(config)), device=config["device"], precision=precision)
+    spec = ModelSpec(str(model_dir(config, family)), device=config["device"], precision=precision)
     with forced_attention(attention):
         model, processor, identity = load_model(spec, Path(config["work"]) / "views")
-    return Embedder(model, processor, identity), round(time.perf_counter() - started, 1)
+    return LocalEmbedder(model, processor, identity), round(time.perf_counter() - started, 1)
 
 
 def reset_peak(device: str) -> None:
@@ -172,6 +180,7 @@ def embed_row(embedder: Any, paths: list[Path], batch_size: int, load_s: float) 
     peak, peak_kind = peak_memory_mb(device)
     return {
         "kind": "embed",
+        "family": embedder.identity.family,
         "precision": embedder.identity.precision,
         "attention": embedder.identity.attention,
         "batch_size": batch_size,
@@ -271,6 +280,8 @@ def run_step(name: str, config: dict[str, Any]) -> bool:
         return guarded(out, name, f"build {config['model']}", lambda: build(config))
     if name == "e2e":
         return guarded(out, name, "end-to-end bulk run", lambda: end_to_end(config))
+    if name in FAMILY_STEPS:
+        return measure_family(name, config)
     if name in {"4bit", "8bit"} and not importable("bitsandbytes"):
         why = "bitsandbytes is not importable (wheel not carried?)"
         write_record(out, {"step": name, "kind": "skipped", "why": why})
@@ -305,6 +316,25 @@ def measure_precision(name: str, config: dict[str, Any]) -> bool:
     return all(ok)
 
 
+def measure_family(family: str, config: dict[str, Any]) -> bool:
+    """Another family beside ColQwen2.5, in one step: its build, a bf16 load, the bf16 rows."""
+    out = Path(config["out"])
+    if not guarded(out, family, f"build {family}", lambda: build(config, family)):
+        return False
+    loaded: list[Any] = []
+
+    def load_once() -> dict[str, Any]:
+        loaded.extend(load(config, "bf16", family=family))
+        return {"kind": "load", "family": family, "precision": "bf16", "seconds": loaded[1]}
+
+    if not guarded(out, family, f"{family} load", load_once):
+        return False
+    embedder, load_s = loaded
+    paths = page_files(config)
+    rows = {n: functools.partial(embed_row, embedder, paths, n, load_s) for n in config["batch_sizes"]}
+    return all([guarded(out, family, f"{family} batch {n}", row) for n, row in rows.items()])
+
+
 # --- the orchestrator ---------------------------------------------------------------------------
 
 
@@ -327,7 +357,7 @@ def run_subprocess(name: str, config: dict[str, Any], limit_s: float, log: Path)
 
 
 def plan(config: dict[str, Any]) -> list[str]:
-    steps = ["env", "build", "bf16", "4bit", "8bit", "e2e", "sdpa"]
+    steps = ["env", "build", "bf16", *FAMILY_STEPS, "4bit", "8bit", "e2e", "sdpa"]
     return [s for s in steps if s not in config["skip"]]
 
 
@@ -365,7 +395,9 @@ def summary(config: dict[str, Any], steps: dict[str, Any]) -> dict[str, Any]:
 
 def _table_row(r: dict[str, Any]) -> str:
     if r["kind"] == "embed":
-        what, rate, load_s = "bench embed", r["pages_per_s"], r["load_s"]
+        family = r.get("family", DEFAULT_FAMILY)
+        what = "bench embed" if family == DEFAULT_FAMILY else f"bench embed {family}"
+        rate, load_s = r["pages_per_s"], r["load_s"]
     else:  # the bulk run's rate without its model load is the one to compare with bench embed
         what = f"bulk e2e ({r['documents']} docs, {r['failed']} failed)"
         rate, load_s = f"{r['pages_per_s_after_load']} (with load {r['pages_per_s']})", r["model_load_s"]
@@ -392,7 +424,9 @@ def markdown(report: dict[str, Any]) -> str:
             f"{r['visual_tokens']} visual tokens: one size per batch max |Δ| {grouped['max_abs']}, min cos "
             f"{grouped['min_cosine']}; mixed sizes max |Δ| {mixed['max_abs']}, min cos {mixed['min_cosine']}"
         )
-    lines += [""] + [f"- build: {r['model']} in {r['seconds']} s, {r['size_gb']} GB" for r in report["build"]]
+    lines.append("")
+    for r in report["build"]:
+        lines.append(f"- build: {r['model']} {r.get('family', DEFAULT_FAMILY)} in {r['seconds']} s, {r['size_gb']} GB")
     lines += [f"- skipped {r['step']}: {r['why']}" for r in report["skipped"]]
     lines += [f"- error in {r['what']}: {r['error']}" for r in report["errors"]]
     lines += [f"- step {name}: {s['status']} ({s['seconds']} s)" for name, s in report["steps"].items()]

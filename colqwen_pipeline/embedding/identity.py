@@ -1,7 +1,8 @@
 """Which model would produce an embedding, known without reading any weights: the spec a user
 configures (a local model directory, a LoRA adapter over a local base, or a hub id when online),
-its resolved device and precision, and the fingerprint the cache and the index key on, so a
-fully cached document never loads the model. ``loading`` reads the weights.
+its family (``families``: read from its config, or COLQWEN_MODEL_FAMILY), its resolved device and
+precision, and the fingerprint the cache and the index key on, so a fully cached document never
+loads the model. ``loading`` reads the weights.
 """
 
 from __future__ import annotations
@@ -16,11 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from colqwen_pipeline.common.errors import PipelineError
+from colqwen_pipeline.embedding.families import (
+    ModelFamily,
+    ReadConfig,
+    UnknownFamily,
+    detect_family,
+    family_named,
+    folder_reader,
+)
 from colqwen_pipeline.embedding.tiny import is_tiny_model
 from colqwen_pipeline.index.pooling import token_pooler
 
 log = logging.getLogger(__name__)
-COLQWEN_DIM = 128  # ColQwen2_5.dim is fixed by the architecture (custom_text_proj)
 PROCESSOR_FILES = ("preprocessor_config.json", "processor_config.json")
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -37,6 +45,7 @@ class ModelSpec:
     precision: str = "auto"  # auto, bf16, fp32, 4bit, 8bit
     max_visual_tokens: int = 768
     token_pooling: int = 0  # COLQWEN_TOKEN_POOLING: page vectors pooled by this factor (0: off)
+    family: str = ""  # COLQWEN_MODEL_FAMILY: empty = read it from the weights' config
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,7 @@ class ModelIdentity:
     """What produced an embedding; every field is known before the weights are read."""
 
     model: str
+    family: str  # a name in families.FAMILIES
     base_model: str | None
     revision: str
     device: str
@@ -65,10 +75,20 @@ class ModelIdentity:
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def model_family(self) -> ModelFamily:
+        return family_named(self.family)
+
 
 def model_marker(identity: ModelIdentity) -> dict[str, Any]:
-    """The ``"model"`` entry of search results: which weights scored them, and whether the scores mean nothing."""
-    return {"fingerprint": identity.fingerprint, "random_weights": identity.random_weights}
+    """The ``"model"`` entry of search results: which weights scored them (family, vector width),
+    and whether the scores mean nothing."""
+    return {
+        "fingerprint": identity.fingerprint,
+        "family": identity.family,
+        "dim": identity.dim,
+        "random_weights": identity.random_weights,
+    }
 
 
 def hub_offline() -> bool:
@@ -208,9 +228,42 @@ def adapter_base(adapter: Path, override: str) -> Path:
     )
 
 
-def fingerprint(name: str, revision: str, precision: str, max_visual_tokens: int, pooling: str = "") -> str:
-    """``pooling``: a token pooler's tag, so pooled pages never share a cache entry or collection with unpooled."""
-    return f"{name}@{revision[:12]}/{precision}/vt{max_visual_tokens}" + (f"/{pooling}" if pooling else "")
+def fingerprint(
+    name: str, revision: str, family: ModelFamily, precision: str, max_visual_tokens: int, pooling: str = ""
+) -> str:
+    """The family and its vector width are part of it, so vectors of another family (or width) never
+    share a cache entry or a collection; ``pooling``: a token pooler's tag, likewise for pooled pages."""
+    core = f"{name}@{revision[:12]}/{family.name}/d{family.dim}/{precision}/vt{max_visual_tokens}"
+    return core + (f"/{pooling}" if pooling else "")
+
+
+def _hub_reader(repo_id: str) -> ReadConfig:
+    """A hub model's small JSON files: from the local HF cache, or downloaded when online."""
+
+    def read(name: str) -> dict[str, Any] | None:
+        try:
+            from huggingface_hub import hf_hub_download
+
+            return json.loads(Path(hf_hub_download(repo_id, name)).read_text())
+        except Exception:  # absent file, unreachable hub, offline and not cached: the detection says what to set
+            return None
+
+    return read
+
+
+def model_family(spec: ModelSpec, local: Path | None, base: Path | None) -> ModelFamily:
+    """COLQWEN_MODEL_FAMILY when set, else what the weights' config (or an adapter's base's) says."""
+    try:
+        if spec.family:
+            return family_named(spec.family)
+        if local is None:
+            read = _hub_reader(spec.source)
+            recorded = (read("adapter_config.json") or {}).get("base_model_name_or_path", "")
+            base_read = folder_reader(Path(spec.base_model).expanduser()) if spec.base_model else None
+            return detect_family(read, base_read or (_hub_reader(recorded) if recorded else None))
+        return detect_family(folder_reader(local), folder_reader(base) if base else None)
+    except (UnknownFamily, ValueError) as error:  # ValueError: a config that is no JSON
+        raise ModelLoadError(f"model {spec.source}: {error}") from error
 
 
 def identify(spec: ModelSpec) -> ModelIdentity:
@@ -226,18 +279,20 @@ def identify(spec: ModelSpec) -> ModelIdentity:
         if base is not None:  # another base under the same adapter gives other vectors
             revision = hashlib.sha256(f"{revision}+{weights_revision(base)}".encode()).hexdigest()[:16]
         name = local.resolve().name
+    family = model_family(spec, local, base)
     return ModelIdentity(
         model=spec.source,
+        family=family.name,
         base_model=str(base) if base else None,
         revision=revision,
         device=device,
         precision=precision,
         attention=attention_implementation(device, precision),
         max_visual_tokens=spec.max_visual_tokens,
-        dim=COLQWEN_DIM,
+        dim=family.dim,
         random_weights=bool(local and (is_tiny_model(local) or (base is not None and is_tiny_model(base)))),
         fingerprint=fingerprint(
-            name, revision, precision, spec.max_visual_tokens, token_pooler(spec.token_pooling).tag
+            name, revision, family, precision, spec.max_visual_tokens, token_pooler(spec.token_pooling).tag
         ),
         load_from=str(local.resolve()) if local else spec.source,
         local=local is not None,

@@ -1,5 +1,6 @@
-"""Read the weights ``identity.identify`` named: the model and processor on their device and
-precision (an adapter over its base, quantised when asked)."""
+"""Read the weights ``identity.identify`` named: the model and processor classes of its family, on
+their device and precision (an adapter over its base, quantised when asked), with the family's
+visual-token budget."""
 
 from __future__ import annotations
 
@@ -76,11 +77,8 @@ def enable_tf32() -> None:
 def load_model(spec: ModelSpec, scratch: Path) -> tuple[Any, Any, ModelIdentity]:
     """Load (model, processor, identity). ``scratch`` holds adapter views for base overrides."""
     identity = identify(spec)
-    from colqwen_pipeline.embedding.compat import ensure_torchvision
-
-    ensure_torchvision()
-    from colpali_engine.models import ColQwen2_5, ColQwen2_5_Processor
-
+    family = identity.model_family
+    model_class, processor_class = family.classes()
     if identity.precision in {"4bit", "8bit"} and not identity.device.startswith("cuda"):
         log.warning("%s quantisation on CPU works but is slow; use a GPU for real throughput", identity.precision)
     if identity.device.startswith("cuda"):
@@ -90,16 +88,16 @@ def load_model(spec: ModelSpec, scratch: Path) -> tuple[Any, Any, ModelIdentity]
         load_from = str(_patched_adapter_dir(Path(identity.load_from), identity.base_model, scratch))
     offline = identity.local or hub_offline()
     try:
-        model = ColQwen2_5.from_pretrained(
+        model = model_class.from_pretrained(
             load_from,
             device_map=identity.device,
             attn_implementation=identity.attention,
             local_files_only=offline,
             **_dtype_arguments(identity.precision, identity.device),
+            **family.load_arguments(model_class),
         ).eval()
-        processor = ColQwen2_5_Processor.from_pretrained(
-            _processor_source(identity), max_num_visual_tokens=spec.max_visual_tokens, local_files_only=offline
-        )
+        processor = processor_class.from_pretrained(_processor_source(identity), local_files_only=offline)
+        apply_visual_token_budget(processor, family.max_pixels(spec.max_visual_tokens))
     except Exception as error:  # OSError, ValueError, SafetensorError, KeyError...: all mean broken weights
         if isinstance(error, ModelLoadError):
             raise
@@ -109,5 +107,15 @@ def load_model(spec: ModelSpec, scratch: Path) -> tuple[Any, Any, ModelIdentity]
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelLoadError(f"cannot load model from {identity.model}: {first_line} ({hint})") from error
     if int(model.dim) != identity.dim:
-        raise ModelLoadError(f"{identity.model} produces {model.dim}-d vectors, expected {identity.dim}")
+        raise ModelLoadError(
+            f"{identity.model} produces {model.dim}-d vectors, but family {identity.family} has {identity.dim}: "
+            "check COLQWEN_MODEL_FAMILY"
+        )
     return model, processor, identity
+
+
+def apply_visual_token_budget(processor: Any, max_pixels: int) -> None:
+    """At most ``max_pixels`` per page (the family's tile squared per visual token), set here rather than
+    through colpali's ``max_num_visual_tokens``, whose ColQwen2.5 processor assumes 28-px tiles."""
+    processor.image_processor.max_pixels = max_pixels
+    processor.image_processor.size["longest_edge"] = max_pixels

@@ -2,9 +2,10 @@
 the query's, drawn over the page image.
 
 A stored page is every non-padded token of the model's input: the fixed prompt's tokens before the
-image, one token per merged patch (row by row), then the prompt's tail. The grid comes from the
-processor that embedded the page (``get_n_patches`` on the page's size, as colpali-engine's
-interpretability helpers take it) and is checked against the stored token count, so a page embedded
+image, one token per merged patch (row by row), then the prompt's tail. The grid is the model
+family's (``ModelFamily.patch_grid``: the processor's ``get_n_patches`` on the page's size with the
+family's merge size, as colpali-engine's interpretability helpers take it; 28-px tiles for
+ColQwen2.5, 32-px for ColQwen3) and is checked against the stored token count, so a page embedded
 under other settings is refused instead of drawn wrong.
 """
 
@@ -44,10 +45,10 @@ def prompt_tokens(processor: Any) -> tuple[int, int]:
     return int(positions[0]), int(len(ids) - positions[-1] - 1)
 
 
-def patch_grid(processor: Any, spatial_merge_size: int, size: tuple[int, int], stored: int, prompt: tuple[int, int]):
-    """The page's grid; GridMismatch if ``stored`` tokens are not what this processor makes of the page."""
-    n_x, n_y = processor.get_n_patches(size, spatial_merge_size=spatial_merge_size)
-    grid = PatchGrid(prompt[0], n_x, n_y, prompt[1])
+def patch_grid(patches: tuple[int, int], size: tuple[int, int], stored: int, prompt: tuple[int, int]) -> PatchGrid:
+    """The page's grid from the family's ``patches`` (across, down) for a page of ``size``; GridMismatch if
+    ``stored`` tokens are not what the loaded model makes of the page."""
+    grid = PatchGrid(prompt[0], patches[0], patches[1], prompt[1])
     if grid.tokens != stored:
         raise GridMismatch(
             f"the page has {stored} stored token vectors but the loaded processor makes {grid.tokens} of a "

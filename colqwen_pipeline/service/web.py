@@ -86,8 +86,7 @@ class Web:
         processor = embedder.processor
         try:
             grid = heatmap.patch_grid(
-                processor,
-                embedder.model.spatial_merge_size,
+                embedder.patch_grid((record.width, record.height)),
                 (record.width, record.height),
                 artifact.pages[index]["count"],
                 self.prompt_tokens(processor),
