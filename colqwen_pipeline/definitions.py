@@ -1,11 +1,6 @@
-"""The one Dagster ``Definitions`` of the project (``dagster dev -w workspace.yaml``)."""
+"""The code location of ``workspace.yaml`` and ``dagster dev -m colqwen_pipeline.definitions``: the
+``Definitions`` built in ``defs/definitions.py``."""
 
-import dagster as dg
+from colqwen_pipeline.defs.definitions import RESOURCES, defs
 
-from colqwen_pipeline.defs.assets import ASSETS
-from colqwen_pipeline.defs.automation import JOBS, SCHEDULES, SENSORS
-from colqwen_pipeline.defs.resources import ColQwenResource
-
-RESOURCES = {"colqwen": ColQwenResource()}
-
-defs = dg.Definitions(assets=ASSETS, jobs=JOBS, sensors=SENSORS, schedules=SCHEDULES, resources=RESOURCES)
+__all__ = ["RESOURCES", "defs"]

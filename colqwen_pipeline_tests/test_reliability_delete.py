@@ -97,7 +97,9 @@ def test_a_delete_during_another_processs_ingest_is_not_written_back(deployment,
         assert not (settings.pages_dir / doomed).exists() and not (settings.embeddings_dir / doomed).exists()
 
         # --force: an unchanged inbox launches no run, and the collection checks run with a run
-        again = subprocess.run(command("ingest", "--force"), env=deployment, capture_output=True, text=True, timeout=600)
+        again = subprocess.run(
+            command("ingest", "--force"), env=deployment, capture_output=True, text=True, timeout=600
+        )
         assert again.returncode == 0, again.stderr[-3000:]
         assert "collection_consistency: passed" in again.stdout and "0 removed" in again.stdout, again.stdout
     finally:
