@@ -156,3 +156,13 @@ def test_server_lists_searches_and_deletes_a_name_that_is_not_utf8(served) -> No
     after = {d["doc_id"]: d for d in client.get("/documents").json()["documents"]}
     assert set(after) == {document_key(GOOD)} and after[document_key(GOOD)]["status"] == "indexed"
     assert client.delete(f"/documents/{document_key(GOOD)}").status_code == 200  # every DELETE still answers
+
+
+def test_doc_as_the_bare_bytes_of_a_name_in_a_folder_finds_it(state) -> None:
+    from colqwen_pipeline.cli.search_scope import _matches
+
+    key = document_key(os.fsdecode(b"old/" + ODD))
+    names = {key: f"old/{SHOWN}"}  # as indexed_names shows it
+
+    assert _matches(state, {key}, names, os.fsdecode(ODD)) == [key]
+    assert _matches(state, {key}, names, SHOWN) == [key]

@@ -308,6 +308,7 @@ class _Run:
     def _plan(self, result: DocumentResult) -> Any:
         """The document's pending embedding, or None when its embeddings are current."""
         from colqwen_pipeline.embedding.document import plan_embedding
+        from colqwen_pipeline.embedding.validate import token_counts
 
         out = self.settings.embeddings_dir / result.key
         version = versions.embeddings_version(result.stages["pages"].version, self.identity.fingerprint)
@@ -317,7 +318,8 @@ class _Run:
             self._check_embeddings(result, previous, quiet=True)  # current, but still blocked if it fails
             return None
         try:
-            return plan_embedding(self.settings.pages_dir / result.key, out, self.identity, self.cache, version)
+            counts = lambda: token_counts(self.identity, self.settings.token_pooling)  # noqa: E731
+            return plan_embedding(self.settings.pages_dir / result.key, out, self.identity, self.cache, version, counts)
         except (OSError, ValueError, KeyError) as error:
             self._fail_unless_removed(result, "embeddings", error)
             return None

@@ -78,6 +78,12 @@ class EmbeddingCache:
         self.misses += len(keys) - found
         return arrays
 
+    def drop(self, keys: Sequence[str]) -> None:
+        """Values found wrong by a check the cache cannot make itself (a page's token count)."""
+        if keys:
+            log.warning("dropping %d cache value(s) of the wrong token count, e.g. %s", len(keys), keys[0])
+            self._call(lambda c: c.delete(*keys))
+
     def set_many(self, items: dict[str, np.ndarray]) -> None:
         """Only valid vectors are written: a NaN from a broken forward never becomes a cache hit."""
         items = {key: array for key, array in items.items() if valid_vectors(array, self.dim)}

@@ -25,7 +25,7 @@ from colqwen_pipeline.embedding.artifact import EmbeddingArtifact, write_artifac
 from colqwen_pipeline.embedding.cache import EmbeddingCache
 from colqwen_pipeline.embedding.embedder import Embedder
 from colqwen_pipeline.embedding.identity import ModelIdentity
-from colqwen_pipeline.embedding.validate import valid_vectors
+from colqwen_pipeline.embedding.validate import TokenCounts, valid_vectors
 
 Log = Callable[[str], None]
 
@@ -64,17 +64,42 @@ def _previous_vectors(out_dir: Path, fingerprint: str) -> dict[str, np.ndarray]:
     return reused
 
 
+def _wrong_counts(vectors: list[np.ndarray | None], manifest: Manifest, counts: TokenCounts | None) -> list[int]:
+    """Pages whose known vectors are not as many as the processor makes of them."""
+    if counts is None:
+        return []
+    pages = manifest.pages
+    return [
+        i for i, v in enumerate(vectors) if v is not None and not counts.matches(v, (pages[i].width, pages[i].height))
+    ]
+
+
 def plan_embedding(
-    pages_dir: Path, out_dir: Path, identity: ModelIdentity, cache: EmbeddingCache | None, version: str = ""
+    pages_dir: Path,
+    out_dir: Path,
+    identity: ModelIdentity,
+    cache: EmbeddingCache | None,
+    version: str = "",
+    counts: Callable[[], TokenCounts | None] = lambda: None,
 ) -> PendingEmbedding:
+    """What is known of the document's pages; ``counts`` (called only if a page's vectors were found)
+    checks each found page's token count, and a mismatch is a miss (dropped from the cache)."""
     manifest = Manifest.read(pages_dir)
     keys = [cache.image_key(p.sha256) for p in manifest.pages] if cache else []
     hits_before, misses_before = (cache.hits, cache.misses) if cache else (0, 0)
     vectors = cache.get_many(keys) if cache else [None] * len(manifest.pages)
+    if wrong := _wrong_counts(vectors, manifest, counts() if any(v is not None for v in vectors) else None):
+        cache.drop([keys[i] for i in wrong])  # type: ignore[union-attr] - found only in a cache
+        cache.hits -= len(wrong)  # type: ignore[union-attr]
+        cache.misses += len(wrong)  # type: ignore[union-attr]
+        for i in wrong:
+            vectors[i] = None
     not_in_cache = [i for i, v in enumerate(vectors) if v is None]
     previous = _previous_vectors(out_dir, identity.fingerprint) if not_in_cache else {}
     for i in not_in_cache:
         vectors[i] = previous.get(manifest.pages[i].sha256)
+    for i in _wrong_counts(vectors, manifest, counts() if any(vectors[i] is not None for i in not_in_cache) else None):
+        vectors[i] = None  # an old artifact's page of the wrong count: embedded again
     pending = PendingEmbedding(pages_dir, out_dir, manifest, vectors, keys, not_in_cache, version)
     pending.stats = {
         "cache_enabled": bool(cache and cache.enabled),
