@@ -228,7 +228,7 @@ def test_moving_from_colqwen2_5_to_colqwen3_switches_search_only_when_the_rebuil
 ):
     """The inbox is re-embedded by ColQwen3 one document per run: until both are in the 320-d collection,
     search (configured for ColQwen3) is scored by ColQwen2.5 against the complete 128-d collection."""
-    from colqwen_pipeline.bulk.runner import ingest
+    from colqwen_pipeline.defs.runner import ingest
 
     old = family_state(tmp_path, monkeypatch, tiny_models["colqwen2.5"])
     add_sample(old, SAMPLE)

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import redis
 
-from colqwen_pipeline.bulk.runner import ingest
+from colqwen_pipeline.defs.runner import ingest
 from colqwen_pipeline.documents.manifest import Manifest
 from colqwen_pipeline.embedding import registry
 from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
-from colqwen_pipeline.index import make_index
 from colqwen_pipeline.inbox import document_key
+from colqwen_pipeline.index import make_index
 from colqwen_pipeline_tests.conftest import add_sample
 
 INVOICE = "scanned_invoice.jpg"
