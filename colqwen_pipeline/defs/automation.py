@@ -57,10 +57,11 @@ def plan_inbox(instance: dg.DagsterInstance, settings: Settings, files: dict, st
 def ingest_requests(plan: Plan, ordered: list[str], stats: dict, settings: Settings, trigger: str, *salt: str):
     """One run request per range of documents that need work; the run key names the files' versions,
     so a tick that sees the same files again asks for nothing new."""
-    requests = []
+    requests, wanted = [], set(plan.work)
+    position = {key: i for i, key in enumerate(ordered)}
     for first, last in partition_ranges(ordered, plan.work, settings.max_documents_per_run, may_span=plan.current):
-        span = ordered[ordered.index(first) : ordered.index(last) + 1]
-        versions = [f"{k}@{stats[k].st_size}@{stats[k].st_mtime_ns}" for k in span if k in plan.work]
+        span = ordered[position[first] : position[last] + 1]
+        versions = [f"{k}@{stats[k].st_size}@{stats[k].st_mtime_ns}" for k in span if k in wanted]
         requests.append(
             dg.RunRequest(
                 job_name=ingest_job.name,
@@ -92,7 +93,8 @@ def inbox_sensor(context: dg.SensorEvaluationContext, colqwen: ColQwenResource) 
     if refusal:  # every tick says so (no cursor) until the files return or the removal is confirmed
         context.log.warning(refusal)
         plan.gone = []
-    new = [key for key in stats if key not in set(known) and key not in plan.waiting]
+    registered, waiting = set(known), set(plan.waiting)
+    new = [key for key in stats if key not in registered and key not in waiting]
     ordered = [*known, *new]  # the order the partitions have once the add request is applied
     requests = ingest_requests(plan, ordered, stats, settings, "sensor")
     if plan.gone:
@@ -132,7 +134,8 @@ def reindex_schedule(context: dg.ScheduleEvaluationContext, colqwen: ColQwenReso
     files = inbox_files(settings.inbox)
     stats = inbox_stats(files)
     known = instance.get_dynamic_partitions(documents.name)
-    new = [key for key in stats if key not in set(known)]
+    registered = set(known)
+    new = [key for key in stats if key not in registered]
     if new:  # a run can target only partitions that exist
         instance.add_dynamic_partitions(documents.name, new)
     ordered = [*known, *new]

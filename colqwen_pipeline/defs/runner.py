@@ -106,8 +106,9 @@ def ingest(
     ranges = partition_ranges(ordered, plan.work, settings.max_documents_per_run, may_span=plan.current)
     if not ranges:
         echo(f"nothing to do: {len(plan.current)} document(s) current")
+    position = {key: i for i, key in enumerate(ordered)}
     for number, (first, last) in enumerate(ranges, 1):
-        span = ordered[ordered.index(first) : ordered.index(last) + 1]
+        span = ordered[position[first] : position[last] + 1]
         echo(f"run {number}/{len(ranges)}: {len(span)} document(s)")
         wait_for_pool(instance, "gpu", echo)
         result = _execute(instance, range_tags(first, last, trigger) | process_tags(), force)
