@@ -4,7 +4,13 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 DEMO_QUERY ?= revenue by quarter bar chart
 
-.PHONY: setup demo test lint ui clean
+# The suite on 2 xdist workers: a module runs whole on one worker, the Milvus server's modules
+# share one worker (colqwen_pipeline_tests/conftest.py), heaviest groups first.
+PYTEST_WORKERS ?= 2
+XDIST := -n $(PYTEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+TEST_ARGS := -q $(XDIST) --durations=30
+
+.PHONY: setup demo test test-args test-fast lint typecheck mutation-check ui clean
 
 setup: $(VENV)/.installed
 	@bash scripts/install_system_deps.sh
@@ -20,11 +26,25 @@ demo: setup
 	$(BIN)/colqwen-pipeline search "$(DEMO_QUERY)" --top-k 3
 
 test: setup
-	$(BIN)/pytest -q
+	$(BIN)/pytest $(TEST_ARGS)
+
+test-args:  # for .ci/run, which needs pytest's own exit code (make turns every failure into 2)
+	@echo $(TEST_ARGS)
+
+test-fast: setup
+	$(BIN)/pytest -q $(XDIST) -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check colqwen_pipeline colqwen_pipeline_tests scripts
 	$(BIN)/ruff format --check colqwen_pipeline colqwen_pipeline_tests scripts
+
+# mypy with the pydantic plugin ([tool.mypy] in pyproject.toml); not in CI until it is clean.
+typecheck: setup
+	$(BIN)/mypy colqwen_pipeline
+
+# Break the code each strengthened test guards, in a temporary copy, and check the test fails.
+mutation-check: setup
+	$(BIN)/python scripts/mutation_check.py
 
 ui: setup
 	DAGSTER_HOME=$${DAGSTER_HOME:-$$(pwd)/var/dagster} ; mkdir -p $$DAGSTER_HOME ; \

@@ -1,7 +1,14 @@
-"""Shared fixtures: a temporary state directory, the tiny model (built once), a real Redis."""
+"""Shared fixtures: a temporary state directory, the tiny model (built once), a real Redis; and
+the suite's tiers and its split over pytest-xdist workers (``make test`` runs ``-n 2``).
+
+Under xdist each worker is its own process with its own Redis, Milvus server and Dagster
+instances on free ports and temporary directories; the tiny model is built once for all workers.
+A module runs whole on one worker (its module fixtures start once), and every module that uses
+the Milvus server runs on the same worker (one server, ~30 s to start, for the run)."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -16,11 +23,89 @@ REPO = Path(__file__).resolve().parent.parent
 SAMPLES = REPO / "data" / "inbox"
 
 
+# Modules that are slow as a whole (servers, browsers, subprocess ingests, Dagster processes):
+# the `slow` tier. A test that uses the Milvus server is slow wherever it is (see
+# pytest_collection_modifyitems); single slow tests elsewhere carry @pytest.mark.slow.
+SLOW_MODULES = {
+    "test_concurrency",
+    "test_deploy",
+    "test_rehearsal",
+    "test_search_under_load",
+    "test_server",
+    "test_signals",
+    "test_ui",
+    "test_ui_status",
+    "test_web",
+}
+SLOW_FIXTURES = {"milvus_uri"}
+MILVUS_GROUP = "milvus-server"
+
+
+def _uses_milvus_server(module) -> bool:
+    """A module that asks for the session's Milvus server (by argument or by getfixturevalue)."""
+    try:
+        return "milvus_uri" in Path(module.__file__).read_text()
+    except (OSError, TypeError):
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark the slow tier, and group tests for ``--dist loadgroup``: by module, and every module
+    of the Milvus server into one group. Heavier groups are listed first so that the two workers
+    finish together (xdist hands out groups in collection order with --no-loadscope-reorder)."""
+    modules = {item.module for item in items if getattr(item, "module", None)}
+    milvus_modules = {module.__name__ for module in modules if _uses_milvus_server(module)}
+    for item in items:
+        module = item.module.__name__ if getattr(item, "module", None) else item.nodeid.split("::")[0]
+        short = module.rsplit(".", 1)[-1]
+        if short in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+        if not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(MILVUS_GROUP if module in milvus_modules else short))
+    weight = {group: _group_weight(group) for group in {_group_of(item) for item in items}}
+    items.sort(key=lambda item: -weight[_group_of(item)])  # stable: the order inside a group stays
+
+
+def _group_of(item: pytest.Item) -> str:
+    marker = item.get_closest_marker("xdist_group")
+    return str(marker.kwargs.get("name", marker.args[0] if marker.args else "")) if marker else ""
+
+
+# Seconds per group measured serially on the 2-core machine (``--durations``); groups not listed
+# weigh 10. Only the order of groups follows from these numbers, never a test's outcome.
+GROUP_SECONDS = {
+    MILVUS_GROUP: 400,
+    "test_web": 240,
+    "test_server": 240,
+    "test_cli_errors": 180,
+    "test_automation": 150,
+    "test_ui_status": 150,
+    "test_signals": 140,
+    "test_ui": 120,
+    "test_bulk": 100,
+    "test_deploy": 100,
+}
+
+
+def _group_weight(group: str) -> int:
+    return GROUP_SECONDS.get(group, 10)
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from colqwen_pipeline.embedding.tiny import build_tiny_model
+    """Built once per run: under xdist, the workers share it through their common temporary root."""
+    from filelock import FileLock
 
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-colqwen2.5")
+    from colqwen_pipeline.embedding.tiny import build_tiny_model, is_tiny_model
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # pytest-of-<user>/pytest-N/: the same for every worker of this run
+    directory = root / "models" / "tiny-colqwen2.5"
+    with FileLock(str(root / "tiny-model.lock")):
+        if not is_tiny_model(directory):
+            build_tiny_model(directory)
+    return directory
 
 
 @pytest.fixture
@@ -55,7 +140,8 @@ def eval_state(state, monkeypatch: pytest.MonkeyPatch):
 
 
 def run_in_threads(work: Callable[[], None], count: int, timeout_s: float) -> list[str]:
-    """Run ``work`` in ``count`` threads at once; returns what they raised, as reprs."""
+    """Run ``work`` in ``count`` threads at once, all within ``timeout_s``; returns what they raised,
+    as reprs, and one entry per thread still running at the deadline (a hang is a failure too)."""
     errors: list[str] = []
 
     def guarded() -> None:
@@ -64,12 +150,14 @@ def run_in_threads(work: Callable[[], None], count: int, timeout_s: float) -> li
         except Exception as error:  # noqa: BLE001 - the caller asserts there is none
             errors.append(repr(error))
 
-    threads = [threading.Thread(target=guarded) for _ in range(count)]
+    threads = [threading.Thread(target=guarded, daemon=True) for _ in range(count)]  # a hung one can't block exit
     for thread in threads:
         thread.start()
+    deadline = time.monotonic() + timeout_s
     for thread in threads:
-        thread.join(timeout=timeout_s)
-    return errors
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    hung = sum(thread.is_alive() for thread in threads)
+    return errors + ([f"{hung} of {count} thread(s) still running after {timeout_s:g} s"] if hung else [])
 
 
 def one_document_env(root: Path, model_dir: Path, sample: str) -> dict[str, str]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 
 import dagster as dg
@@ -139,7 +141,7 @@ def test_schedule_requests_runs_only_for_documents_that_need_work(state, instanc
     assert [(r.tags[RANGE_START], r.tags[RANGE_END]) for r in requests] == [(keys[0], keys[1]), (keys[2], keys[2])]
     assert {r.tags["colqwen/trigger"] for r in requests} == {"schedule"}
     assert instance.get_dynamic_partitions("documents") == keys  # added before any run targets them
-    assert reindex_schedule.job_name == "ingest_job" and reindex_schedule.cron_schedule == "0 2 * * *"
+    assert reindex_schedule.job_name == "ingest_job"
     ingest(state, instance=instance, echo=lambda _: None)
     assert schedule_tick(instance) == []  # an unchanged inbox launches nothing
     Image.new("RGB", (40, 40), "black").save(state.inbox / "b.png")
@@ -156,10 +158,21 @@ def schedule_tick(instance) -> list:
     return list(reindex_schedule.evaluate_tick(context).run_requests or [])
 
 
-def test_a_bulk_run_indexes_good_documents_and_fails_the_broken_one_alone(state, instance):
+def test_the_schedule_runs_at_the_configured_cron():
+    code = "from colqwen_pipeline.defs.automation import reindex_schedule as s; print(s.cron_schedule)"
+    env = os.environ | {"COLQWEN_REINDEX_CRON": "15 3 * * 1"}
+
+    output = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+
+    assert output.stdout.strip() == "15 3 * * 1"  # not the default "0 2 * * *" (the README's table pins that)
+
+
+def test_a_bulk_run_indexes_good_documents_and_fails_the_broken_one_alone(state, instance, monkeypatch):
     add_sample(state, "pump_maintenance_manual.pdf")
     add_sample(state, "scanned_invoice.jpg")
     (state.inbox / "broken.pdf").write_bytes(b"%PDF-1.4\ngarbage")
+    monkeypatch.setenv("COLQWEN_EMBED_WAVE_PAGES", "1")  # a wave per document: each asks for the model
+    registry.unload()  # loaded by an earlier test, the model would count 0 loads here
     loads_before = registry.loads_so_far()
 
     summary = ingest(state, instance=instance, echo=lambda _: None)
@@ -179,7 +192,7 @@ def test_a_bulk_run_indexes_good_documents_and_fails_the_broken_one_alone(state,
     }
     assert indexed == good
     assert instance.get_materialized_partitions(dg.AssetKey("milvus_collection")) == good
-    assert registry.loads_so_far() - loads_before <= 1  # one model load for the whole run
+    assert registry.loads_so_far() - loads_before == 1  # one model load for the whole run
     failure = next(e for e in instance.all_logs(run.run_id) if e.dagster_event and e.dagster_event.is_step_failure)
     description = failure.dagster_event.step_failure_data.user_failure_data.description
     assert description.startswith("1 of 3 document(s) failed; the others are indexed: broken.pdf:")

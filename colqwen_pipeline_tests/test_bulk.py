@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import time
 
-import pytest
 from PIL import Image
 
 from colqwen_pipeline.bulk import stages, versions
@@ -81,6 +80,7 @@ def test_an_unchanged_rerun_renders_embeds_and_writes_nothing(state):
     keys = one_page_scans(state, 6)
     run_documents(state, keys)
     tokens = stages.make_index(state).count_tokens()
+    registry.unload()  # else the model stays loaded from the first run and model_loads == 0 proves nothing
 
     again = run_documents(state, keys)
 
@@ -166,13 +166,29 @@ def test_a_file_over_the_size_cap_is_refused_before_it_is_read(state, monkeypatc
     assert "over the cap of 1 MB" in report.failed[document_key("huge.pdf")] and hashed == []
 
 
-@pytest.mark.parametrize("workers", [1, 3])
-def test_render_workers_give_the_same_index(state, workers):
+def indexed_pages(settings) -> dict[str, list[tuple]]:
+    """Every document's stored pages as (page, pixels' sha256, token count), and the exact ranking of a query."""
+    index = stages.make_index(settings)
+    pages = {
+        key: [(row["page"], row["page_sha256"], row["n_tokens"]) for row in index.page_rows(key)]
+        for key in sorted(index.document_ids())
+    }
+    hits = stages.search("scan total", top_k=5, settings=settings)
+    return pages | {"ranking": [(h.doc_id, h.page, round(h.score, 4)) for h in hits]}
+
+
+def test_render_workers_give_the_same_index(state, tmp_path):
     keys = one_page_scans(state, 5)
+    built = {}
+    for workers in (1, 3):
+        settings = state.model_copy(update={"home": tmp_path / f"var-{workers}", "render_workers": workers})
 
-    report = run_documents(state.model_copy(update={"render_workers": workers}), keys)
+        report = run_documents(settings, keys)
 
-    assert report.failed == {} and [d.key for d in report.documents] == keys
+        assert report.failed == {} and [d.key for d in report.documents] == keys
+        built[workers] = indexed_pages(settings)
+    assert sorted(built[1]) == sorted([*keys, "ranking"]) and len(built[1]["ranking"]) == 5
+    assert built[3] == built[1]
 
 
 def test_index_fidelity_holds_at_81_pages_of_the_random_weight_model(state, monkeypatch):

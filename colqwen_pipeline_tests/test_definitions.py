@@ -36,8 +36,18 @@ def test_definitions_load_without_importing_torch():
     assert output.strip() == "False"
 
 
-def test_dagster_validates_the_workspace():
+def dagster_cli(*arguments: str) -> subprocess.CompletedProcess:
     dagster = REPO / ".venv" / "bin" / "dagster"
-    command = [str(dagster) if dagster.exists() else "dagster", "definitions", "validate", "-w", "workspace.yaml"]
-    result = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stdout + result.stderr
+    command = [str(dagster) if dagster.exists() else "dagster", *arguments, "-w", "workspace.yaml"]
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+
+
+def test_dagster_validates_the_workspace_and_finds_the_projects_jobs():
+    validated = dagster_cli("definitions", "validate")
+    listed = dagster_cli("job", "list")
+
+    assert validated.returncode == 0, validated.stdout + validated.stderr
+    assert "Validation successful for code location colqwen_pipeline.definitions" in validated.stdout + validated.stderr
+    assert listed.returncode == 0, listed.stdout + listed.stderr
+    jobs = {line.removeprefix("Job: ") for line in listed.stdout.splitlines() if line.startswith("Job: ")}
+    assert jobs == {"__ASSET_JOB", "ingest_job", "remove_documents_job"}

@@ -43,16 +43,26 @@ def test_an_ingest_gets_its_turn_while_four_clients_loop_on_search(tmp_path: Pat
     url = f"http://127.0.0.1:{port}"
     statuses: Counter[int] = Counter()
     stop = threading.Event()
+    errors: list[str] = []  # what a client thread raised: it ends that client, so it must fail the test
+
+    def search(client: httpx.Client) -> None:
+        response = client.post(f"{url}/search", json={"query": "filter cartridge", "top_k": 3})
+        statuses[response.status_code] += 1
+        if response.status_code == 200:  # what a user's client reads of each answer
+            hits = response.json()["results"]
+            assert len(hits) == 3 and all(hit["page_url"].startswith("/pages/") for hit in hits), hits
 
     def loop() -> None:
-        with httpx.Client(timeout=180) as client:
-            while not stop.is_set():
-                response = client.post(f"{url}/search", json={"query": "filter cartridge", "top_k": 3})
-                statuses[response.status_code] += 1
+        try:
+            with httpx.Client(timeout=180) as client:
+                while not stop.is_set():
+                    search(client)
+        except Exception as error:  # noqa: BLE001 - reported by the assertion below
+            errors.append(repr(error))
 
     try:
         wait_ready(url, server, log_path)
-        clients = [threading.Thread(target=loop) for _ in range(CLIENTS)]
+        clients = [threading.Thread(target=loop, daemon=True) for _ in range(CLIENTS)]
         for client in clients:
             client.start()
         (inbox / "second.pdf").write_bytes((SAMPLES / "acme_annual_report_2025.pdf").read_bytes())
@@ -61,6 +71,8 @@ def test_an_ingest_gets_its_turn_while_four_clients_loop_on_search(tmp_path: Pat
         stop.set()
         for client in clients:
             client.join(timeout=300)
+        assert not any(client.is_alive() for client in clients), "a client's request never returned"
+        assert errors == []
         assert ingest.returncode == 0, (out + err)[-2000:]
         assert "Traceback" not in err
         assert set(statuses) == {200}, statuses  # no 500, no refusal

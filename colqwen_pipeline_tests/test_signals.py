@@ -3,11 +3,13 @@ and leave nothing half-written; a SIGKILLed ingest does not hold the run queue f
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import dagster as dg
@@ -16,6 +18,7 @@ from PIL import Image
 
 from colqwen_pipeline.bulk import stages
 from colqwen_pipeline.defs.runner import ingest
+from colqwen_pipeline.index.connection import TurnQueue
 
 pytestmark = pytest.mark.slow
 
@@ -57,16 +60,31 @@ def wait_until_documents_are_indexed(state, process: subprocess.Popen, at_least:
         time.sleep(0.5)
 
 
+@contextlib.contextmanager
+def holding_the_index(state) -> Iterator[None]:
+    """Take the Milvus Lite file's turn, as every process does before it opens the file, and keep
+    it: the ingest writes nothing more until it is given back, so it cannot finish meanwhile (this
+    process's own index calls would wait behind it too)."""
+    queue = TurnQueue((state.home_dir / "milvus.db").resolve())
+    ticket = queue.enter()
+    try:
+        queue.wait_turn(ticket, time.monotonic() + 120)  # the ingest hands the file over between writes
+        yield
+    finally:
+        queue.leave(ticket)
+
+
 @pytest.mark.parametrize("signo", [signal.SIGTERM, signal.SIGINT])
 def test_a_signal_stops_ingest_at_once_with_one_line_and_a_consistent_index(state, signo, monkeypatch):
     scans(state.inbox, 60)
     process = start_ingest(state)
     wait_until_documents_are_indexed(state, process, at_least=4)
 
-    # To the ingest process only: a terminal's Ctrl-C also reaches Dagster's compute-log helper
-    # (watch_orphans.py), which prints a traceback of its own (noted in docs/troubleshooting).
-    process.send_signal(signo)
-    _, stderr = process.communicate(timeout=60)
+    with holding_the_index(state):  # no race with the end of the ingest: it writes nothing until it has stopped
+        # To the ingest process only: a terminal's Ctrl-C also reaches Dagster's compute-log helper
+        # (watch_orphans.py), which prints a traceback of its own (noted in docs/troubleshooting).
+        process.send_signal(signo)
+        _, stderr = process.communicate(timeout=60)
 
     assert process.returncode == 128 + signo
     assert "Traceback" not in stderr

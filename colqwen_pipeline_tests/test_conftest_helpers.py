@@ -1,0 +1,26 @@
+"""The shared test helpers fail when what they watch goes wrong (a helper that cannot fail hides bugs)."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+
+from colqwen_pipeline_tests.conftest import run_in_threads
+
+
+def test_run_in_threads_reports_errors_and_threads_that_outlive_the_timeout():
+    release = threading.Event()
+    calls = itertools.count()  # next() on it is atomic: exactly one thread sees 0
+
+    def work() -> None:
+        if next(calls) == 0:
+            raise ValueError("boom")
+        release.wait(30)  # the others hang until released
+
+    try:
+        errors = run_in_threads(work, count=3, timeout_s=0.5)
+    finally:
+        release.set()
+
+    assert errors == ["ValueError('boom')", "2 of 3 thread(s) still running after 0.5 s"]
+    assert run_in_threads(lambda: None, count=3, timeout_s=5) == []
