@@ -106,8 +106,12 @@ class Settings(BaseSettings):
     )
     server_expose_paths: bool = Field(False, description="Show absolute server paths (model, image_path) to clients.")
     # Server web page, uploads and API keys (issue 15; docs/deployment.md)
-    server_api_keys: str = Field("", description="Comma-separated API keys; empty (and no keys file) = no auth.")
+    server_api_keys: str = Field(
+        "", description="Comma-separated search:KEY or admin:KEY entries; empty (and no keys file) = no auth."
+    )
     server_api_keys_file: str = Field("", description="File of API keys, one per line (a secrets mount).")
+    server_session_hours: float = Field(12.0, gt=0, description="A web sign-in lasts this long (signing out ends it).")
+    trash_days: float = Field(30.0, ge=0, description="Removed documents wait this long in $COLQWEN_HOME/trash/.")
     server_max_upload_mb: int = Field(100, ge=1, description="Largest document accepted by POST /documents.")
     server_index_uploads: Literal["auto", "always", "never"] = Field(
         "auto", description="Who indexes uploads: auto = the server unless a Dagster daemon is running."

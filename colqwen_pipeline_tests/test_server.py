@@ -310,7 +310,42 @@ def test_a_model_that_fails_to_load_is_reported_not_ready(state: Settings, tmp_p
         assert "Retry-After" not in httpx.post(f"{url}/embed_text", json={"queries": ["q"]}).headers
         assert "no-such-model does not exist" in ready.json()["detail"]
         assert httpx.get(f"{url}/health/live").status_code == 200
-        assert "failed to load" in httpx.post(f"{url}/embed_text", json={"queries": ["q"]}).json()["detail"]
+        refused = httpx.post(f"{url}/embed_text", json={"queries": ["q"]}).json()["detail"]
+        assert "failed to load" in refused
+        for text in (ready.text, refused):  # /health/ready is open to anyone: no server paths in it
+            assert str(tmp_path) not in text and "/tmp" not in text, text
+
+
+def test_removals_waiting_for_the_index_leave_threads_for_probes_and_pages(state: Settings) -> None:
+    """45 DELETEs while the index is being written (the test holds the server's write lock, as an upload's
+    ingest does): a few wait their turn, the rest are answered busy at once, so the thread pool stays free
+    for the probes and the document list."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from colqwen_pipeline.service.app import create_app
+    from colqwen_pipeline.service.uploads import REMOVE_WAITERS
+
+    app = create_app(state)
+    with server_in_thread(app) as url, ThreadPoolExecutor(45) as pool:
+        lock = app.state.web.write_lock
+        lock.acquire()
+        try:
+            doc_ids = [f"nothing.pdf-{i:08d}" for i in range(45)]
+            calls = [
+                pool.submit(httpx.delete, f"{url}/documents/{d}", params={"confirm": d}, timeout=120) for d in doc_ids
+            ]
+            deadline = time.monotonic() + 60
+            while sum(call.done() for call in calls) < len(calls) - REMOVE_WAITERS:
+                assert time.monotonic() < deadline, f"{sum(c.done() for c in calls)} of 45 DELETEs answered"
+                time.sleep(0.1)
+            answered = [call.result() for call in calls if call.done()]
+            assert {r.status_code for r in answered} == {503} and "busy" in answered[0].json()["detail"]
+            assert answered[0].headers["retry-after"]
+            assert httpx.get(f"{url}/health/live", timeout=5).status_code == 200
+            assert httpx.get(f"{url}/documents", timeout=10).status_code == 200  # a pool thread is free
+        finally:
+            lock.release()
+        assert {call.result().status_code for call in calls} <= {404, 503}  # unknown documents, once it is their turn
 
 
 # -- the pipeline with the model held by the server ----------------------------------------------

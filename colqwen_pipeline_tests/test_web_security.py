@@ -88,6 +88,10 @@ def form_token(page_html: str) -> str:
     return tokens.pop()
 
 
+def csrf_field(token: str) -> str:
+    return f'<input type="hidden" name="csrf" value="{token}">'
+
+
 def inbox_names(inbox: Path) -> list[str]:
     return sorted(p.name for p in inbox.iterdir())
 
@@ -128,7 +132,7 @@ def test_state_changing_forms_need_the_pages_token(keyless) -> None:
         own = {"origin": url, "sec-fetch-site": "same-origin"}
         page = http.get("/", headers={"accept": "text/html"}).text
         token = form_token(page)
-        assert page.count(f'value="{token}"') == 2  # the upload form and the one Remove button
+        assert f'<form action="/upload" method="post" enctype="multipart/form-data">{csrf_field(token)}' in page
         upload = {"file": ("own upload.png", scan("own"), "image/png")}
         for wrong in ({}, {"csrf": "0" * 64}):
             assert http.post("/upload", data=wrong, files=upload, headers=own).status_code == 403
@@ -140,7 +144,8 @@ def test_state_changing_forms_need_the_pages_token(keyless) -> None:
         removed = http.post(f"/documents/{document_key('own upload.png')}/delete", data={"csrf": token}, headers=own)
         assert removed.status_code == 303 and "own upload.png" not in inbox_names(inbox)
         assert http.post("/documents", files=upload).status_code == 202  # a program (no browser headers)
-        assert http.delete(f"/documents/{document_key('own upload.png')}").status_code == 200
+        confirmed = {"confirm": "own upload.png"}
+        assert http.delete(f"/documents/{document_key('own upload.png')}", params=confirmed).status_code == 200
 
 
 def test_no_page_may_be_framed(keyless) -> None:
@@ -185,6 +190,10 @@ def test_a_signed_in_browser_visiting_another_port_loses_nothing(keyed) -> None:
 
         page.goto(f"{server}/")
         with page.expect_navigation():
-            page.click(f'button[aria-label="Remove {SAMPLE}"]')
-        assert page.url.startswith(f"{server}/?notice=")
-        assert SAMPLE not in inbox_names(inbox)  # removed before the redirect was sent
+            page.click(f'a[aria-label="Remove {SAMPLE}"]')  # asks first, naming the file
+        assert inbox_names(inbox) == before
+        with page.expect_navigation():
+            page.click(f"text=Move {SAMPLE} to the trash")
+        assert page.url.startswith(f"{server}/?removed=")
+        assert SAMPLE not in inbox_names(inbox)  # in the trash before the redirect was sent
+        assert f"{SAMPLE} moved to the trash" in page.inner_text("body")

@@ -21,9 +21,9 @@ from pydantic import BaseModel, Field
 
 from colqwen_pipeline.embedding.identity import model_marker
 from colqwen_pipeline.embedding.remote import Encoding, encode_vectors
-from colqwen_pipeline.service.auth import ApiKeyAuth, ApiKeys
+from colqwen_pipeline.service.auth import SIGN_IN_LIMIT, ApiKeyAuth, ApiKeys, Guards, Sessions, undeclared_routes
 from colqwen_pipeline.service.csrf import FormTokens, SameOriginGuard
-from colqwen_pipeline.service.disclosure import public_model_info
+from colqwen_pipeline.service.disclosure import public_model_info, public_text
 from colqwen_pipeline.service.html import sign_in_page
 from colqwen_pipeline.service.limits import (
     BodySizeLimit,
@@ -56,6 +56,7 @@ class SearchRequest(BaseModel):
 
 
 UPLOAD_PATHS = ("/documents", "/upload")
+MULTIPART_FRAMING = 2**16  # room around an upload's bytes
 
 
 def create_app(
@@ -74,24 +75,28 @@ def create_app(
 
     app = FastAPI(title="colqwen-pipeline model server", version="1", lifespan=lifespan)
     app.state.holder = holder
-    upload_bytes = settings.server_max_upload_mb * 2**20
+    upload = (settings.server_max_upload_mb * 2**20 + MULTIPART_FRAMING, "COLQWEN_SERVER_MAX_UPLOAD_MB")
+    post_limits = dict.fromkeys(UPLOAD_PATHS, upload) | {"/sign-in": (SIGN_IN_LIMIT, "a sign-in form")}
+    app.add_middleware(BodySizeLimit, max_bytes=settings.server_max_request_mb * 2**20, post_limits=post_limits)
+    guards = Guards(keys, Sessions(settings.server_session_hours * 3600), FormTokens())
     app.add_middleware(
-        BodySizeLimit,
-        max_bytes=settings.server_max_request_mb * 2**20,
-        upload_bytes=upload_bytes,
-        upload_paths=UPLOAD_PATHS,
+        ApiKeyAuth,
+        keys=keys,
+        sessions=guards.sessions,
+        routes=app.router,
+        sign_in_page=lambda session, next_path: sign_in_page("", guards.forms.token(session), next_path),
     )
-    forms = FormTokens()
-    app.add_middleware(ApiKeyAuth, keys=keys, sign_in_page=lambda session: sign_in_page("", forms.token(session)))
     app.add_middleware(SameOriginGuard)  # outermost: a cross-site post is refused before its key or body is read
-    _add_error_handlers(app)
-    _add_health_routes(app, holder)
+    _add_error_handlers(app, settings)
+    _add_health_routes(app, holder, settings)
     _add_model_routes(app, holder, settings)
-    app.state.web = add_web_routes(app, holder, settings, keys, forms)
+    app.state.web = add_web_routes(app, holder, settings, guards)
+    if missing := undeclared_routes(app.routes):  # a programming error: no route goes unchecked
+        raise RuntimeError(f"routes without a declared access in auth.ROUTE_ACCESS: {', '.join(missing)}")
     return app
 
 
-def _add_error_handlers(app: FastAPI) -> None:
+def _add_error_handlers(app: FastAPI, settings: Settings) -> None:
     @app.exception_handler(Refused)
     async def refused(request: Request, error: Refused) -> Response:
         page = html_error(request, error.status, error.detail, request.app.state.web)
@@ -107,7 +112,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(NotReady)
     async def not_ready(request: Request, error: NotReady) -> JSONResponse:
         loading = request.app.state.holder.status == "LOADING"  # a failed load does not heal: no Retry-After
-        return JSONResponse({"detail": str(error)}, status_code=503, headers={"Retry-After": "5"} if loading else {})
+        detail = public_text(str(error), settings.server_expose_paths)
+        return JSONResponse({"detail": detail}, status_code=503, headers={"Retry-After": "5"} if loading else {})
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, error: RequestValidationError) -> JSONResponse:
@@ -116,18 +122,21 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse({"detail": "; ".join(problems)}, status_code=422)
 
 
-def _add_health_routes(app: FastAPI, holder: ModelHolder) -> None:
+def _add_health_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> None:
+    """On the event loop (async), not in the thread pool: probes answer while every worker thread is busy."""
+
     @app.get("/health/live", tags=["health"])
-    def live() -> dict[str, str]:
+    async def live() -> dict[str, str]:
         return {"status": "ALIVE"}
 
     @app.get("/health/ready", tags=["health"], responses={503: {"description": "LOADING or FAILED"}})
-    def ready() -> JSONResponse:
-        body = {"status": holder.status} | ({"detail": holder.error} if holder.error else {})
+    async def ready() -> JSONResponse:
+        error = public_text(holder.error, settings.server_expose_paths)  # open to anyone: no server paths
+        body = {"status": holder.status} | ({"detail": error} if error else {})
         return JSONResponse(body, status_code=200 if holder.status == "READY" else 503)
 
     @app.get("/healthy-check", tags=["health"])
-    def healthy_check() -> dict[str, str]:
+    async def healthy_check() -> dict[str, str]:
         return {"status": "UP"}
 
 

@@ -7,8 +7,11 @@ image its path under the state directory.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
+
+ABSOLUTE_PATH = re.compile(r"(?<![\w.:/])/(?:[^\s'\"/():,;]+/)*([^\s'\"/():,;]+)")
 
 
 def public_model_info(info: dict[str, Any], expose_paths: bool) -> dict[str, Any]:
@@ -16,6 +19,11 @@ def public_model_info(info: dict[str, Any], expose_paths: bool) -> dict[str, Any
     if expose_paths:
         return info
     return {key: _name_only(value) for key, value in info.items()}
+
+
+def public_text(text: str, expose_paths: bool) -> str:
+    """A message (an error of the model load) with each absolute path cut to its last component."""
+    return text if expose_paths else ABSOLUTE_PATH.sub(r"\1", text)
 
 
 def public_image_path(image_path: str, home: Path, expose_paths: bool) -> str:

@@ -6,6 +6,7 @@ script only refreshes the status of documents still being indexed.
 
 from __future__ import annotations
 
+import time
 from html import escape
 from typing import Any
 from urllib.parse import quote, urlencode
@@ -27,6 +28,8 @@ a { color: var(--accent); }
 :focus-visible { outline: 3px solid #f0a000; outline-offset: 2px; }
 .skip { position: absolute; left: -9999px; } .skip:focus { left: 1rem; top: 0.5rem; background: #fff; }
 .warning { background: #fff4ce; border: 1px solid #d4a72c; padding: 0.5rem 0.75rem; border-radius: 6px; }
+.notice { background: #ddf4ff; border: 1px solid #54aeff; padding: 0.5rem 0.75rem; border-radius: 6px; }
+form.inline { display: inline; }
 .error { background: #ffebe9; border: 1px solid #cf222e; padding: 0.5rem 0.75rem; border-radius: 6px; }
 form.search { display: flex; gap: 0.5rem; flex-wrap: wrap; margin: 0.5rem 0 1rem; }
 form.search label { flex-basis: 100%; font-weight: 600; }
@@ -133,10 +136,10 @@ def view_url(doc_id: str, page: int, query: str, token: int | None = None) -> st
 
 
 def documents_section(documents: list[dict[str, Any]], csrf: str, notice: str = "") -> str:
-    rows = "".join(document_row(d, csrf) for d in documents) or '<tr><td colspan="3">No documents yet.</td></tr>'
-    notice_html = f'<p role="status" class="warning">{escape(notice)}</p>' if notice else ""
+    """``notice``: HTML the server wrote (server_notice), never text from the request."""
+    rows = "".join(document_row(d) for d in documents) or '<tr><td colspan="3">No documents yet.</td></tr>'
     return f"""<section id="documents" aria-labelledby="documents-title"><h2 id="documents-title">Documents</h2>
-{notice_html}<form action="/upload" method="post" enctype="multipart/form-data">{form_token(csrf)}
+{notice}<form action="/upload" method="post" enctype="multipart/form-data">{form_token(csrf)}
 <label for="file">Add a document (PDF, DOCX, PPTX, XLSX, PNG, JPEG, TIFF):</label>
 <input id="file" name="file" type="file" required> <button type="submit">Upload</button></form>
 <table><thead><tr><th scope="col">Document</th><th scope="col">Status</th><th scope="col">
@@ -144,13 +147,63 @@ def documents_section(documents: list[dict[str, Any]], csrf: str, notice: str = 
 <script>{STATUS_SCRIPT}</script></section>"""
 
 
-def document_row(document: dict[str, Any], csrf: str) -> str:
+def document_row(document: dict[str, Any]) -> str:
+    """Remove is a link to a page that asks first (confirm_removal): no one-click loss."""
     doc_id = document["doc_id"]
-    action = f"/documents/{quote(doc_id, safe='')}/delete"
+    ask = f"/documents/{quote(doc_id, safe='')}/remove"
     return f"""<tr><td>{escape(document["document"])}</td>
 <td id="status-{escape(doc_id)}" data-status="{escape(document["status"])}">{escape(status_text(document))}</td>
-<td><form method="post" action="{escape(action)}">{form_token(csrf)}<button class="quiet"
- aria-label="Remove {escape(document["document"])}">Remove</button></form></td></tr>"""
+<td><a href="{escape(ask)}" aria-label="Remove {escape(document["document"])}">Remove…</a></td></tr>"""
+
+
+def confirm_removal(doc_id: str, document: str, days: float, csrf: str) -> str:
+    action = f"/documents/{quote(doc_id, safe='')}/delete"
+    return f"""<h2>Remove {escape(document)}?</h2>
+<p>It leaves the search index, and the file moves from the inbox to the trash, where it is kept for
+{days:g} days. Until then you can restore it from the Trash list on the search page.</p>
+<form method="post" action="{escape(action)}">{form_token(csrf)}
+<button type="submit">Move {escape(document)} to the trash</button> <a href="/#documents">Cancel</a></form>"""
+
+
+def restore_button(doc_id: str, document: str, csrf: str) -> str:
+    action = f"/documents/{quote(doc_id, safe='')}/restore"
+    return f"""<form class="inline" method="post" action="{escape(action)}">{form_token(csrf)}<button class="quiet"
+ aria-label="Restore {escape(document)}">Restore</button></form>"""
+
+
+def trash_section(trash: Any, csrf: str) -> str:
+    """The trash's entries, newest first, each with its Restore button; nothing when it is empty."""
+    entries = trash.entries()
+    if not entries:
+        return ""
+    rows = "".join(
+        f"<tr><td>{escape(e.document)}</td><td>{day(e.removed_at)}</td><td>{day(e.purge_at(trash.days))}</td>"
+        f"<td>{restore_button(e.doc_id, e.document, csrf)}</td></tr>"
+        for e in entries
+    )
+    return f"""<section id="trash" aria-labelledby="trash-title"><h2 id="trash-title">Trash</h2>
+<table><thead><tr><th scope="col">Document</th><th scope="col">Removed</th><th scope="col">Deleted for good on</th>
+<th scope="col"><span class="muted">Restore</span></th></tr></thead><tbody>{rows}</tbody></table></section>"""
+
+
+def day(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(timestamp))
+
+
+def added_notice(document: dict[str, Any]) -> str:
+    state = "indexed" if document["status"] == "indexed" else "being indexed"
+    return f'<p role="status" class="notice">{escape(document["document"])} added; it is {state}.</p>'
+
+
+def restored_notice(document: dict[str, Any]) -> str:
+    return f'<p role="status" class="notice">{escape(document["document"])} is back in the inbox.</p>'
+
+
+def removed_notice(trashed: Any, days: float, csrf: str) -> str:
+    return (
+        f'<div role="status" class="notice">{escape(trashed.document)} moved to the trash (kept {days:g} days). '
+        f"{restore_button(trashed.doc_id, trashed.document, csrf)}</div>"
+    )
 
 
 def status_text(document: dict[str, Any]) -> str:
@@ -203,9 +256,11 @@ def page_links(doc_id: str, page: int, pages: int, query: str) -> str:
     return f"<p>{' · '.join(links)}</p>" if links else ""
 
 
-def sign_in_page(message: str, csrf: str) -> str:
+def sign_in_page(message: str, csrf: str, next_path: str = "/") -> str:
+    """``next_path``: where the browser was going (a path of this server), kept through the sign-in."""
     problem = f'<p class="error" role="alert">{escape(message)}</p>' if message else ""
     body = f"""<h2>Sign in</h2>{problem}<form method="post" action="/sign-in">{form_token(csrf)}
+<input type="hidden" name="next" value="{escape(next_path)}">
 <label for="key">API key</label><br><input id="key" name="key" type="password" autocomplete="current-password"
  required autofocus size="40"> <button type="submit">Sign in</button></form>
 <p class="muted">Programs send the key as <code>Authorization: Bearer KEY</code>.</p>"""

@@ -60,9 +60,9 @@ class BodySizeLimit:
     """ASGI middleware: refuse a body over the limit from its Content-Length, or while it streams
     (chunked uploads declare no length), before any of it is parsed."""
 
-    def __init__(self, app, max_bytes: int, upload_bytes: int = 0, upload_paths: tuple[str, ...] = ()):
+    def __init__(self, app, max_bytes: int, post_limits: dict[str, tuple[int, str]] | None = None):
         self.app, self.max_bytes = app, max_bytes
-        self.upload_bytes, self.upload_paths = upload_bytes, upload_paths  # document uploads have their own cap
+        self.post_limits = post_limits or {}  # path -> (bytes, what sets it): uploads and sign-in have their own
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -88,13 +88,14 @@ class BodySizeLimit:
         await self.app(scope, limited_receive, send)
 
     def _limit(self, scope) -> tuple[int, str]:
-        if self.upload_bytes and scope["method"] == "POST" and scope["path"] in self.upload_paths:
-            return self.upload_bytes + 2**16, "COLQWEN_SERVER_MAX_UPLOAD_MB"  # room for the multipart framing
+        if scope["method"] == "POST" and scope["path"] in self.post_limits:
+            return self.post_limits[scope["path"]]
         return self.max_bytes, "COLQWEN_SERVER_MAX_REQUEST_MB"
 
     @staticmethod
     def _message(size: int, limit: int, setting: str) -> str:
-        return f"request body of {size} bytes exceeds the limit of {limit // 2**20} MB ({setting})"
+        allowed = f"{limit // 2**20} MB" if limit >= 2**20 else f"{limit} bytes"
+        return f"request body of {size} bytes exceeds the limit of {allowed} ({setting})"
 
     async def _refuse(self, send, size: int, limit: int, setting: str) -> None:
         body = json.dumps({"detail": self._message(size, limit, setting)}).encode()

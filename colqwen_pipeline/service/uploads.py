@@ -22,7 +22,7 @@ import threading
 import time
 import unicodedata
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -30,6 +30,7 @@ from typing import Any, BinaryIO
 from colqwen_pipeline.documents.manifest import DocumentError, Manifest
 from colqwen_pipeline.inbox import IGNORED_PREFIXES, document_name, inbox_files
 from colqwen_pipeline.service.limits import Refused
+from colqwen_pipeline.service.trash import Trash, Trashed, TrashError
 from colqwen_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -260,19 +261,65 @@ def page_count(settings: Settings, doc_id: str) -> int | None:
         return None
 
 
-def remove_document(settings: Settings, doc_id: str, lock: threading.Lock) -> str:
-    """Out of the inbox, the index, the state directory and Dagster's partitions; returns its file name.
-    404 unless the doc_id is a document of the inbox or the index."""
+REMOVE_WAIT_S = 10.0  # a removal waits this long for an upload's ingest to finish, then answers busy
+REMOVE_WAITERS = 4  # requests waiting for their turn at once; a waiting request holds a worker thread
+
+
+class WriteTurns:
+    """The server's writes take turns: an upload's ingest, a removal, a restore. A request waits at most
+    ``wait_s`` for its turn, and at most ``waiters`` wait at once, so waiting requests cannot take every
+    worker thread from search and the page; the rest are answered busy at once."""
+
+    def __init__(self, wait_s: float = REMOVE_WAIT_S, waiters: int = REMOVE_WAITERS):
+        self.lock = threading.Lock()
+        self.wait_s = wait_s
+        self._waiting = threading.BoundedSemaphore(waiters)
+
+    @contextlib.contextmanager
+    def turn(self) -> Iterator[None]:
+        if not self._waiting.acquire(blocking=False):
+            raise busy()
+        try:
+            got = self.lock.acquire(timeout=self.wait_s)
+        finally:
+            self._waiting.release()
+        if not got:
+            raise busy()
+        try:
+            yield
+        finally:
+            self.lock.release()
+
+
+def busy() -> Refused:
+    return Refused(
+        503,
+        "busy: the index is being written (an upload being indexed, or another removal); try again in a minute",
+        {"Retry-After": "10"},
+    )
+
+
+def remove_document(settings: Settings, doc_id: str, turns: WriteTurns, trash: Trash) -> Trashed | None:
+    """The original into the trash, the document out of the index, the state directory and Dagster's
+    partitions. Returns the trash entry (None when only index rows were left). 404 unless the doc_id is a
+    document of the inbox or the index."""
     from colqwen_pipeline.bulk import stages
     from colqwen_pipeline.defs.instance import forget_partition
 
-    path = inbox_files(settings.inbox).get(doc_id)
-    with lock:
+    with turns.turn():
+        path = inbox_files(settings.inbox).get(doc_id)
         index = stages.make_index(settings)
         if path is None and doc_id not in index.document_ids():
             raise Refused(404, f"no document {doc_id!r} in the inbox or the index")
-        if path is not None:
-            path.unlink(missing_ok=True)  # first: a sensor tick after this sees a deletion, never a new file
-        stages.remove_document(settings, doc_id, index)
+        trashed = trash.put(doc_id, path) if path is not None else None  # first: a sensor sees a deletion
+        stages.remove_document(settings, doc_id, index)  # the same removal the sensor makes for a deleted file
         forget_partition(settings, doc_id)
-    return document_name(settings.inbox, path) if path else doc_id
+    return trashed
+
+
+def restore_document(doc_id: str, turns: WriteTurns, trash: Trash) -> Trashed:
+    with turns.turn():
+        try:
+            return trash.restore(doc_id)
+        except TrashError as error:
+            raise Refused(409 if trash.latest(doc_id) else 404, str(error)) from None

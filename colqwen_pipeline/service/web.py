@@ -1,26 +1,38 @@
 """Routes for people and for documents: the search page, the page view with its heatmap, page
-images, uploads and removal (JSON under /documents, HTML forms under /upload and /documents/.../delete),
-and the sign-in form. The logic lives in pages.py, heatmap.py, uploads.py and html.py."""
+images, uploads, removal to the trash and restore (JSON under /documents, HTML forms under /upload and
+/documents/...), and the sign-in form. The logic lives in pages.py, heatmap.py, uploads.py, trash.py and
+html.py. Removal takes two steps everywhere: the page asks on a page naming the file, the API wants
+``?confirm=<file name>``."""
 
 from __future__ import annotations
 
 import logging
-import threading
+import time
 from typing import Any
+from urllib.parse import quote
 
 from fastapi import FastAPI, File, Form, Query, Request, UploadFile
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from colqwen_pipeline.embedding.identity import model_marker
 from colqwen_pipeline.inbox import document_key
 from colqwen_pipeline.service import heatmap, html
-from colqwen_pipeline.service.auth import COOKIE, ApiKeys, sign_in_form
-from colqwen_pipeline.service.csrf import EXPIRED_FORM, FormTokens
+from colqwen_pipeline.service.auth import COOKIE, Guards, sign_in_form
+from colqwen_pipeline.service.csrf import EXPIRED_FORM, FORM_FIELD
 from colqwen_pipeline.service.limits import Refused, check_query, check_query_tokens
 from colqwen_pipeline.service.model import ModelHolder, NotReady
 from colqwen_pipeline.service.pages import DocumentIds, PageStore, check_width, thumbnail_jpeg
 from colqwen_pipeline.service.searching import search_pages
-from colqwen_pipeline.service.uploads import UploadStore, document_statuses, make_indexer, remove_document
+from colqwen_pipeline.service.trash import Trash, Trashed
+from colqwen_pipeline.service.uploads import (
+    UploadStore,
+    WriteTurns,
+    document_statuses,
+    make_indexer,
+    remove_document,
+    restore_document,
+)
 from colqwen_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,14 +43,17 @@ IMAGE_CACHE = {"cache-control": "private, max-age=60"}
 class Web:
     """What the routes share: settings, the model, the index's ids, the page store, the indexer."""
 
-    def __init__(self, holder: ModelHolder, settings: Settings, keys: ApiKeys, forms: FormTokens):
+    def __init__(self, holder: ModelHolder, settings: Settings, guards: Guards):
         from colqwen_pipeline.index import make_index
 
-        self.holder, self.settings, self.keys, self.forms = holder, settings, keys, forms
+        self.holder, self.settings, self.guards = holder, settings, guards
+        self.keys, self.forms = guards.keys, guards.forms
         self.indexed = DocumentIds(lambda: make_index(holder.settings).document_ids())
         self.pages = PageStore(settings, self.indexed)
         self.uploads = UploadStore(settings)
-        self.write_lock = threading.Lock()  # server-side ingest and removal take turns
+        self.trash = Trash(settings)
+        self.turns = WriteTurns()  # server-side ingest, removal and restore take turns
+        self.write_lock = self.turns.lock
         self.indexer = make_indexer(holder.settings, self.write_lock, self.indexed.forget)
         self._prompt: tuple[int, int] | None = None
 
@@ -61,6 +76,12 @@ class Web:
     def documents(self) -> list[dict[str, Any]]:
         return document_statuses(self.settings, self.indexed(), self.indexer)
 
+    def document(self, doc_id: str) -> dict[str, Any]:
+        found = next((d for d in self.documents() if d["doc_id"] == doc_id), None)
+        if found is None:
+            raise Refused(404, f"no document {doc_id!r} in the inbox")
+        return found
+
     def accept_upload(self, upload: UploadFile) -> dict[str, Any]:
         name = self.uploads.save(upload.file, upload.filename)
         doc_id = document_key(name)
@@ -68,11 +89,16 @@ class Web:
         log.info("upload %s saved as %s (indexed by the %s)", upload.filename, name, by)
         return {"doc_id": doc_id, "document": name, "status": "pending", "indexed_by": by}
 
-    def remove(self, doc_id: str) -> str:
-        removed = remove_document(self.settings, doc_id, self.write_lock)
+    def remove(self, doc_id: str) -> dict[str, Any]:
+        trashed = remove_document(self.settings, doc_id, self.turns, self.trash)
         self.indexer.failed.pop(doc_id, None)
         self.indexed.forget()
-        return removed
+        return {"doc_id": doc_id, "removed": trashed.document if trashed else doc_id} | trash_fields(self, trashed)
+
+    def restore(self, doc_id: str) -> dict[str, Any]:
+        restored = restore_document(doc_id, self.turns, self.trash)
+        by = self.indexer.submit(doc_id, self.settings.inbox / restored.document)
+        return {"doc_id": doc_id, "restored": restored.document, "status": "pending", "indexed_by": by}
 
     def heatmap_png(self, doc_id: str, page: int, query: str, token: int | None, width: int | None) -> bytes:
         check_query(query, self.settings)
@@ -109,8 +135,16 @@ class Web:
         return [processor.tokenizer.decode([i]).strip() or "␣" for i in ids]
 
 
-def add_web_routes(app: FastAPI, holder: ModelHolder, settings: Settings, keys: ApiKeys, forms: FormTokens) -> Web:
-    web = Web(holder, settings, keys, forms)
+def trash_fields(web: Web, trashed: Trashed | None) -> dict[str, Any]:
+    if trashed is None:
+        return {"trash": None}
+    purge = time.strftime("%Y-%m-%d", time.gmtime(trashed.purge_at(web.trash.days)))
+    return {"trash": {"restore": f"/documents/{quote(trashed.doc_id, safe='')}/restore", "kept_until": purge}}
+
+
+def add_web_routes(app: FastAPI, holder: ModelHolder, settings: Settings, guards: Guards) -> Web:
+    web = Web(holder, settings, guards)
+    web.trash.empty_expired()
     _add_page_routes(app, web)
     _add_document_routes(app, web)
     _add_html_routes(app, web)
@@ -152,14 +186,34 @@ def _add_document_routes(app: FastAPI, web: Web) -> None:
         return web.accept_upload(file)
 
     @app.delete("/documents/{doc_id}", tags=["documents"])
-    def delete_document(doc_id: str) -> dict[str, str]:
-        """Out of the inbox and the index."""
-        return {"doc_id": doc_id, "removed": web.remove(doc_id)}
+    def delete_document(
+        doc_id: str, confirm: str = Query("", description="the document's file name, as GET /documents lists it")
+    ) -> dict[str, Any]:
+        """Out of the index, the original into the trash (kept COLQWEN_TRASH_DAYS; POST .../restore brings it
+        back). A second step: without ``confirm`` naming the file, 409 says which file would go."""
+        listed = next((d for d in web.documents() if d["doc_id"] == doc_id), None)
+        if listed is None and doc_id not in web.indexed():
+            raise Refused(404, f"no document {doc_id!r} in the inbox or the index")
+        name = listed["document"] if listed else doc_id  # only index rows left: confirmed by its doc_id
+        if confirm != name:
+            raise Refused(409, f"to remove {name}, repeat with ?confirm={quote(name)} (it moves to the trash)")
+        return web.remove(doc_id)
+
+    @app.post("/documents/{doc_id}/restore", tags=["documents"])
+    async def restore(request: Request, doc_id: str) -> Response:
+        """The removed document back from the trash into the inbox, then indexed again. (The page's
+        Restore button posts its form here and is sent back to the page.)"""
+        if request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded"):
+            form = await request.form()
+            web.check_form(request, str(form.get(FORM_FIELD, "")))
+            await run_in_threadpool(web.restore, doc_id)
+            return RedirectResponse(f"/?{html.urlencode({'restored': doc_id})}#documents", status_code=303)
+        return JSONResponse(await run_in_threadpool(web.restore, doc_id))
 
 
 def _add_html_routes(app: FastAPI, web: Web) -> None:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def search_page(request: Request, q: str = "", notice: str = "") -> HTMLResponse:
+    def search_page(request: Request, q: str = "", added: str = "", removed: str = "", restored: str = ""):
         body, status = html.search_form(q), 200
         if q:
             try:
@@ -169,7 +223,9 @@ def _add_html_routes(app: FastAPI, web: Web) -> None:
                 status = error.status if isinstance(error, Refused) else 503
                 body += f'<p class="error" role="alert">{html.escape(detail(error))}</p>'
         csrf = web.csrf(request)
-        body += html.documents_section(web.documents(), csrf, notice)
+        documents = web.documents()
+        notice = server_notice(web, documents, added, removed, restored, csrf)
+        body += html.documents_section(documents, csrf, notice) + html.trash_section(web.trash, csrf)
         return HTMLResponse(html.layout(q or "Search", body, web.model(), web.keys.enabled, csrf), status)
 
     @app.get("/view/{doc_id}/{page}", response_class=HTMLResponse, include_in_schema=False)
@@ -189,39 +245,76 @@ def _add_html_routes(app: FastAPI, web: Web) -> None:
     def upload_form(request: Request, file: UploadFile = File(), csrf: str = Form("")) -> RedirectResponse:
         web.check_form(request, csrf)
         accepted = web.accept_upload(file)
-        notice = f"{accepted['document']} added; it is being indexed (indexed by the {accepted['indexed_by']})."
-        return RedirectResponse(f"/?{html.urlencode({'notice': notice})}#documents", status_code=303)
+        return RedirectResponse(f"/?{html.urlencode({'added': accepted['doc_id']})}#documents", status_code=303)
+
+    @app.get("/documents/{doc_id}/remove", response_class=HTMLResponse, include_in_schema=False)
+    def confirm_removal(request: Request, doc_id: str) -> HTMLResponse:
+        """The second step: a page that names the file and says where it goes."""
+        document = web.document(doc_id)["document"]
+        body = html.confirm_removal(doc_id, document, web.trash.days, web.csrf(request))
+        return HTMLResponse(html.layout(f"Remove {document}?", body, web.model(), web.keys.enabled, web.csrf(request)))
 
     @app.post("/documents/{doc_id}/delete", include_in_schema=False)
     def delete_form(request: Request, doc_id: str, csrf: str = Form("")) -> RedirectResponse:
         web.check_form(request, csrf)
-        removed = web.remove(doc_id)
-        return RedirectResponse(f"/?{html.urlencode({'notice': f'{removed} removed.'})}#documents", status_code=303)
+        web.remove(doc_id)
+        return RedirectResponse(f"/?{html.urlencode({'removed': doc_id})}#documents", status_code=303)
 
 
 def _add_sign_in_routes(app: FastAPI, web: Web) -> None:
     @app.get("/sign-in", response_class=HTMLResponse, include_in_schema=False)
-    def sign_in_page(request: Request) -> HTMLResponse:
-        return HTMLResponse(html.sign_in_page("", web.csrf(request)))
+    def sign_in_page(request: Request, next: str = "/") -> HTMLResponse:  # noqa: A002 - the form's name
+        return HTMLResponse(html.sign_in_page("", web.csrf(request), local_path(next)))
 
     @app.post("/sign-in", include_in_schema=False)
     async def sign_in(request: Request) -> Response:
-        key, csrf = sign_in_form(await request.body())
+        key, csrf, next_path = sign_in_form(await request.body())  # at most SIGN_IN_LIMIT bytes (BodySizeLimit)
         web.check_form(request, csrf)  # else a page elsewhere could sign this browser in with its own key
-        if not web.keys.enabled or not web.keys.accepts(key):
-            return HTMLResponse(html.sign_in_page("That key is not accepted.", web.csrf(request)), status_code=401)
-        response = RedirectResponse("/", status_code=303)
-        secure = request.url.scheme == "https"
-        token = web.keys.session_token(key)
-        response.set_cookie(COOKIE, token, httponly=True, samesite="strict", secure=secure, path="/")
+        access = web.keys.access_of(key) if web.keys.enabled else None
+        if access is None:
+            page = html.sign_in_page("That key is not accepted.", web.csrf(request), local_path(next_path))
+            return HTMLResponse(page, status_code=401)
+        response = RedirectResponse(local_path(next_path), status_code=303)  # back to the page that asked
+        token = web.guards.sessions.start(access)
+        response.set_cookie(
+            COOKIE,
+            token,
+            max_age=int(web.guards.sessions.lifetime_s),
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path="/",
+        )
         return response
 
     @app.post("/sign-out", include_in_schema=False)
     def sign_out(request: Request, csrf: str = Form("")) -> Response:
         web.check_form(request, csrf)
+        if token := request.cookies.get(COOKIE):
+            web.guards.sessions.revoke(token)  # a copy of the cookie stops working too
         response = RedirectResponse("/sign-in", status_code=303)
         response.delete_cookie(COOKIE, path="/")
         return response
+
+
+def local_path(target: str) -> str:
+    """A path of this server to go back to after sign-in; anything else (another site) is ``/``."""
+    if not target.startswith("/") or target.startswith(("//", "/\\")) or any(ord(c) < 32 for c in target):
+        return "/"
+    return target
+
+
+def server_notice(web: Web, documents: list[dict[str, Any]], added: str, removed: str, restored: str, csrf: str) -> str:
+    """The notice after an upload, a removal or a restore, written from the server's own state: a link
+    can name a document, not put words on the page."""
+    names = {d["doc_id"]: d for d in documents}
+    if added in names:
+        return html.added_notice(names[added])
+    if restored in names:
+        return html.restored_notice(names[restored])
+    if removed and (trashed := web.trash.latest(removed)) is not None:
+        return html.removed_notice(trashed, web.trash.days, csrf)
+    return ""
 
 
 def thumbnail_sizes(web: Web, hits: list[dict[str, Any]]) -> dict[tuple[str, int], tuple[int, int]]:
