@@ -17,6 +17,7 @@ import errno
 import json
 import logging
 import os
+import secrets
 import shutil
 import time
 from dataclasses import dataclass
@@ -58,7 +59,8 @@ class Trash:
         """Move ``path`` (a file of the inbox) into the trash."""
         removed_at = time.time()
         document = path.relative_to(self.inbox).as_posix()
-        folder = self.root / f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime(removed_at))}-{os.getpid()}-{doc_id}"
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(removed_at))
+        folder = self.root / f"{stamp}-{secrets.token_hex(4)}-{doc_id}"  # two removals in one second: two entries
         entry = Trashed(doc_id, document, removed_at, folder)
         entry.file.parent.mkdir(parents=True)
         (folder / ENTRY).write_text(json.dumps({"doc_id": doc_id, "document": document, "removed_at": removed_at}))
