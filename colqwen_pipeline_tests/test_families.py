@@ -317,3 +317,29 @@ def test_full_random_colqwen3_geometry_is_the_4b_backbone():
 
     assert 4.4e9 < sum(p.numel() for p in model.parameters()) < 4.5e9
     assert (model.config.text_config.num_hidden_layers, model.config.vision_config.depth, model.dim) == (36, 24, 320)
+
+
+def test_a_collection_written_before_families_is_still_searched_by_its_model(tiny_models, tmp_path, monkeypatch):
+    """Fingerprints gained the family and width: an index written before is the same model's vectors,
+    served (not refused as an unknown model) until the next ingest rebuilds it under the new name."""
+    from colqwen_pipeline.bulk.engine import run_documents
+    from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
+    from colqwen_pipeline.embedding.identity import legacy_fingerprint
+    from colqwen_pipeline.index.base import PageRows
+
+    settings = family_state(tmp_path, monkeypatch, tiny_models["colqwen2.5"])
+    add_sample(settings, SAMPLE)
+    key = document_key(SAMPLE)
+    assert run_documents(settings, [key], until="embeddings", say=lambda _: None).failed == {}
+    artifact = EmbeddingArtifact.read(settings.embeddings_dir / key)
+    pages = [
+        PageRows(p["page"], p["sha256"], artifact.page_vectors(i), p["image"]) for i, p in enumerate(artifact.pages)
+    ]
+    old = legacy_fingerprint(registry.model_identity(settings))
+    assert old == artifact.fingerprint.replace("/colqwen2.5/d128/", "/")
+    index = stages.make_index(settings)
+    index.replace_document(key, SAMPLE, pages, old, 128)
+
+    hits = stages.search("replace the filter cartridge", top_k=3, settings=settings)
+
+    assert index.live_fingerprint() == old and sorted(h.page for h in hits) == [1, 2, 3]

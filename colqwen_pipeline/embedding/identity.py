@@ -237,6 +237,12 @@ def fingerprint(
     return core + (f"/{pooling}" if pooling else "")
 
 
+def legacy_fingerprint(identity: ModelIdentity) -> str:
+    """The fingerprint the same model had before families (no family, no width): collections and
+    artifacts written then are this model's vectors, served until a rebuild replaces them."""
+    return identity.fingerprint.replace(f"/{identity.family}/d{identity.dim}/", "/", 1)
+
+
 def _hub_reader(repo_id: str) -> ReadConfig:
     """A hub model's small JSON files: from the local HF cache, or downloaded when online."""
 

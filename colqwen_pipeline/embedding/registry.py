@@ -25,7 +25,7 @@ import numpy as np
 
 from colqwen_pipeline.embedding.cache import EmbeddingCache
 from colqwen_pipeline.embedding.embedder import Embedder, LocalEmbedder, warm_up
-from colqwen_pipeline.embedding.identity import ModelIdentity, ModelLoadError, ModelSpec, identify
+from colqwen_pipeline.embedding.identity import ModelIdentity, ModelLoadError, ModelSpec, identify, legacy_fingerprint
 from colqwen_pipeline.embedding.loading import load_model
 from colqwen_pipeline.embedding.queries import encode_queries
 from colqwen_pipeline.index.pooling import token_pooler
@@ -133,7 +133,7 @@ def live_model_settings(settings: Settings) -> Settings:
 
     configured = model_identity(settings)
     live = make_index(settings).live_fingerprint()
-    if live is None or live == configured.fingerprint:
+    if live is None or live in (configured.fingerprint, legacy_fingerprint(configured)):
         return settings
     with _known_models(settings.home_dir) as known:
         spec = known.get(live)
