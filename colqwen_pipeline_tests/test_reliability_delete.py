@@ -81,7 +81,7 @@ def test_a_delete_during_another_processs_ingest_is_not_written_back(deployment,
         with httpx.Client(base_url=url, headers={"authorization": f"Bearer {KEY}"}, timeout=120) as client:
             wait_for(lambda: (settings.pages_dir / doomed / "manifest.json").is_file(), 240, f"{doomed} rendered")
             assert ingest.poll() is None, "the ingest ended before the delete could land inside it"
-            removed = client.delete(f"/documents/{doomed}")
+            removed = client.delete(f"/documents/{doomed}", params={"confirm": DOOMED})
             assert removed.status_code == 200, removed.text
             assert ingest.poll() is None, "the delete did not land inside the ingest"
             assert ingest.wait(timeout=600) == 0, (tmp_path / "ingest.log").read_text()[-3000:]

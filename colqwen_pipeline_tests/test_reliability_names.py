@@ -150,12 +150,12 @@ def test_server_lists_searches_and_deletes_a_name_that_is_not_utf8(served) -> No
     hits = client.post("/search", json={"query": "pump maintenance", "top_k": 10})
     assert hits.status_code == 200 and SHOWN in {hit["document"] for hit in hits.json()["results"]}
 
-    removed = client.delete(f"/documents/{ODD_KEY}")
+    removed = client.delete(f"/documents/{ODD_KEY}", params={"confirm": SHOWN})
     assert removed.status_code == 200 and removed.json()["removed"] == SHOWN
     assert os.listdir(os.fsencode(env["COLQWEN_INBOX"])) == [GOOD.encode()]
     after = {d["doc_id"]: d for d in client.get("/documents").json()["documents"]}
     assert set(after) == {document_key(GOOD)} and after[document_key(GOOD)]["status"] == "indexed"
-    assert client.delete(f"/documents/{document_key(GOOD)}").status_code == 200  # every DELETE still answers
+    assert client.delete(f"/documents/{document_key(GOOD)}", params={"confirm": GOOD}).status_code == 200  # every DELETE still answers
 
 
 def test_doc_as_the_bare_bytes_of_a_name_in_a_folder_finds_it(state) -> None:
