@@ -155,7 +155,13 @@ def test_server_lists_searches_and_deletes_a_name_that_is_not_utf8(served) -> No
     assert os.listdir(os.fsencode(env["COLQWEN_INBOX"])) == [GOOD.encode()]
     after = {d["doc_id"]: d for d in client.get("/documents").json()["documents"]}
     assert set(after) == {document_key(GOOD)} and after[document_key(GOOD)]["status"] == "indexed"
-    assert client.delete(f"/documents/{document_key(GOOD)}", params={"confirm": GOOD}).status_code == 200  # every DELETE still answers
+    assert (
+        client.delete(f"/documents/{document_key(GOOD)}", params={"confirm": GOOD}).status_code == 200
+    )  # every DELETE still answers
+
+    restored = client.post(f"/documents/{ODD_KEY}/restore")  # back from the trash under its own bytes
+    assert restored.status_code == 200 and restored.json()["restored"] == SHOWN, restored.text
+    assert os.listdir(os.fsencode(env["COLQWEN_INBOX"])) == [ODD]
 
 
 def test_doc_as_the_bare_bytes_of_a_name_in_a_folder_finds_it(state) -> None:

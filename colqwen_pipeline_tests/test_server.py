@@ -334,7 +334,7 @@ def test_removals_waiting_for_the_index_leave_threads_for_probes_and_pages(state
             for name in names:
                 (state.inbox / name).write_bytes(b"%PDF-1.4 never indexed")
             calls = [
-                pool.submit(httpx.delete, f"{url}/documents/{document_key(state.inbox / n)}", params={"confirm": n}, timeout=120)
+                pool.submit(httpx.delete, f"{url}/documents/{document_key(n)}", params={"confirm": n}, timeout=120)
                 for n in names
             ]
             deadline = time.monotonic() + 60

@@ -16,7 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from colqwen_pipeline.embedding.identity import model_marker
-from colqwen_pipeline.inbox import document_key
+from colqwen_pipeline.inbox import document_key, readable
 from colqwen_pipeline.service import heatmap, html
 from colqwen_pipeline.service.auth import COOKIE, Guards, sign_in_form
 from colqwen_pipeline.service.csrf import EXPIRED_FORM, FORM_FIELD
@@ -93,12 +93,14 @@ class Web:
         trashed = remove_document(self.settings, doc_id, self.turns, self.trash)
         self.indexer.failed.pop(doc_id, None)
         self.indexed.forget()
-        return {"doc_id": doc_id, "removed": trashed.document if trashed else doc_id} | trash_fields(self, trashed)
+        return {"doc_id": doc_id, "removed": readable(trashed.document) if trashed else doc_id} | trash_fields(
+            self, trashed
+        )
 
     def restore(self, doc_id: str) -> dict[str, Any]:
         restored = restore_document(doc_id, self.turns, self.trash)
         by = self.indexer.submit(doc_id, self.settings.inbox / restored.document)
-        return {"doc_id": doc_id, "restored": restored.document, "status": "pending", "indexed_by": by}
+        return {"doc_id": doc_id, "restored": readable(restored.document), "status": "pending", "indexed_by": by}
 
     def heatmap_png(self, doc_id: str, page: int, query: str, token: int | None, width: int | None) -> bytes:
         check_query(query, self.settings)
