@@ -60,7 +60,10 @@ SPECS = [
     dg.AssetSpec(
         "page_embeddings",
         deps=["page_images"],
-        description="ColQwen2.5 multi-vectors (128-d per token) of every page; unchanged pages come from the cache.",
+        description=(
+            "Multi-vectors of every page from the configured model family (ColQwen2.5: 128-d per token, "
+            "ColQwen3: 320-d); unchanged pages come from the cache."
+        ),
         code_version=versions.EMBED_CODE,
         kinds={"pytorch"},
     ),
@@ -138,7 +141,7 @@ def _tag_trigger(context: dg.AssetExecutionContext) -> None:
     """Runs the project launches say who did (cli, sensor, schedule); any other run was launched
     through Dagster itself (the UI's Materialize button runs ``__ASSET_JOB``, a backfill, the API)."""
     if TRIGGER not in context.run.tags:
-        context.instance.add_run_tags(context.run_id, {TRIGGER: "ui"})
+        context.instance.add_run_tags(context.run.run_id, {TRIGGER: "ui"})
 
 
 def _record(
@@ -179,7 +182,7 @@ def _record_failure(context: dg.AssetExecutionContext, selected: list[str], resu
     planning retries it only once either changes."""
     stage = result.failed_stage if result.failed_stage in selected else selected[-1]
     size, mtime_ns = _source_stat(result)
-    metadata = {"error": result.error, "run_id": context.run_id, "context": target}
+    metadata = {"error": result.error, "run_id": context.run.run_id, "context": target}
     metadata |= {"source_size": size, "source_mtime_ns": mtime_ns} if size >= 0 else {}
     context.log_event(
         dg.AssetObservation(STAGE_ASSETS[stage], partition=result.key, description=result.error, metadata=metadata)
@@ -242,7 +245,6 @@ ASSETS = [document_pipeline]
 ingest_job = dg.define_asset_job(
     "ingest_job",
     selection=dg.AssetSelection.assets(document_pipeline),
-    partitions_def=documents,
     run_tags={TRIGGER: "ui"},  # launched from the UI; the CLI, sensor and schedule set their own
     description="Bring documents up to date: new or changed files through every stage, the rest untouched.",
 )
