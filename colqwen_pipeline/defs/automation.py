@@ -6,12 +6,14 @@ COLQWEN_MAX_DOCUMENTS_PER_RUN documents (defs/runs.py). The sensor's cursor is a
 file's size and mtime and of the model and index: an unchanged inbox costs a listing and a stat per
 file, and launches nothing."""
 
+from collections.abc import Sequence
+
 import dagster as dg
 
 from colqwen_pipeline.bulk import stages
 from colqwen_pipeline.bulk.plan import Plan, current_target, fingerprint, inbox_stats, plan_documents
 from colqwen_pipeline.defs.assets import documents, ingest_job
-from colqwen_pipeline.defs.instance import failed_since_change
+from colqwen_pipeline.defs.instance import PARTITIONS, failed_since_change
 from colqwen_pipeline.defs.resources import ColQwenResource
 from colqwen_pipeline.defs.runs import TRIGGER, keys_in_flight, partition_ranges, range_tags, stable_key
 from colqwen_pipeline.defs.stale_runs import clear_dead_runs
@@ -40,7 +42,9 @@ def remove_documents_job() -> None:
     remove_documents()
 
 
-def plan_inbox(instance: dg.DagsterInstance, settings: Settings, files: dict, stats: dict, known: list[str]) -> Plan:
+def plan_inbox(
+    instance: dg.DagsterInstance, settings: Settings, files: dict, stats: dict, known: Sequence[str]
+) -> Plan:
     """The sensor's and the schedule's plan: files written in the last COLQWEN_SETTLE_S wait."""
     return plan_documents(
         settings,
@@ -87,7 +91,7 @@ def inbox_sensor(context: dg.SensorEvaluationContext, colqwen: ColQwenResource) 
     cursor = fingerprint(stats, current_target(settings).digest(settings))
     if context.cursor == cursor:
         return dg.SensorResult(skip_reason="the inbox, the model and the index are unchanged", cursor=cursor)
-    known = context.instance.get_dynamic_partitions(documents.name)
+    known = context.instance.get_dynamic_partitions(PARTITIONS)
     plan = plan_inbox(context.instance, settings, files, stats, known)
     refusal = None if settings.allow_mass_removal else mass_removal(len(known), len(plan.gone))
     if refusal:  # every tick says so (no cursor) until the files return or the removal is confirmed
@@ -111,7 +115,10 @@ def inbox_sensor(context: dg.SensorEvaluationContext, colqwen: ColQwenResource) 
         context.log.info(f"waiting for {len(plan.waiting)} file(s) still being written: {plan.waiting[:5]}")
     if plan.failed:
         context.log.info(f"{len(plan.failed)} document(s) failed as they are now; retried once they change")
-    partition_requests = [documents.build_add_request(new), documents.build_delete_request(plan.gone)]
+    partition_requests: list[dg.AddDynamicPartitionsRequest | dg.DeleteDynamicPartitionsRequest] = [
+        documents.build_add_request(new),
+        documents.build_delete_request(plan.gone),
+    ]
     return dg.SensorResult(
         run_requests=requests,
         dynamic_partitions_requests=[r for r in partition_requests if r.partition_keys],
@@ -133,11 +140,11 @@ def reindex_schedule(context: dg.ScheduleEvaluationContext, colqwen: ColQwenReso
     instance = context.instance
     files = inbox_files(settings.inbox)
     stats = inbox_stats(files)
-    known = instance.get_dynamic_partitions(documents.name)
+    known = instance.get_dynamic_partitions(PARTITIONS)
     registered = set(known)
     new = [key for key in stats if key not in registered]
     if new:  # a run can target only partitions that exist
-        instance.add_dynamic_partitions(documents.name, new)
+        instance.add_dynamic_partitions(PARTITIONS, new)
     ordered = [*known, *new]
     plan = plan_inbox(instance, settings, files, stats, ordered)
     requests = ingest_requests(plan, ordered, stats, settings, "schedule", context.scheduled_execution_time.isoformat())

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 import dagster as dg
 
@@ -213,12 +214,12 @@ def run_check_evaluations(instance: dg.DagsterInstance, run_id: str) -> list[dg.
     """The run's check evaluations, from the event log: a failed step's result object leaves out the
     events it logged before failing, the instance has them all."""
     entries = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_CHECK_EVALUATION)
-    return [entry.dagster_event.event_specific_data for entry in entries]
+    return [entry.get_dagster_event().asset_check_evaluation_data for entry in entries]
 
 
 def run_materializations(instance: dg.DagsterInstance, run_id: str) -> list[dg.AssetMaterialization]:
     entries = instance.all_logs(run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
-    return [entry.dagster_event.event_specific_data.materialization for entry in entries]
+    return [m for m in (entry.asset_materialization for entry in entries) if m is not None]
 
 
 def _check_lines(evaluations: list[dg.AssetCheckEvaluation]) -> list[str]:
@@ -228,14 +229,14 @@ def _check_lines(evaluations: list[dg.AssetCheckEvaluation]) -> list[str]:
     ]
 
 
-def _failed_documents(result: dg.ExecuteInProcessResult, span: list[str]) -> dict[str, str]:
+def _failed_documents(result: dg.ExecuteInProcessResult, span: Sequence[str]) -> dict[str, str]:
     """Per document, the one-line reason the run gives; a run that failed as a whole fails them all."""
     for event in result.all_events:
         if not event.is_step_failure:
             continue
         data = event.step_failure_data.user_failure_data
         if data is not None and "failed" in data.metadata:
-            return dict(data.metadata["failed"].value)
+            return dict(cast(dict[str, str], data.metadata["failed"].value))
         error = event.step_failure_data.error
         while error and error.cause and not error.message.strip():
             error = error.cause

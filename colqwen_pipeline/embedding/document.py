@@ -87,11 +87,12 @@ def plan_embedding(
     manifest = Manifest.read(pages_dir)
     keys = [cache.image_key(p.sha256) for p in manifest.pages] if cache else []
     hits_before, misses_before = (cache.hits, cache.misses) if cache else (0, 0)
-    vectors = cache.get_many(keys) if cache else [None] * len(manifest.pages)
-    if wrong := _wrong_counts(vectors, manifest, counts() if any(v is not None for v in vectors) else None):
-        cache.drop([keys[i] for i in wrong])  # type: ignore[union-attr] - found only in a cache
-        cache.hits -= len(wrong)  # type: ignore[union-attr]
-        cache.misses += len(wrong)  # type: ignore[union-attr]
+    vectors: list[np.ndarray | None] = cache.get_many(keys) if cache else [None] * len(manifest.pages)
+    found = counts() if any(v is not None for v in vectors) else None
+    if cache and (wrong := _wrong_counts(vectors, manifest, found)):  # vectors are found only in a cache
+        cache.drop([keys[i] for i in wrong])
+        cache.hits -= len(wrong)
+        cache.misses += len(wrong)
         for i in wrong:
             vectors[i] = None
     not_in_cache = [i for i, v in enumerate(vectors) if v is None]
@@ -147,7 +148,9 @@ def finish_embedding(
     if pending.missing:
         raise ValueError(f"{pending.out_dir.name}: pages {pending.missing[:5]} were never embedded")
     if cache:
-        cache.set_many({pending.cache_keys[i]: pending.vectors[i] for i in pending.not_in_cache})
+        cache.set_many(
+            {pending.cache_keys[i]: v for i in pending.not_in_cache if (v := pending.vectors[i]) is not None}
+        )
     pages = [
         {"page": p.page, "sha256": p.sha256, "image": str(pending.pages_dir / p.file)} for p in pending.manifest.pages
     ]

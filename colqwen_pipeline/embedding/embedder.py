@@ -191,7 +191,7 @@ class LocalEmbedder(IdentifiedModel):
             prepare = _pinned(prepare)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="preprocess") as pool:
             pending: Future | None = pool.submit(prepare, queue[0]) if queue else None
-            while queue:
+            while queue and pending is not None:  # pending is the first batch of the queue
                 batch, inputs = queue.pop(0), pending.result()
                 # overlap: the CPU prepares the next batch while the device runs this one
                 pending = pool.submit(prepare, queue[0]) if queue else None

@@ -24,7 +24,7 @@ def through_cache(
         fresh = embed_missing(missing)
         for i, vectors in zip(missing, fresh, strict=True):
             found[i] = vectors
-        cache.set_many({keys[i]: found[i] for i in missing})
+        cache.set_many({keys[i]: v for i in missing if (v := found[i]) is not None})
     return found, len(keys) - len(missing)  # type: ignore[return-value]
 
 

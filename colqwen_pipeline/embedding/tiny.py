@@ -60,8 +60,8 @@ def _train_tokenizer(vocab_size: int = 512):
     merges = [tuple(m.split(" ")) if isinstance(m, str) else tuple(m) for m in state["merges"]]
     return Qwen2Tokenizer(
         vocab=state["vocab"],
-        merges=merges,
-        unk_token=None,
+        merges=merges,  # type: ignore[arg-type]  # pairs, as tokenizers' own BPE state holds them
+        unk_token=None,  # type: ignore[arg-type]  # byte-level BPE has no unknown token
         bos_token=None,
         eos_token="<|endoftext|>",
         pad_token="<|endoftext|>",
