@@ -114,7 +114,7 @@ MUTATIONS = [
     ),
     Mutation(
         "workspace-loses-a-job",
-        "colqwen_pipeline/definitions.py",
+        "colqwen_pipeline/defs/definitions.py",
         "jobs=JOBS,",
         "jobs=JOBS[:1],",
         f"{TESTS}/test_definitions.py::test_dagster_validates_the_workspace_and_finds_the_projects_jobs",
