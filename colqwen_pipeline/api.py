@@ -13,10 +13,12 @@ web page's Remove. Heavy imports happen inside the methods, so importing this mo
 
 from __future__ import annotations
 
+import contextlib
 import filecmp
 import logging
+import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,9 +49,9 @@ OVERRIDABLE = (
 
 
 class Index:
-    """The documents of one state directory. ``home`` alone puts the inbox at ``home/inbox``; without
-    ``home`` every setting comes from ``COLQWEN_*`` and ``.env``, as for the command line. Keyword
-    arguments of OVERRIDABLE set those settings (``model=``, ``milvus_uri=``, ...)."""
+    """The documents of one state directory. ``home`` alone puts the inbox at ``home/inbox`` and the Dagster
+    instance at ``home/dagster``; without ``home`` every setting comes from ``COLQWEN_*`` and ``.env``, as
+    for the command line. Keyword arguments of OVERRIDABLE set those settings (``model=``, ``milvus_uri=``)."""
 
     def __init__(self, home: str | Path | None = None, inbox: str | Path | None = None, **settings: Any):
         if unknown := sorted(set(settings) - set(OVERRIDABLE)):
@@ -60,11 +62,13 @@ class Index:
         if inbox is not None:
             settings["inbox"] = Path(inbox).expanduser()
         self.settings = Settings(**settings)
+        self._own_home = home is not None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Index:
+        """The index of these settings, its Dagster instance found as the CLI finds it (DAGSTER_HOME first)."""
         index = cls.__new__(cls)
-        index.settings = settings
+        index.settings, index._own_home = settings, False
         return index
 
     def add(self, paths: Iterable[str | Path]) -> IngestSummary:
@@ -80,7 +84,8 @@ class Index:
         targets = [str(self._into_inbox(Path(path).expanduser())) for path in paths]
         if not targets:
             raise PipelineError("add() needs at least one file or folder")
-        return ingest(self.settings, targets, echo=log.info, trigger="api")
+        with self._dagster_home():
+            return ingest(self.settings, targets, echo=log.info, trigger="api")
 
     def search(self, query: str, top_k: int = 5, docs: list[str] | None = None) -> list[Hit]:
         """Pages ranked by MaxSim, best first; ``docs`` restricts them to these documents (file name,
@@ -120,7 +125,8 @@ class Index:
         from colqwen_pipeline.service.uploads import WriteTurns, remove_document
 
         try:  # other processes' writes of the document take turns on its lock (common.document_locks)
-            return remove_document(self.settings, self.doc_id(doc), WriteTurns(), Trash(self.settings))
+            with self._dagster_home():
+                return remove_document(self.settings, self.doc_id(doc), WriteTurns(), Trash(self.settings))
         except Refused as refused:  # removed by another process meanwhile
             raise PipelineError(refused.detail) from None
 
@@ -141,6 +147,21 @@ class Index:
         if len(matches) > 1:
             raise UnknownDocument(f"{doc} names {len(matches)} documents ({', '.join(matches)}): give one of these")
         return matches[0]
+
+    @contextlib.contextmanager
+    def _dagster_home(self) -> Iterator[None]:
+        """Runs and partitions go to ``home``'s Dagster instance. defs.instance finds the instance through
+        DAGSTER_HOME, which it sets for the process on first use: an Index with its own home clears it for
+        the call (then restores it), so two Index objects of two homes keep their runs apart. Not for
+        concurrent use by several threads."""
+        previous = os.environ.pop("DAGSTER_HOME", None) if self._own_home else None
+        try:
+            yield
+        finally:
+            if self._own_home:
+                os.environ.pop("DAGSTER_HOME", None)
+                if previous is not None:
+                    os.environ["DAGSTER_HOME"] = previous
 
     def _into_inbox(self, path: Path) -> Path:
         """``path`` itself when it is inside the inbox, else its copy there (a folder keeps its tree)."""

@@ -4,15 +4,18 @@ file and the CLI's Dagster ingest, in a state directory that is not the environm
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
+import dagster as dg
 import pytest
 
 from colqwen_pipeline.inbox import document_key
 from colqwen_pipeline_tests.conftest import REPO, SAMPLES
 
 SAMPLE = "pump_maintenance_manual.pdf"
+PLAIN_TEXT = "plain text, not a document this pipeline reads (PDF, Office documents, images)"
 
 
 def test_index_adds_searches_as_the_cli_does_and_removes_into_the_trash(state, tmp_path, monkeypatch, capsys) -> None:
@@ -20,24 +23,30 @@ def test_index_adds_searches_as_the_cli_does_and_removes_into_the_trash(state, t
     from colqwen_pipeline import Index
     from colqwen_pipeline.cli import main
     from colqwen_pipeline.cli.search_scope import EmptyIndex
-    from colqwen_pipeline.defs.instance import dagster_instance
 
     outside = tmp_path / "mine"
     outside.mkdir()
     (outside / SAMPLE).write_bytes((SAMPLES / SAMPLE).read_bytes())
     (outside / "notes.pdf").write_bytes(b"Meeting notes\nThursday: budget")
     home = tmp_path / "index"
+    dagster_home_before = os.environ.get("DAGSTER_HOME")
 
     index = Index(home=home)
     summary = index.add([outside / SAMPLE, outside / "notes.pdf"])
     assert (summary.documents, summary.pages) == (1, 3)
     assert list(summary.failed) == [document_key("notes.pdf")]
-    assert "notes.pdf" in summary.failed[document_key("notes.pdf")]
+    assert summary.failed[document_key("notes.pdf")] == f"notes.pdf: {PLAIN_TEXT}"
     assert (home / "inbox" / SAMPLE).read_bytes() == (SAMPLES / SAMPLE).read_bytes()
     assert (outside / SAMPLE).exists()  # copied, not moved
     assert not (state.home_dir / "milvus.db").exists()  # the run wrote where the Index says, not COLQWEN_HOME
-    runs = dagster_instance(index.settings).get_run_records()
-    assert {record.dagster_run.tags["colqwen/trigger"] for record in runs} == {"api"}
+    runs = dg.DagsterInstance.from_config(str(home / "dagster")).get_run_records()
+    assert [record.dagster_run.tags["colqwen/trigger"] for record in runs] == ["api"]
+    assert os.environ.get("DAGSTER_HOME") == dagster_home_before  # the Index's own, for its calls only
+
+    other = Index(home=tmp_path / "other")  # a second home in the same process keeps its runs apart
+    assert list(other.add([outside / "notes.pdf"]).failed) == [document_key("notes.pdf")]
+    assert len(dg.DagsterInstance.from_config(str(tmp_path / "other" / "dagster")).get_run_records()) == 1
+    assert len(dg.DagsterInstance.from_config(str(home / "dagster")).get_run_records()) == 1
 
     hits = index.search("pump maintenance", top_k=2)
     assert [(hit.document, hit.doc_id) for hit in hits] == [(SAMPLE, document_key(SAMPLE))] * 2

@@ -486,7 +486,7 @@ def test_bad_uploads_are_refused_naming_the_file(client: httpx.Client, deploymen
     before = sorted(p.name for p in settings.inbox.iterdir())
     not_a_document = client.post("/documents", files={"file": ("notes.pdf", b"hello, not a pdf", "application/pdf")})
     assert not_a_document.status_code == 415
-    assert not_a_document.json()["detail"].startswith("notes.pdf: not a supported document")
+    assert not_a_document.json()["detail"].startswith("notes.pdf: plain text, not a document this pipeline reads")
     too_big = client.post("/documents", files={"file": ("big.pdf", b"%PDF-1.7\n" + b"0" * 2**21, "application/pdf")})
     assert too_big.status_code == 413 and "COLQWEN_SERVER_MAX_UPLOAD_MB" in too_big.json()["detail"]
     assert client.post("/documents", files={"other": ("a.pdf", b"%PDF-", "application/pdf")}).status_code == 422

@@ -45,6 +45,8 @@ ol.results img { width: 100%; height: auto; display: block; border: 1px solid va
 .meta { display: block; margin-top: 0.4rem; overflow-wrap: anywhere; } .muted { color: var(--muted); }
 table { border-collapse: collapse; width: 100%; background: #fff; }
 th, td { text-align: left; padding: 0.4rem; border-bottom: 1px solid var(--line); overflow-wrap: anywhere; }
+td[data-status=failed] { color: #a40e26; }
+tr:has(td[data-status=failed]) { background: #fff5f5; }
 .view { display: grid; gap: 1rem; grid-template-columns: minmax(0, 3fr) minmax(14rem, 1fr); }
 .view img { width: 100%; height: auto; border: 1px solid var(--line); background: #fff; }
 .tokens { display: flex; flex-wrap: wrap; gap: 0.35rem; padding: 0; list-style: none; }
@@ -70,7 +72,7 @@ STATUS_SCRIPT = """
   }, 3000);
   function statusText(d) {
     if (d.status === 'indexed') return 'indexed, ' + d.pages + (d.pages === 1 ? ' page' : ' pages');
-    if (d.status === 'failed') return 'failed: ' + d.reason;
+    if (d.status === 'failed') return 'Failed: ' + d.reason;
     return d.detail === 'indexing' ? 'pending (indexing now)' : 'pending';
   }
 })();
@@ -211,7 +213,7 @@ def status_text(document: dict[str, Any]) -> str:
         pages = document.get("pages")
         return f"indexed, {pages} {'page' if pages == 1 else 'pages'}" if pages is not None else "indexed"
     if document["status"] == "failed":
-        return f"failed: {document['reason']}"
+        return f"Failed: {document['reason']}"
     return "pending (indexing now)" if document.get("detail") == "indexing" else "pending"
 
 
@@ -265,6 +267,18 @@ def sign_in_page(message: str, csrf: str, next_path: str = "/") -> str:
  required autofocus size="40"> <button type="submit">Sign in</button></form>
 <p class="muted">Programs send the key as <code>Authorization: Bearer KEY</code>.</p>"""
     return layout("Sign in", body, {})
+
+
+def error_title(path: str, status: int) -> str:
+    """The heading of an error page: what did not happen, in the words of the action that was tried."""
+    for suffix, title in (
+        ("/upload", "The document was not added"),
+        ("/delete", "The document was not removed"),
+        ("/restore", "The document was not restored"),
+    ):
+        if path.endswith(suffix):
+            return title
+    return {403: "Not allowed", 404: "Not found"}.get(status, "Something went wrong" if status >= 500 else "Not done")
 
 
 def message_page(title: str, message: str, model: dict[str, Any] | None) -> str:

@@ -338,7 +338,5 @@ def html_error(request: Request, status: int, message: str, web: Web) -> Respons
     """The HTML form of an error for a browser's page request (JSON for everything else)."""
     if "text/html" not in request.headers.get("accept", "") or request.url.path.startswith("/pages/"):
         return None
-    return HTMLResponse(
-        html.message_page("Something went wrong" if status >= 500 else "Not possible", message, web.model()),
-        status_code=status,
-    )
+    title = html.error_title(request.url.path, status)
+    return HTMLResponse(html.message_page(title, message, web.model()), status_code=status)
