@@ -5,6 +5,7 @@ server itself, removal, keys and the sign-in cookie over HTTP; the search page i
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import subprocess
@@ -325,6 +326,29 @@ def test_search_results_carry_page_urls_that_serve_the_page(client: httpx.Client
     thumbnail = client.get(f"{results[0]['page_url']}?width=200")
     assert thumbnail.headers["content-type"] == "image/jpeg"
     assert Image.open(io.BytesIO(thumbnail.content)).width == 200
+
+
+def cli_search(deployment: dict[str, str], **env: str) -> tuple[subprocess.CompletedProcess, float]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("COLQWEN_", "DAGSTER_HOME"))}
+    command = [sys.executable, "-m", "colqwen_pipeline.cli", "search", "pump pressure", "--json"]
+    started = time.perf_counter()
+    run = subprocess.run(command, env=clean | deployment | env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    return run, time.perf_counter() - started
+
+
+def test_cli_search_embeds_through_the_serve_running_here_and_says_so(server: str, deployment) -> None:
+    """With no COLQWEN_MODEL_SERVER_URL, `search` finds the READY server at COLQWEN_SERVER_PORT and loads
+    no model; a server it may not use (keys, and no COLQWEN_MODEL_SERVER_KEY) is named, then skipped."""
+    port = server.rsplit(":", 1)[1]
+    served, served_s = cli_search(deployment, COLQWEN_SERVER_PORT=port, COLQWEN_MODEL_SERVER_KEY=SEARCH_KEY)
+    assert f"query embedded by the model server running at {server} (no model load here)" in served.stderr
+    assert "model loaded" not in served.stderr
+    local, local_s = cli_search(deployment, COLQWEN_SERVER_PORT=port)  # this server wants a key
+    assert f"not using the model server at {server} (" in local.stderr and "model loaded" in local.stderr
+    ranked = [[(r["doc_id"], r["page"]) for r in json.loads(run.stdout)["results"]] for run in (served, local)]
+    assert ranked[0] == ranked[1]
+    print(f"search through the running serve {served_s:.1f} s, loading the model {local_s:.1f} s")
 
 
 @pytest.mark.parametrize(

@@ -83,3 +83,28 @@ def test_an_office_file_over_the_memory_limit_says_which_limit(state, tmp_path) 
     assert str(refused.value) == (
         "quarterly_memo.docx: renderer exceeded 300 MB of memory (raise COLQWEN_RENDER_MEMORY_MB if you trust the file)"
     )
+
+
+def test_a_device_typo_stops_a_command_before_any_work(state, monkeypatch, capsys) -> None:
+    from colqwen_pipeline.cli import main
+
+    monkeypatch.setenv("COLQWEN_DEVICE", "gpu")
+    assert main(["search", "pump"]) == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "error: bad setting COLQWEN_DEVICE='gpu': must be auto, cpu, cuda, cuda:N (a GPU's number) or mps"
+    ]
+    monkeypatch.setenv("COLQWEN_DEVICE", "cuda:1")
+    from colqwen_pipeline.settings import Settings
+
+    assert Settings().device == "cuda:1"
+
+
+def test_a_relative_eval_set_that_is_not_there_names_the_working_directory(state, monkeypatch, tmp_path, capsys):
+    from colqwen_pipeline.cli import main
+
+    monkeypatch.delenv("COLQWEN_EVAL_SET", raising=False)
+    monkeypatch.chdir(tmp_path)  # not the repository root: data/eval/queries.jsonl is not here
+    assert main(["evaluate"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("error: data/eval/queries.jsonl: evaluation set not found, relative to the working ")
+    assert f"directory {tmp_path} (run from the repository root, or set COLQWEN_EVAL_SET" in error

@@ -99,8 +99,12 @@ def stop_on_signals() -> Callable[[], int | None]:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from colqwen_pipeline.api import Index  # the Python API's search: one engine for both
+    from colqwen_pipeline.cli.model_server import with_model_server
+    from colqwen_pipeline.index import make_index
 
-    index = Index.from_settings(load_settings())
+    settings = load_settings()
+    settings = with_model_server(settings, make_index(settings), lambda line: print(line, file=sys.stderr))
+    index = Index.from_settings(settings)
     hits = index.search(args.query, top_k=args.top_k, docs=args.doc)
     marker = index.model()
     results = [hit.as_dict() for hit in hits]
