@@ -279,7 +279,7 @@ def test_the_page_shows_only_notices_the_server_wrote(client: httpx.Client) -> N
         page = client.get("/", params=params, headers=html_page)
         assert page.status_code == 200 and "0800" not in page.text and 'class="notice"' not in page.text
     shown = client.get("/", params={"added": DOC}, headers=html_page).text
-    assert f'<p role="status" class="notice">{SAMPLE} added; it is indexed.</p>' in shown
+    assert f'data-notice-for="{DOC}">{SAMPLE} added; it is <span class="state">indexed</span>.</p>' in shown
 
 
 def test_serve_refuses_a_network_address_without_keys(deployment: dict[str, str]) -> None:
@@ -662,6 +662,7 @@ def test_search_page_heatmap_and_upload_in_chromium(server: str, deployment, tmp
         assert "valve inspection.png added" in page.inner_text("body")
         doc_id = document_key("valve inspection.png")
         page.wait_for_selector(f'[id="status-{doc_id}"][data-status="indexed"]', timeout=120_000)  # the inline poll
+        assert "valve inspection.png added; it is indexed." in page.inner_text("body")  # the notice follows the row
         page.goto(f"{server}/?q=valve+inspection")
         assert "valve inspection.png" in page.inner_text("ol.results")
 
@@ -673,6 +674,46 @@ def test_search_page_heatmap_and_upload_in_chromium(server: str, deployment, tmp
         docs = Path(__file__).resolve().parent.parent / "docs"
         for name in ("web-search.png", "web-heatmap.png"):
             shrink_screenshot(shots / name, docs / name)
+
+
+@pytest.mark.slow
+def test_the_page_fits_a_desktop_and_a_phone_in_chromium(server: str, tmp_path: Path) -> None:
+    """At 1,400 px no action link wraps; at 390 px the search box is in the first third of the screen, a
+    document's name is not broken inside a word, and nothing is wider than the screen."""
+    with browser() as page:
+        page.set_viewport_size({"width": 1400, "height": 1000})
+        page.goto(f"{server}/?q=pump+pressure&k=24")
+        page.fill("#key", KEY)
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
+        page.wait_for_selector("ol.results img")
+        assert page.input_value("select[name=k]") == "24"  # the deep link, its page size included
+        one_line = "[...document.querySelectorAll('td.actions a')].map(a => a.getClientRects().length)"
+        assert set(page.evaluate(one_line)) == {1}
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
+        assert page.evaluate("document.getElementById('q').getBoundingClientRect().top") < 844 / 3
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        name = page.locator("table.documents td", has_text=SAMPLE).first
+        height, line = name.evaluate("td => [td.clientHeight, parseFloat(getComputedStyle(td).lineHeight)]")
+        assert height < 2 * line, (height, line)  # one line: the file name is not split
+
+
+def test_results_come_in_pages_of_the_size_chosen(client: httpx.Client) -> None:
+    from colqwen_pipeline.service import html
+
+    first = client.get("/", params={"q": "pump pressure", "k": 24}, headers={"accept": "text/html"}).text
+    assert '<option value="24" selected>' in first and "3 best pages" in first
+    assert 'aria-label="Result pages"' not in first  # all 3 fit: no links to other pages
+    second = client.get("/", params={"q": "pump pressure", "k": 12, "page": 2}, headers={"accept": "text/html"})
+    assert "No indexed page matches" in second.text and "← previous 12" in second.text
+    assert "next 12" not in second.text
+    links = html.pager("q", 12, 2, more=True)
+    assert "page=1" in links and "page=3" in links
+    ranked = html.results_list(
+        "q", [{"doc_id": "d", "page": 1, "document": "d.pdf", "score": 1.0, "page_url": "/"}], {}, 13
+    )
+    assert "<strong>13. d.pdf</strong>" in ranked and "pages 13–13" in ranked
 
 
 def shrink_screenshot(source: Path, target: Path) -> None:

@@ -45,6 +45,8 @@ ol.results img { width: 100%; height: auto; display: block; border: 1px solid va
 .meta { display: block; margin-top: 0.4rem; overflow-wrap: anywhere; } .muted { color: var(--muted); }
 table { border-collapse: collapse; width: 100%; background: #fff; }
 th, td { text-align: left; padding: 0.4rem; border-bottom: 1px solid var(--line); overflow-wrap: anywhere; }
+table.documents td { overflow-wrap: break-word; } .actions { white-space: nowrap; width: 1%; }
+nav.pages { display: flex; gap: 1rem; margin: 0 0 1rem; }
 td[data-status=failed] { color: #a40e26; }
 tr:has(td[data-status=failed]) { background: #fff5f5; }
 .view { display: grid; gap: 1rem; grid-template-columns: minmax(0, 3fr) minmax(14rem, 1fr); }
@@ -53,7 +55,11 @@ tr:has(td[data-status=failed]) { background: #fff5f5; }
 .tokens a { display: inline-block; padding: 0.15rem 0.5rem; border: 1px solid var(--line); border-radius: 4px;
   background: #fff; text-decoration: none; } .tokens a[aria-current] { background: var(--accent); color: #fff; }
 @media (max-width: 640px) { .view { grid-template-columns: 1fr; }
-  ol.results { grid-template-columns: repeat(2, minmax(0, 1fr)); } }
+  ol.results { grid-template-columns: repeat(2, minmax(0, 1fr)); }
+  header { padding: 0.4rem 1rem; gap: 0.25rem 1rem; } header .tagline { display: none; }
+  main > .warning { font-size: 0.85rem; padding: 0.3rem 0.5rem; margin: 0; }
+  table.documents thead { display: none; } table.documents tr { display: block; border-bottom: 1px solid var(--line); }
+  table.documents td { display: block; border: 0; padding: 0.15rem 0.4rem; } }
 """
 
 STATUS_SCRIPT = """
@@ -65,6 +71,10 @@ STATUS_SCRIPT = """
       body.documents.forEach(function (d) {
         var cell = document.getElementById('status-' + d.doc_id);
         if (cell) { cell.textContent = statusText(d); cell.dataset.status = d.status; }
+        var note = document.querySelector('[data-notice-for="' + CSS.escape(d.doc_id) + '"] .state');
+        if (note && d.status !== 'pending') {
+          note.textContent = d.status === 'indexed' ? 'indexed' : 'failed (see its row)';
+        }
         pending = pending || d.status === 'pending';
       });
       if (pending) setTimeout(poll, 3000);
@@ -92,7 +102,7 @@ def layout(title: str, body: str, model: dict[str, Any] | None, signed_in: bool 
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{escape(title)} · colqwen-pipeline</title><style>{STYLE}</style></head>
 <body><a class="skip" href="#main">Skip to content</a>
-<header><h1><a href="/">colqwen-pipeline</a></h1><span class="muted">visual search over document pages</span>
+<header><h1><a href="/">colqwen-pipeline</a></h1><span class="muted tagline">visual search over document pages</span>
 <a href="/#documents">Documents</a>{sign_out if signed_in else ""}</header>
 <main id="main">{model_banner(model)}{body}</main></body></html>"""
 
@@ -102,25 +112,44 @@ def model_banner(model: dict[str, Any] | None) -> str:
         return '<p class="warning" role="status">The model is still loading: search works once it is ready.</p>'
     if model.get("random_weights"):
         return (
-            '<p class="warning" role="note"><strong>Test model in use:</strong> the server holds the tiny '
-            "random-weight test model, so rankings, scores and heatmaps mean nothing. Set COLQWEN_MODEL to "
-            "real ColQwen2.5 weights for real retrieval.</p>"
+            '<p class="warning" role="note"><strong>Test model:</strong> random weights, so rankings, scores and '
+            "heatmaps mean nothing. Set COLQWEN_MODEL to real weights.</p>"
         )
     return ""
 
 
-def search_form(query: str) -> str:
+PAGE_SIZES = (12, 24, 48)  # results per page the form offers
+
+
+def search_form(query: str, per_page: int = PAGE_SIZES[0]) -> str:
+    options = "".join(
+        f'<option value="{n}"{" selected" if n == per_page else ""}>{n} per page</option>' for n in PAGE_SIZES
+    )
     return f"""<form class="search" role="search" action="/" method="get">
 <label for="q">Search the pages</label>
 <input id="q" name="q" type="search" value="{escape(query)}" required autofocus placeholder="e.g. pump pressure">
+<select name="k" aria-label="Results per page">{options}</select>
 <button type="submit">Search</button></form>"""
 
 
-def results_list(query: str, hits: list[dict[str, Any]], sizes: dict[tuple[str, int], tuple[int, int]]) -> str:
+EMPTY_INDEX = (
+    '<p role="status" class="notice">The index is empty: add a document below, or put files in the inbox '
+    "and run <code>colqwen-pipeline ingest</code>.</p>"
+)
+
+
+def results_list(
+    query: str,
+    hits: list[dict[str, Any]],
+    sizes: dict[tuple[str, int], tuple[int, int]],
+    first_rank: int = 1,
+    pager: str = "",
+) -> str:
+    """``hits``: this page of the results, ranked from ``first_rank``; ``pager``: links to the others."""
     if not hits:
-        return f'<p role="status">No indexed page matches “{escape(query)}”.</p>'
+        return f'<p role="status">No indexed page matches “{escape(query)}”.</p>{pager}'
     items = []
-    for rank, hit in enumerate(hits, 1):
+    for rank, hit in enumerate(hits, first_rank):
         width, height = sizes.get((hit["doc_id"], hit["page"]), (THUMB_WIDTH, round(THUMB_WIDTH * 1.3)))
         label = f"{hit['document']}, page {hit['page']}"
         items.append(
@@ -129,7 +158,23 @@ def results_list(query: str, hits: list[dict[str, Any]], sizes: dict[tuple[str, 
  loading="lazy"><span class="meta"><strong>{rank}. {escape(hit["document"])}</strong><br>
 page {hit["page"]} · score {hit["score"]:.3f}</span></a></li>"""
         )
-    return f'<p role="status">{len(hits)} best pages for “{escape(query)}”</p><ol class="results">{"".join(items)}</ol>'
+    shown = f"{len(hits)} best pages" if first_rank == 1 else f"pages {first_rank}–{first_rank + len(hits) - 1}"
+    return (
+        f'<p role="status">{shown} for “{escape(query)}”</p>'
+        f'<ol class="results" start="{first_rank}">{"".join(items)}</ol>{pager}'
+    )
+
+
+def pager(query: str, per_page: int, page: int, more: bool) -> str:
+    """Previous / next links of a result list (``more``: the search found pages beyond this one)."""
+
+    def link(to: int, label: str) -> str:
+        return f'<a href="/?{escape(urlencode({"q": query, "k": per_page, "page": to}))}">{label}</a>'
+
+    links = ([link(page - 1, f"← previous {per_page}")] if page > 1 else []) + (
+        [link(page + 1, f"next {per_page} →")] if more else []
+    )
+    return f'<nav class="pages" aria-label="Result pages">{"".join(links)}</nav>' if links else ""
 
 
 def view_url(doc_id: str, page: int, query: str, token: int | None = None) -> str:
@@ -144,8 +189,8 @@ def documents_section(documents: list[dict[str, Any]], csrf: str, notice: str = 
 {notice}<form action="/upload" method="post" enctype="multipart/form-data">{form_token(csrf)}
 <label for="file">Add a document (PDF, DOCX, PPTX, XLSX, PNG, JPEG, TIFF):</label>
 <input id="file" name="file" type="file" required> <button type="submit">Upload</button></form>
-<table><thead><tr><th scope="col">Document</th><th scope="col">Status</th><th scope="col">
-<span class="muted">Remove</span></th></tr></thead><tbody>{rows}</tbody></table>
+<table class="documents"><thead><tr><th scope="col">Document</th><th scope="col">Status</th><th scope="col"
+ class="actions"><span class="muted">Remove</span></th></tr></thead><tbody>{rows}</tbody></table>
 <script>{STATUS_SCRIPT}</script></section>"""
 
 
@@ -155,7 +200,7 @@ def document_row(document: dict[str, Any]) -> str:
     ask = f"/documents/{quote(doc_id, safe='')}/remove"
     return f"""<tr><td>{escape(document["document"])}</td>
 <td id="status-{escape(doc_id)}" data-status="{escape(document["status"])}">{escape(status_text(document))}</td>
-<td><a href="{escape(ask)}" aria-label="Remove {escape(document["document"])}">Remove…</a></td></tr>"""
+<td class="actions"><a href="{escape(ask)}" aria-label="Remove {escape(document["document"])}">Remove…</a></td></tr>"""
 
 
 def confirm_removal(doc_id: str, document: str, days: float, csrf: str) -> str:
@@ -193,8 +238,12 @@ def day(timestamp: float) -> str:
 
 
 def added_notice(document: dict[str, Any]) -> str:
-    state = "indexed" if document["status"] == "indexed" else "being indexed"
-    return f'<p role="status" class="notice">{escape(document["document"])} added; it is {state}.</p>'
+    """The page's status poll rewrites the state in it when the document's row changes."""
+    state = {"indexed": "indexed", "failed": "failed (see its row)"}.get(document["status"], "being indexed")
+    return (
+        f'<p role="status" class="notice" data-notice-for="{escape(document["doc_id"])}">'
+        f'{escape(document["document"])} added; it is <span class="state">{state}</span>.</p>'
+    )
 
 
 def restored_notice(document: dict[str, Any]) -> str:

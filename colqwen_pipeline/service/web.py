@@ -213,12 +213,20 @@ def _add_document_routes(app: FastAPI, web: Web) -> None:
 
 def _add_html_routes(app: FastAPI, web: Web) -> None:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def search_page(request: Request, q: str = "", added: str = "", removed: str = "", restored: str = ""):
-        body, status = html.search_form(q), 200
+    def search_page(
+        request: Request,
+        q: str = "",
+        k: int = PAGE_RESULTS,
+        page: int = Query(1, ge=1),
+        added: str = "",
+        removed: str = "",
+        restored: str = "",
+    ):
+        per_page = k if k in html.PAGE_SIZES else PAGE_RESULTS
+        body, status = html.search_form(q, per_page), 200
         if q:
             try:
-                hits = search_pages(web.holder, web.settings, q, PAGE_RESULTS)
-                body += html.results_list(q, hits, thumbnail_sizes(web, hits))
+                body += results_page(web, q, per_page, page)
             except (Refused, NotReady) as error:
                 status = error.status if isinstance(error, Refused) else 503
                 body += f'<p class="error" role="alert">{html.escape(detail(error))}</p>'
@@ -315,6 +323,22 @@ def server_notice(web: Web, documents: list[dict[str, Any]], added: str, removed
     if removed and (trashed := web.trash.latest(removed)) is not None:
         return html.removed_notice(trashed, web.trash.days, csrf)
     return ""
+
+
+def results_page(web: Web, query: str, per_page: int, page: int) -> str:
+    """One page of the ranking: the search asks for every page up to this one's end (MaxSim ranks are
+    exact, so page 2 of 12 is ranks 13-24 of a top-24), up to COLQWEN_SERVER_MAX_TOP_K."""
+    limit = web.settings.server_max_top_k
+    first = (page - 1) * per_page
+    if first >= limit:
+        raise Refused(422, f"results stop at {limit} pages (COLQWEN_SERVER_MAX_TOP_K)")
+    top = min(first + per_page, limit)
+    hits = search_pages(web.holder, web.settings, query, top)
+    if not hits and not web.indexed():
+        return html.EMPTY_INDEX
+    shown = hits[first:]
+    pager = html.pager(query, per_page, page, more=len(hits) == top < limit)
+    return html.results_list(query, shown, thumbnail_sizes(web, shown), first + 1, pager)
 
 
 def thumbnail_sizes(web: Web, hits: list[dict[str, Any]]) -> dict[tuple[str, int], tuple[int, int]]:
