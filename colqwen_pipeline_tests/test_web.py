@@ -386,6 +386,19 @@ def test_heatmap_is_the_page_with_its_matches_painted(client: httpx.Client) -> N
     assert reddening.max() > 100  # the strongest patch is painted red over a white/black page
     one_token = client.get(f"/pages/{DOC}/1/heatmap", params={"q": "pump pressure", "token": 1, "width": 400})
     assert one_token.status_code == 200 and one_token.content != painted.content
+    one_word = client.get(f"/pages/{DOC}/1/heatmap", params={"q": "pump pressure", "word": 1, "width": 400})
+    assert one_word.status_code == 200 and one_word.content not in (painted.content, one_token.content)
+    assert client.get(f"/pages/{DOC}/1/heatmap", params={"q": "pump pressure", "word": 2}).status_code == 422
+
+
+def test_the_page_view_shows_word_chips_its_rank_and_its_score(client: httpx.Client) -> None:
+    best = client.post("/search", json={"query": "pump pressure", "top_k": 1}).json()["results"][0]
+    params = {"q": "pump pressure", "rank": 1}
+    view = client.get(f"/view/{best['doc_id']}/{best['page']}", params=params, headers={"accept": "text/html"}).text
+    chips = re.findall(r'<li><a href="[^"]*"(?: aria-current="true")?>([^<]*)</a></li>', view)
+    assert chips == ["all words", "pump", "pressure"] and "endoftext" not in view
+    shown = re.search(r"result 1 · score (-?[\d.]+) \(MaxSim\) for “pump pressure”", view)
+    assert shown and abs(float(shown.group(1)) - best["score"]) < 2e-3  # the score the search ranked it by
 
 
 def test_patch_grid_matches_every_stored_page(deployment, tiny_model_dir: Path) -> None:
@@ -647,7 +660,8 @@ def test_search_page_heatmap_and_upload_in_chromium(server: str, deployment, tmp
         page.wait_for_selector("#page-image")
         page.wait_for_function("document.getElementById('page-image').naturalWidth > 0")
         assert "/heatmap?" in page.get_attribute("#page-image", "src")
-        assert page.locator(".tokens a").count() > 2
+        assert page.locator(".tokens a").all_inner_texts() == ["all words", "pump", "pressure"]
+        assert "result 1 · score" in page.inner_text(".match")
         page.screenshot(path=str(shots / "web-heatmap.png"))
 
         page.set_viewport_size({"width": 390, "height": 844})  # a phone: nothing wider than the screen

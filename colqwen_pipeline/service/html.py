@@ -112,8 +112,8 @@ def model_banner(model: dict[str, Any] | None) -> str:
         return '<p class="warning" role="status">The model is still loading: search works once it is ready.</p>'
     if model.get("random_weights"):
         return (
-            '<p class="warning" role="note"><strong>Test model:</strong> random weights, so rankings, scores and '
-            "heatmaps mean nothing. Set COLQWEN_MODEL to real weights.</p>"
+            '<p class="warning" role="note"><strong>Test model:</strong> the server holds the random-weight test '
+            "model, so rankings, scores and heatmaps mean nothing. Set COLQWEN_MODEL to real weights.</p>"
         )
     return ""
 
@@ -153,7 +153,7 @@ def results_list(
         width, height = sizes.get((hit["doc_id"], hit["page"]), (THUMB_WIDTH, round(THUMB_WIDTH * 1.3)))
         label = f"{hit['document']}, page {hit['page']}"
         items.append(
-            f"""<li><a href="{escape(view_url(hit["doc_id"], hit["page"], query))}">
+            f"""<li><a href="{escape(view_url(hit["doc_id"], hit["page"], query, rank=rank))}">
 <img src="{escape(hit["page_url"])}?width={THUMB_WIDTH}" alt="{escape(label)}" width="{width}" height="{height}"
  loading="lazy"><span class="meta"><strong>{rank}. {escape(hit["document"])}</strong><br>
 page {hit["page"]} · score {hit["score"]:.3f}</span></a></li>"""
@@ -177,8 +177,8 @@ def pager(query: str, per_page: int, page: int, more: bool) -> str:
     return f'<nav class="pages" aria-label="Result pages">{"".join(links)}</nav>' if links else ""
 
 
-def view_url(doc_id: str, page: int, query: str, token: int | None = None) -> str:
-    params = {"q": query} | ({"token": token} if token is not None else {})
+def view_url(doc_id: str, page: int, query: str, word: int | None = None, rank: int | None = None) -> str:
+    params = {"q": query} | ({"word": word} if word is not None else {}) | ({"rank": rank} if rank else {})
     return f"/view/{quote(doc_id, safe='')}/{page}?{urlencode(params)}"
 
 
@@ -266,36 +266,45 @@ def status_text(document: dict[str, Any]) -> str:
     return "pending (indexing now)" if document.get("detail") == "indexing" else "pending"
 
 
-def page_view(doc: dict[str, Any], query: str, tokens: list[str], token: int | None, pages: int) -> str:
-    doc_id, page = doc["doc_id"], doc["page"]
+def page_view(doc: dict[str, Any], query: str, words: list[str], word: int | None, match: dict[str, Any]) -> str:
+    """``doc``: doc_id, page, document, pages; ``match``: the result's rank (from the results link) and score."""
+    doc_id, page, pages = doc["doc_id"], doc["page"], doc["pages"]
     image = f"/pages/{quote(doc_id, safe='')}/{page}"
     if query:
-        params = {"q": query, "width": VIEW_WIDTH} | ({"token": token} if token is not None else {})
+        params = {"q": query, "width": VIEW_WIDTH} | ({"word": word} if word is not None else {})
         src, what = f"{image}/heatmap?{urlencode(params)}", "with the similarity heatmap"
     else:
         src, what = image, ""
     return f"""<p><a href="/?{urlencode({"q": query})}">← Back to the results</a></p>
-<h2>{escape(doc["document"])}, page {page} of {pages}</h2>
+<h2>{escape(doc["document"])}, page {page} of {pages}</h2>{match_line(query, match)}
 <div class="view"><img id="page-image" src="{escape(src)}" alt="{escape(doc["document"])} page {page} {what}">
-<div>{token_picker(doc_id, page, query, tokens, token)}
+<div>{word_picker(doc_id, page, query, words, word, match.get("rank"))}
 <p><a href="{escape(image)}">Open the page image without the heatmap</a></p>
 {page_links(doc_id, page, pages, query)}</div></div>"""
 
 
-def token_picker(doc_id: str, page: int, query: str, tokens: list[str], token: int | None) -> str:
+def match_line(query: str, match: dict[str, Any]) -> str:
+    parts = ([f"result {match['rank']}"] if match.get("rank") else []) + (
+        [f"score {match['score']:.3f} (MaxSim)"] if match.get("score") is not None else []
+    )
+    return f'<p class="match">{" · ".join(parts)} for “{escape(query)}”</p>' if query and parts else ""
+
+
+def word_picker(doc_id: str, page: int, query: str, words: list[str], word: int | None, rank: int | None) -> str:
     if not query:
         return "<p>Search for something to see where on the page it matches.</p>"
     current = ' aria-current="true"'
 
     def link(label: str, number: int | None) -> str:
-        selected = current if number == token else ""
-        return f'<li><a href="{escape(view_url(doc_id, page, query, number))}"{selected}>{escape(label)}</a></li>'
+        selected = current if number == word else ""
+        url = view_url(doc_id, page, query, number, rank)
+        return f'<li><a href="{escape(url)}"{selected}>{escape(label)}</a></li>'
 
-    items = [link("all tokens (max)", None)] + [link(text, i) for i, text in enumerate(tokens)]
+    items = [link("all words", None)] + [link(text, i) for i, text in enumerate(words)]
     return f"""<h3>Where “{escape(query)}” matches</h3>
-<p class="muted">Red marks the page patches most similar to the query: per patch, the best similarity over the
-query's tokens (scaled to this page). Pick one token to see its own map.</p>
-<ul class="tokens" aria-label="Query tokens">{"".join(items)}</ul>"""
+<p class="muted">Colour marks the page patches most similar to the query, stronger where the match is
+closer (scaled to this page; the weaker half is left grey). Pick a word to see its own map.</p>
+<ul class="tokens" aria-label="Query words">{"".join(items)}</ul>"""
 
 
 def page_links(doc_id: str, page: int, pages: int, query: str) -> str:

@@ -100,7 +100,11 @@ class Web:
         by = self.indexer.submit(doc_id, self.settings.inbox / restored.document)
         return {"doc_id": doc_id, "restored": restored.document, "status": "pending", "indexed_by": by}
 
-    def heatmap_png(self, doc_id: str, page: int, query: str, token: int | None, width: int | None) -> bytes:
+    def heatmap_png(
+        self, doc_id: str, page: int, query: str, token: int | None, width: int | None, word: int | None = None
+    ) -> bytes:
+        """``word``: that word's map (its subword tokens merged); ``token``: one query token's; neither: the
+        max over every query token, the augmentation tokens included (what MaxSim takes from a patch)."""
         check_query(query, self.settings)
         check_query_tokens([query], self.holder.query_tokens, self.settings)
         resolved = self.pages.resolve(doc_id, page)
@@ -124,15 +128,25 @@ class Web:
         )
         if token is not None and not 0 <= token < len(maps):
             raise Refused(422, f"token must be between 0 and {len(maps) - 1} for this query, not {token}")
+        if word is not None:
+            words = self.query_words(query)
+            if not 0 <= word < len(words):
+                raise Refused(422, f"word must be between 0 and {len(words) - 1} for this query, not {word}")
+            heat = heatmap.word_map(maps, words[word])
+        else:
+            heat = heatmap.combined_map(maps, token)
         from PIL import Image
 
         with Image.open(resolved.path) as image:
-            return heatmap.overlay(image, heatmap.normalised(heatmap.combined_map(maps, token)), width or record.width)
+            return heatmap.overlay(image, heatmap.normalised(heat), width or record.width)
 
-    def query_token_labels(self, query: str) -> list[str]:
-        processor = self.holder.require().processor
-        ids = processor.process_queries([query])["input_ids"][0].tolist()
-        return [processor.tokenizer.decode([i]).strip() or "␣" for i in ids]
+    def query_words(self, query: str) -> list[heatmap.QueryWord]:
+        return heatmap.query_words(self.holder.require().processor, query)
+
+    def page_score(self, doc_id: str, page: int, query: str) -> float:
+        """The page's MaxSim score for ``query``, from its stored vectors (what the search ranked it by)."""
+        artifact, index = self.pages.stored_vectors(self.pages.resolve(doc_id, page))
+        return heatmap.maxsim(artifact.page_vectors(index), self.holder.embed_queries([query]).vectors[0])
 
 
 def trash_fields(web: Web, trashed: Trashed | None) -> dict[str, Any]:
@@ -168,9 +182,10 @@ def _add_page_routes(app: FastAPI, web: Web) -> None:
         q: str = Query(description="the query"),
         token: int | None = Query(None, description="one query token's map (default: the max over all)"),
         width: int | None = Query(None, description="image width (default: the page's)"),
+        word: int | None = Query(None, description="one query word's map (its subword tokens merged)"),
     ):
-        """PNG of the page with its per-patch similarity to the query laid over it."""
-        png = web.heatmap_png(doc_id, page, q, token, check_width(width))
+        """PNG of the page, in grey, with its per-patch similarity to the query laid over it in colour."""
+        png = web.heatmap_png(doc_id, page, q, token, check_width(width), word)
         return Response(png, media_type="image/png", headers=IMAGE_CACHE)
 
 
@@ -237,15 +252,20 @@ def _add_html_routes(app: FastAPI, web: Web) -> None:
         return HTMLResponse(html.layout(q or "Search", body, web.model(), web.keys.enabled, csrf), status)
 
     @app.get("/view/{doc_id}/{page}", response_class=HTMLResponse, include_in_schema=False)
-    def view_page(request: Request, doc_id: str, page: int, q: str = "", token: int | None = None) -> HTMLResponse:
+    def view_page(
+        request: Request, doc_id: str, page: int, q: str = "", word: int | None = None, rank: int | None = None
+    ) -> HTMLResponse:
         resolved = web.pages.resolve(doc_id, page)
         from colqwen_pipeline.documents.manifest import Manifest
 
         pages = len(Manifest.read(web.pages.pages_dir / resolved.doc_id).pages)
-        tokens = web.query_token_labels(q) if q and web.holder.status == "READY" else []
+        ready = bool(q) and web.holder.status == "READY"
+        words = [w.text for w in web.query_words(q)] if ready else []
         document = next((d["document"] for d in web.documents() if d["doc_id"] == doc_id), doc_id)
-        doc = {"doc_id": doc_id, "page": page, "document": document}
-        body = html.page_view(doc, q, tokens, token, pages)
+        doc = {"doc_id": doc_id, "page": page, "document": document, "pages": pages}
+        match = {"rank": rank if rank and 0 < rank <= web.settings.server_max_top_k else None}
+        match["score"] = web.page_score(doc_id, page, q) if ready else None
+        body = html.page_view(doc, q, words, word, match)
         title = f"{document} page {page}"
         return HTMLResponse(html.layout(title, body, web.model(), web.keys.enabled, web.csrf(request)))
 
