@@ -27,7 +27,7 @@ class Settings(BaseSettings):
         "",
         description="colqwen2.5, colqwen3 or colnomic; empty = read from the weights' config.",
     )
-    device: str = Field("auto", description="auto, cpu, cuda, cuda:N.")
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:N, mps.", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
     precision: Literal["auto", "bf16", "fp32", "4bit", "8bit"] = "auto"
     batch_size: int = Field(4, ge=1)
     max_visual_tokens: int = Field(768, ge=4)

@@ -188,7 +188,7 @@ def test_empty_garbage_truncated(tmp_path: Path) -> None:
     assert_refused(empty, tmp_path, "empty file")
     garbage = tmp_path / "garbage.pdf"
     garbage.write_bytes(b"hello, this is not a PDF at all")
-    assert_refused(garbage, tmp_path, "not a supported document: file starts with b'hello, this is ")
+    assert_refused(garbage, tmp_path, "garbage.pdf: plain text, not a document this pipeline reads (PDF, Office")
     truncated = tmp_path / "truncated.pdf"
     truncated.write_bytes(make_pdf(tmp_path / "full.pdf").read_bytes()[:400])
     message = assert_refused(truncated, tmp_path, "cannot render PDF")
@@ -430,7 +430,7 @@ def test_damaged_or_non_office_zip_says_so(tmp_path: Path) -> None:
     assert_refused(src, tmp_path, "corrupt zip archive (a damaged DOCX/XLSX/PPTX?)")
     with zipfile.ZipFile(src, "w") as z:
         z.writestr("notes.txt", "just a zip")
-    assert_refused(src, tmp_path, "not a supported document: a zip archive without office document parts")
+    assert_refused(src, tmp_path, "memo.docx: a zip archive, not a document this pipeline reads: unpack it")
 
 
 @needs_soffice

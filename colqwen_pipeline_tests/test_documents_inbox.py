@@ -30,7 +30,7 @@ def drop_broken_files(state, tmp_path) -> dict[str, str]:
     (inbox / "damaged.docx").write_bytes(memo[: len(memo) // 2])
     return {
         "empty.pdf": "empty file",
-        "garbage.pdf": "not a supported document",
+        "garbage.pdf": "an unknown binary format, not a document this pipeline reads",
         "truncated.pdf": "cannot render PDF",
         "locked.pdf": "encrypted PDF: no password configured",
         "no_pages.pdf": "PDF has no pages",

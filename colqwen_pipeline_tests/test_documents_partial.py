@@ -73,7 +73,7 @@ def test_headerless_body_renders_in_poppler(tmp_path: Path) -> None:
 
 def test_garbage_is_still_refused_with_one_line(tmp_path: Path) -> None:
     marker_then_text = write(tmp_path, "a.pdf", b"%\xe2\xe3\xcf\xd3\nthis is a letter, not a PDF body")
-    assert_refused(marker_then_text, tmp_path, "not a supported document: file starts with")
+    assert_refused(marker_then_text, tmp_path, "an unknown binary format, not a document this pipeline reads")
     fake_body = write(tmp_path, "b.pdf", b"%\xe2\xe3\xcf\xd3\n1 0 obj << /Broken")
     message = assert_refused(fake_body, tmp_path, "cannot render PDF: pypdfium2: ")
     assert "; pdf2image: " in message

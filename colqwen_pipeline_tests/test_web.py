@@ -5,6 +5,7 @@ server itself, removal, keys and the sign-in cookie over HTTP; the search page i
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import subprocess
@@ -278,7 +279,7 @@ def test_the_page_shows_only_notices_the_server_wrote(client: httpx.Client) -> N
         page = client.get("/", params=params, headers=html_page)
         assert page.status_code == 200 and "0800" not in page.text and 'class="notice"' not in page.text
     shown = client.get("/", params={"added": DOC}, headers=html_page).text
-    assert f'<p role="status" class="notice">{SAMPLE} added; it is indexed.</p>' in shown
+    assert f'data-notice-for="{DOC}">{SAMPLE} added; it is <span class="state">indexed</span>.</p>' in shown
 
 
 def test_serve_refuses_a_network_address_without_keys(deployment: dict[str, str]) -> None:
@@ -327,6 +328,29 @@ def test_search_results_carry_page_urls_that_serve_the_page(client: httpx.Client
     assert Image.open(io.BytesIO(thumbnail.content)).width == 200
 
 
+def cli_search(deployment: dict[str, str], **env: str) -> tuple[subprocess.CompletedProcess, float]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("COLQWEN_", "DAGSTER_HOME"))}
+    command = [sys.executable, "-m", "colqwen_pipeline.cli", "search", "pump pressure", "--json"]
+    started = time.perf_counter()
+    run = subprocess.run(command, env=clean | deployment | env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    return run, time.perf_counter() - started
+
+
+def test_cli_search_embeds_through_the_serve_running_here_and_says_so(server: str, deployment) -> None:
+    """With no COLQWEN_MODEL_SERVER_URL, `search` finds the READY server at COLQWEN_SERVER_PORT and loads
+    no model; a server it may not use (keys, and no COLQWEN_MODEL_SERVER_KEY) is named, then skipped."""
+    port = server.rsplit(":", 1)[1]
+    served, served_s = cli_search(deployment, COLQWEN_SERVER_PORT=port, COLQWEN_MODEL_SERVER_KEY=SEARCH_KEY)
+    assert f"query embedded by the model server running at {server} (no model load here)" in served.stderr
+    assert "model loaded" not in served.stderr
+    local, local_s = cli_search(deployment, COLQWEN_SERVER_PORT=port)  # this server wants a key
+    assert f"not using the model server at {server} (" in local.stderr and "model loaded" in local.stderr
+    ranked = [[(r["doc_id"], r["page"]) for r in json.loads(run.stdout)["results"]] for run in (served, local)]
+    assert ranked[0] == ranked[1]
+    print(f"search through the running serve {served_s:.1f} s, loading the model {local_s:.1f} s")
+
+
 @pytest.mark.parametrize(
     "path",
     [
@@ -362,6 +386,19 @@ def test_heatmap_is_the_page_with_its_matches_painted(client: httpx.Client) -> N
     assert reddening.max() > 100  # the strongest patch is painted red over a white/black page
     one_token = client.get(f"/pages/{DOC}/1/heatmap", params={"q": "pump pressure", "token": 1, "width": 400})
     assert one_token.status_code == 200 and one_token.content != painted.content
+    one_word = client.get(f"/pages/{DOC}/1/heatmap", params={"q": "pump pressure", "word": 1, "width": 400})
+    assert one_word.status_code == 200 and one_word.content not in (painted.content, one_token.content)
+    assert client.get(f"/pages/{DOC}/1/heatmap", params={"q": "pump pressure", "word": 2}).status_code == 422
+
+
+def test_the_page_view_shows_word_chips_its_rank_and_its_score(client: httpx.Client) -> None:
+    best = client.post("/search", json={"query": "pump pressure", "top_k": 1}).json()["results"][0]
+    params = {"q": "pump pressure", "rank": 1}
+    view = client.get(f"/view/{best['doc_id']}/{best['page']}", params=params, headers={"accept": "text/html"}).text
+    chips = re.findall(r'<li><a href="[^"]*"(?: aria-current="true")?>([^<]*)</a></li>', view)
+    assert chips == ["all words", "pump", "pressure"] and "endoftext" not in view
+    shown = re.search(r"result 1 · score (-?[\d.]+) \(MaxSim\) for “pump pressure”", view)
+    assert shown and abs(float(shown.group(1)) - best["score"]) < 2e-3  # the score the search ranked it by
 
 
 def test_patch_grid_matches_every_stored_page(deployment, tiny_model_dir: Path) -> None:
@@ -486,7 +523,7 @@ def test_bad_uploads_are_refused_naming_the_file(client: httpx.Client, deploymen
     before = sorted(p.name for p in settings.inbox.iterdir())
     not_a_document = client.post("/documents", files={"file": ("notes.pdf", b"hello, not a pdf", "application/pdf")})
     assert not_a_document.status_code == 415
-    assert not_a_document.json()["detail"].startswith("notes.pdf: not a supported document")
+    assert not_a_document.json()["detail"].startswith("notes.pdf: plain text, not a document this pipeline reads")
     too_big = client.post("/documents", files={"file": ("big.pdf", b"%PDF-1.7\n" + b"0" * 2**21, "application/pdf")})
     assert too_big.status_code == 413 and "COLQWEN_SERVER_MAX_UPLOAD_MB" in too_big.json()["detail"]
     assert client.post("/documents", files={"other": ("a.pdf", b"%PDF-", "application/pdf")}).status_code == 422
@@ -623,7 +660,8 @@ def test_search_page_heatmap_and_upload_in_chromium(server: str, deployment, tmp
         page.wait_for_selector("#page-image")
         page.wait_for_function("document.getElementById('page-image').naturalWidth > 0")
         assert "/heatmap?" in page.get_attribute("#page-image", "src")
-        assert page.locator(".tokens a").count() > 2
+        assert page.locator(".tokens a").all_inner_texts() == ["all words", "pump", "pressure"]
+        assert "result 1 · score" in page.inner_text(".match")
         page.screenshot(path=str(shots / "web-heatmap.png"))
 
         page.set_viewport_size({"width": 390, "height": 844})  # a phone: nothing wider than the screen
@@ -638,6 +676,7 @@ def test_search_page_heatmap_and_upload_in_chromium(server: str, deployment, tmp
         assert "valve inspection.png added" in page.inner_text("body")
         doc_id = document_key("valve inspection.png")
         page.wait_for_selector(f'[id="status-{doc_id}"][data-status="indexed"]', timeout=120_000)  # the inline poll
+        assert "valve inspection.png added; it is indexed." in page.inner_text("body")  # the notice follows the row
         page.goto(f"{server}/?q=valve+inspection")
         assert "valve inspection.png" in page.inner_text("ol.results")
 
@@ -649,6 +688,46 @@ def test_search_page_heatmap_and_upload_in_chromium(server: str, deployment, tmp
         docs = Path(__file__).resolve().parent.parent / "docs"
         for name in ("web-search.png", "web-heatmap.png"):
             shrink_screenshot(shots / name, docs / name)
+
+
+@pytest.mark.slow
+def test_the_page_fits_a_desktop_and_a_phone_in_chromium(server: str, tmp_path: Path) -> None:
+    """At 1,400 px no action link wraps; at 390 px the search box is in the first third of the screen, a
+    document's name is not broken inside a word, and nothing is wider than the screen."""
+    with browser() as page:
+        page.set_viewport_size({"width": 1400, "height": 1000})
+        page.goto(f"{server}/?q=pump+pressure&k=24")
+        page.fill("#key", KEY)
+        with page.expect_navigation():
+            page.keyboard.press("Enter")
+        page.wait_for_selector("ol.results img")
+        assert page.input_value("select[name=k]") == "24"  # the deep link, its page size included
+        one_line = "[...document.querySelectorAll('td.actions a')].map(a => a.getClientRects().length)"
+        assert set(page.evaluate(one_line)) == {1}
+        page.set_viewport_size({"width": 390, "height": 844})
+        page.screenshot(path=str(tmp_path / "phone.png"), full_page=True)
+        assert page.evaluate("document.getElementById('q').getBoundingClientRect().top") < 844 / 3
+        assert page.evaluate("document.documentElement.scrollWidth") <= 390
+        name = page.locator("table.documents td", has_text=SAMPLE).first
+        height, line = name.evaluate("td => [td.clientHeight, parseFloat(getComputedStyle(td).lineHeight)]")
+        assert height < 2 * line, (height, line)  # one line: the file name is not split
+
+
+def test_results_come_in_pages_of_the_size_chosen(client: httpx.Client) -> None:
+    from colqwen_pipeline.service import html
+
+    first = client.get("/", params={"q": "pump pressure", "k": 24}, headers={"accept": "text/html"}).text
+    assert '<option value="24" selected>' in first and "3 best pages" in first
+    assert 'aria-label="Result pages"' not in first  # all 3 fit: no links to other pages
+    second = client.get("/", params={"q": "pump pressure", "k": 12, "page": 2}, headers={"accept": "text/html"})
+    assert "No indexed page matches" in second.text and "← previous 12" in second.text
+    assert "next 12" not in second.text
+    links = html.pager("q", 12, 2, more=True)
+    assert "page=1" in links and "page=3" in links
+    ranked = html.results_list(
+        "q", [{"doc_id": "d", "page": 1, "document": "d.pdf", "score": 1.0, "page_url": "/"}], {}, 13
+    )
+    assert "<strong>13. d.pdf</strong>" in ranked and "pages 13–13" in ranked
 
 
 def shrink_screenshot(source: Path, target: Path) -> None:

@@ -104,6 +104,7 @@ class DocumentResult:
         for raw in {self.document, Path(self.document).name} - {""}:  # a newline in a name: one line still
             reason = reason.replace(raw, printable(raw))
         reason = reason.strip().splitlines()[0] if reason.strip() else type(error).__name__
+        reason = reason.removeprefix(f"{printable(Path(self.document).name)}: ")  # renderers name the file alone
         self.error = reason if reason.startswith(name) else f"{name}: {reason}"
         self.error = f"{self.error} ({stage})" if stage not in ("raw", "pages") else self.error
 

@@ -23,7 +23,6 @@ from pydantic import ValidationError
 
 from colqwen_pipeline.cli.preflight import load_settings, preflight_ingest, settings_error_line
 from colqwen_pipeline.common.errors import PipelineError
-from colqwen_pipeline.settings import Settings
 
 DESCRIPTION = """\
 Turn the documents of an inbox folder (PDF, DOCX/PPTX/XLSX, PNG/JPEG/TIFF) into a ColQwen
@@ -66,8 +65,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         f"{plural(summary.tokens, 'token vector')} in Milvus, "
         f"{summary.removed} removed, {len(summary.failed)} failed, {summary.seconds} s"
     )
-    for key, reason in summary.failed.items():
-        print(f"failed: {key}: {reason}", file=sys.stderr)
+    for reason in summary.failed.values():  # each names its file: "failed: notes.pdf: plain text, not a ..."
+        print(f"failed: {reason}", file=sys.stderr)
     return 1 if summary.failed else 0
 
 
@@ -99,21 +98,15 @@ def stop_on_signals() -> Callable[[], int | None]:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from colqwen_pipeline.bulk.stages import search
-    from colqwen_pipeline.cli.search_scope import require_documents, search_scope
-    from colqwen_pipeline.embedding.identity import model_marker
-    from colqwen_pipeline.embedding.registry import live_model_settings, model_identity
+    from colqwen_pipeline.api import Index  # the Python API's search: one engine for both
+    from colqwen_pipeline.cli.model_server import with_model_server
     from colqwen_pipeline.index import make_index
 
     settings = load_settings()
-    check_query_text(args.query, settings)
-    index = make_index(settings)
-    doc_ids = search_scope(settings, index, args.doc or [])
-    settings = live_model_settings(settings)  # the model of the vectors searched (a rebuild may not have switched)
-    hits = search(args.query, top_k=args.top_k, settings=settings, doc_ids=doc_ids)
-    if not hits and not doc_ids:
-        require_documents(settings, index)  # every document removed since the last ingest: say so
-    marker = model_marker(model_identity(settings))
+    settings = with_model_server(settings, make_index(settings), lambda line: print(line, file=sys.stderr))
+    index = Index.from_settings(settings)
+    hits = index.search(args.query, top_k=args.top_k, docs=args.doc)
+    marker = index.model()
     results = [hit.as_dict() for hit in hits]
     if args.json:
         print(json.dumps({"query": args.query, "model": marker, "results": results}, indent=1))
@@ -128,16 +121,6 @@ def cmd_search(args: argparse.Namespace) -> int:
 def model_line(marker: dict) -> str:
     warning = " (RANDOM TEST WEIGHTS: the scores mean nothing)" if marker["random_weights"] else ""
     return f"model: {marker['fingerprint']}{warning}"
-
-
-def check_query_text(query: str, settings: Settings) -> None:
-    """The HTTP server's refusals (empty, not Unicode, too long), as one CLI line."""
-    from colqwen_pipeline.service.limits import Refused, check_query
-
-    try:
-        check_query(query, settings)
-    except Refused as refused:
-        raise PipelineError(refused.detail) from None
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:

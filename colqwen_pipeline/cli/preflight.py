@@ -11,6 +11,8 @@ from pydantic import ValidationError
 from colqwen_pipeline.common.errors import PipelineError
 from colqwen_pipeline.settings import Settings
 
+ALLOWED = {"COLQWEN_DEVICE": "must be auto, cpu, cuda, cuda:N (a GPU's number) or mps"}
+
 
 class SettingsError(PipelineError):
     """A ``COLQWEN_*`` value (environment or .env) that does not parse or is out of range."""
@@ -21,7 +23,8 @@ def settings_error_line(error: ValidationError) -> str:
     problems = []
     for detail in error.errors():
         name = "COLQWEN_" + "_".join(str(part) for part in detail["loc"]).upper()
-        problems.append(f"{name}={detail.get('input')!r}: {detail['msg']}")
+        message = ALLOWED.get(name, detail["msg"])  # a pattern reads badly: say the allowed values
+        problems.append(f"{name}={detail.get('input')!r}: {message}")
     return "bad setting " + "; ".join(problems)
 
 

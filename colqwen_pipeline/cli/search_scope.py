@@ -72,6 +72,11 @@ def resolve_documents(settings: Settings, index: DocumentIndex, wanted: list[str
     return resolved
 
 
+def matching_keys(settings: Settings, keys: set[str], name: str) -> list[str]:
+    """The keys among ``keys`` that ``name`` denotes: a key, a path (in the inbox or to the file), a file name."""
+    return _matches(settings, keys, indexed_names(settings, keys), name)
+
+
 def _matches(settings: Settings, keys: set[str], names: dict[str, str], name: str) -> list[str]:
     if name in keys:
         return [name]

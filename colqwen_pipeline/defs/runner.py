@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 import dagster as dg
 
@@ -112,7 +112,7 @@ def ingest(
         span = ordered[position[first] : position[last] + 1]
         echo(f"run {number}/{len(ranges)}: {len(span)} document(s)")
         wait_for_pool(instance, "gpu", echo)
-        result = _execute(instance, range_tags(first, last, trigger) | process_tags(), force)
+        result = _execute(instance, range_tags(first, last, trigger) | process_tags(), force, settings)
         summary.runs += 1
         if _interrupted(result) or stop_requested():
             raise IngestInterrupted(
@@ -132,7 +132,9 @@ def ingest(
     return summary
 
 
-def _execute(instance: dg.DagsterInstance, tags: dict[str, str], force: bool) -> dg.ExecuteInProcessResult:
+def _execute(
+    instance: dg.DagsterInstance, tags: dict[str, str], force: bool, settings: Settings
+) -> dg.ExecuteInProcessResult:
     from colqwen_pipeline.definitions import defs
 
     return defs.resolve_job_def("ingest_job").execute_in_process(
@@ -140,11 +142,20 @@ def _execute(instance: dg.DagsterInstance, tags: dict[str, str], force: bool) ->
         tags=tags,
         run_config={
             "ops": {"document_pipeline": {"config": {"force": force}}},
+            "resources": {"colqwen": {"config": resource_config(settings)}},  # these settings, not only COLQWEN_*
             # Failures are summarised by this command, one line each; progress: the python logger.
             "loggers": {"console": {"config": {"log_level": "CRITICAL"}}},
         },
         raise_on_error=False,
     )
+
+
+def resource_config(settings: Settings) -> dict[str, Any]:
+    """The run's ColQwenResource fields from ``settings``: an ``Index(home=...)`` is not the environment."""
+    from colqwen_pipeline.defs.resources import ColQwenResource
+
+    values = {name: getattr(settings, name) for name in ColQwenResource.model_fields}
+    return {name: str(value) if isinstance(value, Path) else value for name, value in values.items() if value}
 
 
 def _collect_checks(instance: dg.DagsterInstance, run_id: str, summary: IngestSummary, echo: Callable) -> None:

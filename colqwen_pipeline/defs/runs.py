@@ -18,7 +18,7 @@ import dagster as dg
 RANGE_START = "dagster/asset_partition_range_start"
 RANGE_END = "dagster/asset_partition_range_end"
 PARTITION = "dagster/partition"
-TRIGGER = "colqwen/trigger"  # cli, sensor, schedule, server, ui
+TRIGGER = "colqwen/trigger"  # cli, sensor, schedule, server, ui, api
 UNFINISHED = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,

@@ -63,8 +63,8 @@ def convert_to_pdf(path: Path, work_dir: Path, memory_mb: int, deadline: float) 
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     pdf = work_dir / "document.pdf"
-    if not pdf.is_file() or pdf.stat().st_size == 0:
-        raise WorkerError("office", "LibreOffice produced no PDF")  # corrupt input exits 0 like this
+    if not pdf.is_file() or pdf.stat().st_size == 0:  # corrupt input exits 0 like this
+        raise WorkerError("office", "LibreOffice produced no PDF: the file is damaged or not the format it claims")
     return pdf
 
 
@@ -99,8 +99,14 @@ def _run_soffice(binary: str, src: Path, out: Path, scratch: Path, memory_mb: in
         raise WorkerError("timeout", "time limit") from None
     finally:
         kill_group(proc)  # soffice can leave oosplash/soffice.bin children behind
-    if proc.returncode < 0:
-        raise WorkerError("memory", f"LibreOffice killed by signal {-proc.returncode}")
+    if proc.returncode < 0 or proc.returncode in ABORTED:
+        raise WorkerError("memory", f"LibreOffice stopped by signal {abs(proc.returncode) % 128}")
+
+
+# soffice's wrapper script reports soffice.bin's death by a signal as 128 + signal: under the address-space
+# cap a failed allocation ends in abort() (SIGABRT, 134; measured: a DOCX under a 400 MB cap), the kernel's
+# OOM killer sends SIGKILL (137).
+ABORTED = frozenset({134, 137})
 
 
 @functools.cache

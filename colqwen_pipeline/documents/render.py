@@ -318,11 +318,14 @@ def _keep_only(out: Path, records: dict[int, PageRecord]) -> None:
             png.unlink()
 
 
+TRUSTED = "raise %s if you trust the file"
+
+
 def _message(e: RenderError, settings: Settings) -> str:
-    if e.code == FailureCode.MEMORY:
-        return f"renderer exceeded {settings.render_memory_mb} MB"
+    if e.code == FailureCode.MEMORY:  # which limit stopped it, and the setting that moves it
+        return f"renderer exceeded {settings.render_memory_mb} MB of memory ({TRUSTED % 'COLQWEN_RENDER_MEMORY_MB'})"
     if e.code == FailureCode.TIMEOUT:
-        return f"renderer exceeded {settings.render_timeout_s:g} s"
+        return f"renderer exceeded {settings.render_timeout_s:g} s ({TRUSTED % 'COLQWEN_RENDER_TIMEOUT_S'})"
     if e.code == FailureCode.PASSWORD:
         if not settings.pdf_password:
             return "encrypted PDF: no password configured (set COLQWEN_PDF_PASSWORD)"

@@ -30,7 +30,7 @@ OFFICE_ZIP_MEMBERS = ("[Content_Types].xml", "mimetype", "content.xml")
 
 
 def sniff(path: Path) -> Kind:
-    """Return the document kind, or raise DocumentError naming what the file starts with."""
+    """Return the document kind, or raise DocumentError saying what the file is instead."""
     with path.open("rb") as f:
         head = f.read(HEAD_BYTES)
     if not head:
@@ -44,7 +44,27 @@ def sniff(path: Path) -> Kind:
     if head.startswith(b"PK\x03\x04"):
         _check_office_zip(path)
         return "office"
-    raise DocumentError(f"{path.name}: not a supported document: file starts with {head[:16]!r}")
+    raise DocumentError(f"{path.name}: {what_else(head)}, not a document this pipeline reads ({READABLE})")
+
+
+READABLE = "PDF, Office documents, images"
+TEXT_KINDS = (  # (how the text starts, what to call it), after leading whitespace, lower-cased
+    ((b"<!doctype html", b"<html"), "a web page (HTML)"),
+    ((b"<?xml",), "an XML file"),
+    ((b"{\\rtf",), "an RTF file (save it as DOCX or PDF)"),
+)
+
+
+def what_else(head: bytes) -> str:
+    """What a refused file is, in words: plain text of some kind, or an unknown binary format."""
+    try:
+        text = head.decode("utf-8-sig")
+    except UnicodeDecodeError as error:  # a multi-byte character cut by HEAD_BYTES is still text
+        text = head[: error.start].decode("utf-8-sig", "ignore") if error.start > len(head) - 4 else ""
+    if not text or any(not (c.isprintable() or c in "\t\r\n\f") for c in text):
+        return "an unknown binary format"
+    start = text.lstrip().lower().encode()
+    return next((name for prefixes, name in TEXT_KINDS if start.startswith(prefixes)), "plain text")
 
 
 def _check_office_zip(path: Path) -> None:
@@ -55,4 +75,4 @@ def _check_office_zip(path: Path) -> None:
     except (zipfile.BadZipFile, OSError) as e:  # typically a truncated upload or copy
         raise DocumentError(f"{path.name}: corrupt zip archive (a damaged DOCX/XLSX/PPTX?): {e}") from None
     if not any(m in names for m in OFFICE_ZIP_MEMBERS):
-        raise DocumentError(f"{path.name}: not a supported document: a zip archive without office document parts")
+        raise DocumentError(f"{path.name}: a zip archive, not a document this pipeline reads: unpack it into the inbox")

@@ -72,7 +72,11 @@ def load_eval_set(path: Path, split: str = "test") -> list[EvalQuery]:
     if path.is_dir():
         return _load_beir(path, split)
     if not path.is_file():
-        raise EvalSetError(f"{path}: evaluation set not found (set COLQWEN_EVAL_SET to a JSONL file or BEIR directory)")
+        where = "" if path.is_absolute() else f", relative to the working directory {Path.cwd()}"  # as the inbox says
+        raise EvalSetError(
+            f"{path}: evaluation set not found{where} (run from the repository root, or set COLQWEN_EVAL_SET "
+            "or --eval-set to a JSONL file or BEIR directory)"
+        )
     queries = [_parse_query(record, f"{path}:{line}") for line, record in _jsonl(path)]
     if not queries:
         raise EvalSetError(f"{path}: no queries")

@@ -12,14 +12,17 @@ under other settings is refused instead of drawn wrong.
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
-HEAT_COLOUR = (255, 40, 0)
-MAX_ALPHA = 0.7  # the page stays readable under the strongest match
+HEAT_COLOUR = (235, 80, 0)
+MAX_ALPHA = 0.6  # the page stays readable under the strongest match
+FLOOR = 0.5  # patches in the lower half of the page's range stay unpainted: the match stands out
+AUGMENTATION_TOKENS = 10  # colpali-engine's query suffix: query_augmentation_token x 10
 
 
 class GridMismatch(Exception):
@@ -70,6 +73,47 @@ def similarity_maps(page_vectors: np.ndarray, query_vectors: np.ndarray, grid: P
     return np.einsum("qd,yxd->qyx", np.asarray(query_vectors, dtype=np.float32), patches)
 
 
+@dataclass(frozen=True)
+class QueryWord:
+    text: str
+    tokens: tuple[int, ...]  # positions of its tokens in the query's vectors
+
+
+def query_words(processor: Any, query: str) -> list[QueryWord]:
+    """The words of ``query`` with the positions of their subword tokens. The prompt's prefix and the
+    augmentation tokens (``<|endoftext|>`` x 10) belong to no word: they count in the score, not in the
+    chips. A processor that builds its query prompt otherwise gets one word per non-special token."""
+    ids = processor.process_queries([query])["input_ids"][0].tolist()
+    prefix = getattr(processor, "query_prefix", "")
+    suffix = getattr(processor, "query_augmentation_token", "") * AUGMENTATION_TOKENS
+    encoded = processor.tokenizer(prefix + query + suffix, return_offsets_mapping=True)
+    if encoded["input_ids"] != ids:
+        special = set(processor.tokenizer.all_special_ids)
+        decode = processor.tokenizer.decode
+        labels = [(n, decode([i]).strip()) for n, i in enumerate(ids) if i not in special]
+        return [QueryWord(label, (n,)) for n, label in labels if label]
+    spans = [(m.start() + len(prefix), m.end() + len(prefix)) for m in re.finditer(r"\S+", query)]
+    tokens: list[list[int]] = [[] for _ in spans]
+    for position, (start, end) in enumerate(encoded["offset_mapping"]):
+        word = next((n for n, (first, last) in enumerate(spans) if start < last and end > first), None)
+        if word is not None:
+            tokens[word].append(position)
+    text = prefix + query
+    pairs = zip(spans, tokens, strict=True)
+    return [QueryWord(text[first:last], tuple(found)) for (first, last), found in pairs if found]
+
+
+def word_map(maps: np.ndarray, word: QueryWord) -> np.ndarray:
+    """A word's map: the mean over its subword tokens' maps (each token adds its own best match to MaxSim)."""
+    return maps[list(word.tokens)].mean(axis=0)
+
+
+def maxsim(page_vectors: np.ndarray, query_vectors: np.ndarray) -> float:
+    """The page's score as the index computes it: per query token its best page token, summed."""
+    page, query = np.asarray(page_vectors, dtype=np.float32), np.asarray(query_vectors, dtype=np.float32)
+    return float((query @ page.T).max(axis=1).sum())
+
+
 def combined_map(maps: np.ndarray, token: int | None) -> np.ndarray:
     """One token's map, or the max over query tokens (what MaxSim takes from each patch)."""
     return maps[token] if token is not None else maps.max(axis=0)
@@ -81,10 +125,12 @@ def normalised(values: np.ndarray) -> np.ndarray:
 
 
 def overlay(page: Image.Image, heat: np.ndarray, width: int) -> bytes:
-    """PNG of the page at ``width`` pixels with ``heat`` ([0, 1] per patch) laid over it in colour."""
+    """PNG of the page at ``width`` pixels, in grey, with ``heat`` ([0, 1] per patch) above FLOOR laid over
+    it in colour, more opaque where the similarity is higher: only the best patches are coloured."""
     height = max(1, round(page.height * width / page.width))
-    base = page.convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
-    levels = Image.fromarray(np.uint8(np.clip(heat, 0, 1) * 255 * MAX_ALPHA))
+    base = ImageOps.grayscale(page.convert("RGB")).convert("RGB").resize((width, height), Image.Resampling.LANCZOS)
+    strength = np.clip((np.asarray(heat, dtype=np.float32) - FLOOR) / (1 - FLOOR), 0, 1)
+    levels = Image.fromarray(np.uint8(strength * 255 * MAX_ALPHA))
     alpha = levels.resize((width, height), Image.Resampling.BILINEAR)
     painted = Image.composite(Image.new("RGB", base.size, HEAT_COLOUR), base, alpha)
     buffer = io.BytesIO()

@@ -102,7 +102,11 @@ class Web:
         by = self.indexer.submit(doc_id, self.settings.inbox / restored.document)
         return {"doc_id": doc_id, "restored": readable(restored.document), "status": "pending", "indexed_by": by}
 
-    def heatmap_png(self, doc_id: str, page: int, query: str, token: int | None, width: int | None) -> bytes:
+    def heatmap_png(
+        self, doc_id: str, page: int, query: str, token: int | None, width: int | None, word: int | None = None
+    ) -> bytes:
+        """``word``: that word's map (its subword tokens merged); ``token``: one query token's; neither: the
+        max over every query token, the augmentation tokens included (what MaxSim takes from a patch)."""
         check_query(query, self.settings)
         check_query_tokens([query], self.holder.query_tokens, self.settings)
         resolved = self.pages.resolve(doc_id, page)
@@ -126,15 +130,25 @@ class Web:
         )
         if token is not None and not 0 <= token < len(maps):
             raise Refused(422, f"token must be between 0 and {len(maps) - 1} for this query, not {token}")
+        if word is not None:
+            words = self.query_words(query)
+            if not 0 <= word < len(words):
+                raise Refused(422, f"word must be between 0 and {len(words) - 1} for this query, not {word}")
+            heat = heatmap.word_map(maps, words[word])
+        else:
+            heat = heatmap.combined_map(maps, token)
         from PIL import Image
 
         with Image.open(resolved.path) as image:
-            return heatmap.overlay(image, heatmap.normalised(heatmap.combined_map(maps, token)), width or record.width)
+            return heatmap.overlay(image, heatmap.normalised(heat), width or record.width)
 
-    def query_token_labels(self, query: str) -> list[str]:
-        processor = self.holder.require().processor
-        ids = processor.process_queries([query])["input_ids"][0].tolist()
-        return [processor.tokenizer.decode([i]).strip() or "␣" for i in ids]
+    def query_words(self, query: str) -> list[heatmap.QueryWord]:
+        return heatmap.query_words(self.holder.require().processor, query)
+
+    def page_score(self, doc_id: str, page: int, query: str) -> float:
+        """The page's MaxSim score for ``query``, from its stored vectors (what the search ranked it by)."""
+        artifact, index = self.pages.stored_vectors(self.pages.resolve(doc_id, page))
+        return heatmap.maxsim(artifact.page_vectors(index), self.holder.embed_queries([query]).vectors[0])
 
 
 def trash_fields(web: Web, trashed: Trashed | None) -> dict[str, Any]:
@@ -170,9 +184,10 @@ def _add_page_routes(app: FastAPI, web: Web) -> None:
         q: str = Query(description="the query"),
         token: int | None = Query(None, description="one query token's map (default: the max over all)"),
         width: int | None = Query(None, description="image width (default: the page's)"),
+        word: int | None = Query(None, description="one query word's map (its subword tokens merged)"),
     ):
-        """PNG of the page with its per-patch similarity to the query laid over it."""
-        png = web.heatmap_png(doc_id, page, q, token, check_width(width))
+        """PNG of the page, in grey, with its per-patch similarity to the query laid over it in colour."""
+        png = web.heatmap_png(doc_id, page, q, token, check_width(width), word)
         return Response(png, media_type="image/png", headers=IMAGE_CACHE)
 
 
@@ -215,12 +230,20 @@ def _add_document_routes(app: FastAPI, web: Web) -> None:
 
 def _add_html_routes(app: FastAPI, web: Web) -> None:
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
-    def search_page(request: Request, q: str = "", added: str = "", removed: str = "", restored: str = ""):
-        body, status = html.search_form(q), 200
+    def search_page(
+        request: Request,
+        q: str = "",
+        k: int = PAGE_RESULTS,
+        page: int = Query(1, ge=1),
+        added: str = "",
+        removed: str = "",
+        restored: str = "",
+    ):
+        per_page = k if k in html.PAGE_SIZES else PAGE_RESULTS
+        body, status = html.search_form(q, per_page), 200
         if q:
             try:
-                hits = search_pages(web.holder, web.settings, q, PAGE_RESULTS)
-                body += html.results_list(q, hits, thumbnail_sizes(web, hits))
+                body += results_page(web, q, per_page, page)
             except (Refused, NotReady) as error:
                 status = error.status if isinstance(error, Refused) else 503
                 body += f'<p class="error" role="alert">{html.escape(detail(error))}</p>'
@@ -231,15 +254,20 @@ def _add_html_routes(app: FastAPI, web: Web) -> None:
         return HTMLResponse(html.layout(q or "Search", body, web.model(), web.keys.enabled, csrf), status)
 
     @app.get("/view/{doc_id}/{page}", response_class=HTMLResponse, include_in_schema=False)
-    def view_page(request: Request, doc_id: str, page: int, q: str = "", token: int | None = None) -> HTMLResponse:
+    def view_page(
+        request: Request, doc_id: str, page: int, q: str = "", word: int | None = None, rank: int | None = None
+    ) -> HTMLResponse:
         resolved = web.pages.resolve(doc_id, page)
         from colqwen_pipeline.documents.manifest import Manifest
 
         pages = len(Manifest.read(web.pages.pages_dir / resolved.doc_id).pages)
-        tokens = web.query_token_labels(q) if q and web.holder.status == "READY" else []
+        ready = bool(q) and web.holder.status == "READY"
+        words = [w.text for w in web.query_words(q)] if ready else []
         document = next((d["document"] for d in web.documents() if d["doc_id"] == doc_id), doc_id)
-        doc = {"doc_id": doc_id, "page": page, "document": document}
-        body = html.page_view(doc, q, tokens, token, pages)
+        doc = {"doc_id": doc_id, "page": page, "document": document, "pages": pages}
+        match = {"rank": rank if rank and 0 < rank <= web.settings.server_max_top_k else None}
+        match["score"] = web.page_score(doc_id, page, q) if ready else None
+        body = html.page_view(doc, q, words, word, match)
         title = f"{document} page {page}"
         return HTMLResponse(html.layout(title, body, web.model(), web.keys.enabled, web.csrf(request)))
 
@@ -319,6 +347,22 @@ def server_notice(web: Web, documents: list[dict[str, Any]], added: str, removed
     return ""
 
 
+def results_page(web: Web, query: str, per_page: int, page: int) -> str:
+    """One page of the ranking: the search asks for every page up to this one's end (MaxSim ranks are
+    exact, so page 2 of 12 is ranks 13-24 of a top-24), up to COLQWEN_SERVER_MAX_TOP_K."""
+    limit = web.settings.server_max_top_k
+    first = (page - 1) * per_page
+    if first >= limit:
+        raise Refused(422, f"results stop at {limit} pages (COLQWEN_SERVER_MAX_TOP_K)")
+    top = min(first + per_page, limit)
+    hits = search_pages(web.holder, web.settings, query, top)
+    if not hits and not web.indexed():
+        return html.EMPTY_INDEX
+    shown = hits[first:]
+    pager = html.pager(query, per_page, page, more=len(hits) == top < limit)
+    return html.results_list(query, shown, thumbnail_sizes(web, shown), first + 1, pager)
+
+
 def thumbnail_sizes(web: Web, hits: list[dict[str, Any]]) -> dict[tuple[str, int], tuple[int, int]]:
     """Width and height attributes of each thumbnail, so the grid does not jump while images load."""
     sizes = {}
@@ -340,7 +384,5 @@ def html_error(request: Request, status: int, message: str, web: Web) -> Respons
     """The HTML form of an error for a browser's page request (JSON for everything else)."""
     if "text/html" not in request.headers.get("accept", "") or request.url.path.startswith("/pages/"):
         return None
-    return HTMLResponse(
-        html.message_page("Something went wrong" if status >= 500 else "Not possible", message, web.model()),
-        status_code=status,
-    )
+    title = html.error_title(request.url.path, status)
+    return HTMLResponse(html.message_page(title, message, web.model()), status_code=status)
