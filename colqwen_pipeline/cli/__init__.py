@@ -68,7 +68,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     )
     for key, reason in summary.failed.items():
         print(f"failed: {key}: {reason}", file=sys.stderr)
-    return 1 if summary.failed else 0
+    errored = [name for name, line in summary.checks.items() if line.startswith("ERROR")]
+    if errored:  # the index is written but not what it must be: a script or CI must see it
+        print(f"error: check(s) {', '.join(errored)} ended in ERROR (see the check lines above)", file=sys.stderr)
+    return 1 if summary.failed or errored else 0
 
 
 def stop_on_signals() -> Callable[[], int | None]:
