@@ -233,6 +233,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             uri=args.uri,
             peers=args.peers,
             token_pooling=args.token_pooling,
+            server_pid=args.server_pid,
         )
     print(json.dumps(result, indent=None if args.json else 1))
     return 0
@@ -327,6 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--peers", type=peer_names, default=[], help="search only: embedded peers, e.g. lancedb,qdrant-local (.[bench])"
     )
     bench.add_argument("--token-pooling", type=int, default=0, help="search only: store pages pooled by this factor")
+    bench.add_argument("--server-pid", type=int, help="search only: the Milvus server's process, for its RssAnon")
     bench.add_argument("--docs", type=positive_int, default=200, help="ingest, orchestration: generated documents")
     bench.add_argument(
         "--materialized",
