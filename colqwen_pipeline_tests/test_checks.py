@@ -273,15 +273,3 @@ def random_queries(count: int):
     rng = np.random.default_rng(11)
     table = {f"query {i}": unit_vectors(rng, 6) for i in range(count)}
     return lambda texts: [table[text] for text in texts]
-
-
-def test_fidelity_counts_pages_tied_at_the_cut_and_misses_the_rest():
-    from colqwen_pipeline.evaluation.retrieval import top_k_recall
-    from colqwen_pipeline.index.base import Hit
-
-    exact = {"d#1": 3.0, "d#2": 2.0, "d#3": 2.0, "d#4": 1.0}
-    hits = [Hit("d", "d.pdf", page, 0.0, "") for page in (1, 3)]  # page 3 ties page 2 at the cut
-
-    assert top_k_recall(hits, exact, 2) == 1.0
-    assert top_k_recall([Hit("d", "d.pdf", 4, 0.0, "")], exact, 2) == 0.0
-    assert top_k_recall(hits, exact, 10) == 0.5  # k above the pages: all 4 pages are expected

@@ -177,12 +177,10 @@ def test_lite_file_is_released_after_each_operation(tmp_path: Path):
 
 def test_bench_reports_every_field_on_a_tiny_run():
     result = bench_search(pages=20, queries=3, layra_queries=1)
-    assert result["pages"] == 20
-    assert set(result["ours"]) >= {"p50_ms", "p95_ms", "recall_at_5", "bytes_per_page", "ingest_rows_per_s"}
-    assert result["ours"]["bytes_per_page"] > 0
-    assert result["ours"]["recall_at_5"] == 1.0  # 20 pages are scored exactly (step 0 in docs/search.md)
+    assert result["pages"] == 20 and result["bytes_per_page_disk"] > 0 and result["ours"]["ingest_rows_per_s"] > 0
+    assert result["recall_at_5"] == 1.0  # 20 pages are scored exactly (step 0 in docs/search.md)
     assert result["layra_baseline"]["recall_at_5"] > 0
-    assert set(result["layra_baseline"]) >= {"p50_ms", "recall_at_5"} and "p50_ms" in result["brute_force"]
+    assert set(result["layra_baseline"]) >= {"p50_ms", "recall_at_5"} and result["brute_force_p50_ms"] > 0
 
 
 def test_bench_measures_a_milvus_server_the_same_way_and_drops_what_it_made(milvus_uri: str):
@@ -191,8 +189,8 @@ def test_bench_measures_a_milvus_server_the_same_way_and_drops_what_it_made(milv
     before = set(MilvusClient(uri=milvus_uri).list_collections())
     result = bench_search(pages=20, queries=3, layra_queries=1, uri=milvus_uri)
 
-    assert result["milvus"] == f"server {milvus_uri}" and result["ours"]["bytes_per_page"] is None
-    assert result["ours"]["recall_at_5"] == 1.0 and result["layra_baseline"]["recall_at_5"] > 0
+    assert result["milvus"] == f"server {milvus_uri}" and result["bytes_per_page_disk"] is None
+    assert result["recall_at_5"] == 1.0 and result["layra_baseline"]["recall_at_5"] > 0
     assert set(MilvusClient(uri=milvus_uri).list_collections()) == before
 
 
@@ -260,8 +258,8 @@ def test_bench_with_token_pooling_stores_a_third_of_the_vectors():
     plain = bench_search(pages=20, queries=3, layra_queries=0)
 
     assert result["ours"]["vectors_per_page"] == TOKENS // 3 and plain["ours"]["vectors_per_page"] == TOKENS
-    assert result["ours"]["bytes_per_page"] < 0.5 * plain["ours"]["bytes_per_page"]
-    assert result["ours"]["recall_at_5"] >= 0.6  # pooled vectors, truth over the unpooled tokens
+    assert result["bytes_per_page_disk"] < 0.5 * plain["bytes_per_page_disk"]
+    assert result["recall_at_5"] >= 0.6  # pooled vectors, truth over the unpooled tokens
 
 
 def test_a_peer_without_its_package_is_refused_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):

@@ -67,7 +67,10 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     )
     for reason in summary.failed.values():  # each names its file: "failed: notes.pdf: plain text, not a ..."
         print(f"failed: {reason}", file=sys.stderr)
-    return 1 if summary.failed else 0
+    errored = [name for name, line in summary.checks.items() if line.startswith("ERROR")]
+    if errored:  # the index is written but not what it must be: a script or CI must see it
+        print(f"error: check(s) {', '.join(errored)} ended in ERROR (see the check lines above)", file=sys.stderr)
+    return 1 if summary.failed or errored else 0
 
 
 def stop_on_signals() -> Callable[[], int | None]:
@@ -213,6 +216,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             uri=args.uri,
             peers=args.peers,
             token_pooling=args.token_pooling,
+            server_pid=args.server_pid,
         )
     print(json.dumps(result, indent=None if args.json else 1))
     return 0
@@ -307,6 +311,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--peers", type=peer_names, default=[], help="search only: embedded peers, e.g. lancedb,qdrant-local (.[bench])"
     )
     bench.add_argument("--token-pooling", type=int, default=0, help="search only: store pages pooled by this factor")
+    bench.add_argument("--server-pid", type=int, help="search only: the Milvus server's process, for its RssAnon")
     bench.add_argument("--docs", type=positive_int, default=200, help="ingest, orchestration: generated documents")
     bench.add_argument(
         "--materialized",

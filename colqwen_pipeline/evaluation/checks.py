@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
-from colqwen_pipeline.evaluation.retrieval import FidelityReport, RetrievalReport
+from colqwen_pipeline.evaluation.retrieval import FP16_TIE_PER_TOKEN, FidelityReport, RetrievalReport
 
 CHUNK_ROWS = 65536  # token vectors checked at a time: bounded memory for long documents
 
@@ -182,22 +182,46 @@ def per_query_row(result) -> dict[str, Any]:
 
 # -- index_fidelity -------------------------------------------------------------------------------
 def check_index_fidelity(report: FidelityReport, min_recall: float) -> CheckOutcome:
+    """Passes when the search's top-k holds ``min_recall`` of the exact top-k, a page counting when
+    its exact score is within the tie tolerance of the exact k-th best. The first words say which
+    of four cases it is: exact, tied scores, the index not holding the stored embeddings, or the
+    first stage missing pages the index holds."""
+    recall, identity = report.recall, report.identity_recall
     metadata = {
         "k": report.k,
-        "recall_at_k": round(report.recall, 4),
+        "recall_at_k": round(recall, 4),
+        "identity_recall_at_k": round(identity, 4),
         "min_recall": min_recall,
+        "tolerance_per_query_token": FP16_TIE_PER_TOKEN,
         "queries": len(report.per_query),
         "pages": report.pages,
-        "worst_query_recall": round(min(report.per_query.values(), default=1.0), 4),
+        "worst_query_recall": round(min((q.recall for q in report.per_query), default=1.0), 4),
+        "misread_pages": report.misread,
+        "not_indexed_pages": report.not_indexed,
     }
-    table = [{"query_id": q, "recall_at_k": round(r, 4)} for q, r in report.per_query.items()]
+    table = [
+        {"query_id": q.query_id, "recall_at_k": round(q.recall, 4), "identity_recall_at_k": round(q.identity_recall, 4)}
+        for q in report.per_query
+    ]
     if not report.per_query:
         return CheckOutcome(True, "nothing to compare: no evaluation queries or no indexed pages", metadata)
-    passed = report.recall >= min_recall
-    description = (
-        f"collection top-{report.k} vs exact MaxSim over {report.pages} stored pages: "
-        f"recall {report.recall:.4f} ({'>=' if passed else '<'} {min_recall})"
+    passed = recall >= min_recall
+    figures = (
+        f"recall {recall:.4f} ({'>=' if passed else '<'} {min_recall}) counting pages within "
+        f"{FP16_TIE_PER_TOKEN:.6f} per query token (fp16 precision) of the exact {report.k}th best, identity "
+        f"recall {identity:.4f}, over {len(report.per_query)} queries and {report.pages} stored pages"
     )
+    if passed:
+        verdict = "search returns the exact top-{k}" if identity == 1.0 else "scores are tied"
+    elif report.misread or report.not_indexed:
+        verdict = "the index does not hold the stored embeddings"
+        figures += (
+            f"; {report.misread} returned pages scored otherwise than their stored embeddings, "
+            f"{report.not_indexed} expected pages are of documents the index does not hold"
+        )
+    else:
+        verdict = "the first stage misses pages the index holds"
+    description = f"{verdict.format(k=report.k)}: {figures}"
     if report.pages <= report.k:
         description += f"; only {report.pages} pages, so any complete top-{report.k} matches (too few pages to test)"
     return CheckOutcome(passed, description, metadata, {"per_query": table})

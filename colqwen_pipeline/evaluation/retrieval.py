@@ -17,7 +17,7 @@ from colqwen_pipeline.index.base import DocumentIndex, Hit
 from colqwen_pipeline.index.maxsim import maxsim
 
 EmbedQueries = Callable[[list[str]], list[np.ndarray]]
-TIE_TOLERANCE = 1e-4  # relative: MaxSim sums in a different order in Milvus search and here
+FP16_TIE_PER_TOKEN = 2.0**-10  # see tie_tolerance
 
 
 @dataclass
@@ -40,12 +40,46 @@ class RetrievalReport:
     random_weights: bool = False  # the indexed embeddings come from the random-weight test model
 
 
+@dataclass(frozen=True)
+class QueryFidelity:
+    """One query's search top-k against exact MaxSim over the stored embeddings."""
+
+    query_id: str
+    expected: int  # min(k, pages): how many pages a complete answer returns
+    identical: int  # returned pages of the exact top-k (ties at the cut broken by page order)
+    within: int  # returned pages whose exact score is within the tolerance of the exact k-th best
+    misread: int  # returned pages the stored embeddings score differently (or do not hold)
+    tolerance: float  # absolute, for this query
+
+    @property
+    def recall(self) -> float:
+        return self.within / self.expected if self.expected else 1.0
+
+    @property
+    def identity_recall(self) -> float:
+        return self.identical / self.expected if self.expected else 1.0
+
+
 @dataclass
 class FidelityReport:
     k: int
-    recall: float  # mean over queries of |collection top-k ∩ exact top-k| / k
-    per_query: dict[str, float] = field(default_factory=dict)
+    per_query: list[QueryFidelity] = field(default_factory=list)
     pages: int = 0
+    not_indexed: int = 0  # pages of the exact top-k whose document the index does not hold
+
+    @property
+    def recall(self) -> float:
+        """Mean share of the exact top-k answered by a page scoring within the tolerance of it."""
+        return fmean(q.recall for q in self.per_query) if self.per_query else 1.0
+
+    @property
+    def identity_recall(self) -> float:
+        """Mean share of the exact top-k returned page for page."""
+        return fmean(q.identity_recall for q in self.per_query) if self.per_query else 1.0
+
+    @property
+    def misread(self) -> int:
+        return sum(q.misread for q in self.per_query)
 
 
 def load_artifacts(embeddings_dir: Path, doc_ids: Iterable[str]) -> dict[str, EmbeddingArtifact]:
@@ -90,16 +124,23 @@ def exact_scores(queries: Sequence[np.ndarray], artifacts: dict[str, EmbeddingAr
     return scores
 
 
-def top_k_recall(hits: Sequence[Hit], exact: dict[str, float], k: int) -> float:
-    """Share of the exact top-k the collection returned. A hit counts when its exact score reaches
-    the k-th best exact score, so pages tied at the cut are interchangeable."""
-    k = min(k, len(exact))
-    if k == 0:
-        return 1.0
-    cut = sorted(exact.values(), reverse=True)[k - 1]
-    floor = cut - TIE_TOLERANCE * max(1.0, abs(cut))
-    found = {page_id(h.doc_id, h.page) for h in hits[:k]}
-    return sum(1 for p in found if exact.get(p, -np.inf) >= floor) / k
+def tie_tolerance(query_tokens: int) -> float:
+    """Scores closer than this are ties: fp16 storage of the query and page vectors moves each
+    token's best similarity by up to ~2 x 2^-11 (unit vectors), so the stored vectors cannot order
+    two pages closer than that per query token (the model's own output could order them either way)."""
+    return query_tokens * FP16_TIE_PER_TOKEN
+
+
+def judge_query(query_id: str, hits: Sequence[Hit], exact: dict[str, float], k: int, tolerance: float) -> QueryFidelity:
+    """How the search's top-k (``hits``) compares with the exact scores of every stored page."""
+    expected = min(k, len(exact))
+    ranked = sorted(exact, key=lambda page: (-exact[page], page))
+    cut = exact[ranked[expected - 1]] if expected else 0.0
+    top = set(ranked[:expected])
+    returned = {page_id(h.doc_id, h.page): h.score for h in hits[:k]}
+    within = sum(1 for page in returned if exact.get(page, -np.inf) >= cut - tolerance)
+    misread = sum(1 for page, score in returned.items() if abs(exact.get(page, np.inf) - score) > tolerance)
+    return QueryFidelity(query_id, expected, len(top & returned.keys()), min(within, expected), misread, tolerance)
 
 
 def index_fidelity(
@@ -109,15 +150,19 @@ def index_fidelity(
     artifacts: dict[str, EmbeddingArtifact],
     k: int,
 ) -> FidelityReport:
-    """Recall@k of the collection's search against exact MaxSim over the embeddings artifacts."""
+    """The collection's search top-k against exact MaxSim over the embeddings artifacts, with ties
+    (``tie_tolerance``) not counted as misses."""
     pages = sum(len(a.pages) for a in artifacts.values())
     if not queries or not artifacts:
-        return FidelityReport(k, 1.0, {}, pages)
+        return FidelityReport(k, [], pages)
     vectors = embed_queries([q.query for q in queries])
     rankings = index.search(vectors, top_k=k)
     exact = exact_scores(vectors, artifacts)
-    per_query = {
-        query.query_id: top_k_recall(hits, scores, k)
-        for query, hits, scores in zip(queries, rankings, exact, strict=True)
-    }
-    return FidelityReport(k, fmean(per_query.values()), per_query, pages)
+    per_query = [
+        judge_query(query.query_id, hits, scores, k, tie_tolerance(len(vector)))
+        for query, vector, hits, scores in zip(queries, vectors, rankings, exact, strict=True)
+    ]
+    held = index.document_ids()
+    expected_pages = {page for scores in exact for page in sorted(scores, key=scores.get, reverse=True)[:k]}
+    not_indexed = sum(1 for page in expected_pages if page.rsplit("#", 1)[0] not in held)
+    return FidelityReport(k, per_query, pages, not_indexed)

@@ -1,0 +1,60 @@
+"""`bench search` at any size: pages drawn one at a time from their seed, the truth streamed chunk by
+chunk with a running top-5, and the figures the issue names, through a real Milvus Lite file."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from colqwen_pipeline.index.bench import (
+    TOKENS,
+    StreamingTruth,
+    SyntheticPages,
+    bench_search,
+    rss_anon_bytes,
+    streamed_queries,
+    synthetic_pages,
+    synthetic_queries,
+)
+from colqwen_pipeline.index.maxsim import maxsim_uniform
+
+
+def test_pages_streamed_in_chunks_are_the_pages_drawn_at_once():
+    tokens, centres = synthetic_pages(35)
+    source = SyntheticPages(35)
+
+    streamed = list(source.chunks(10))
+
+    assert [first for first, _ in streamed] == [0, 10, 20, 30]
+    np.testing.assert_array_equal(np.concatenate([chunk for _, chunk in streamed]), tokens)
+    for a, b in zip(streamed_queries(source, 4), synthetic_queries(tokens, centres, 4), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_the_streamed_truth_is_the_exact_top_5_over_every_page():
+    tokens, centres = synthetic_pages(60)
+    queries = synthetic_queries(tokens, centres, 6)
+    truth = StreamingTruth(queries)
+
+    for first, chunk in SyntheticPages(60).chunks(20):
+        truth.add(first, chunk)
+
+    for i, query in enumerate(queries):
+        assert truth.top(i) == set(np.argsort(-maxsim_uniform(query, tokens, TOKENS))[:5].tolist())
+    assert all(seconds > 0 for seconds in truth.seconds)
+
+
+def test_the_bench_reports_the_figures_the_issue_names(tmp_path):
+    result = bench_search(pages=30, queries=3, layra_queries=0, workdir=str(tmp_path))
+
+    assert result["pages"] == 30 and result["recall_at_5"] == 1.0  # 30 pages are scored exactly
+    assert 0 < result["p50_ms"] <= result["p95_ms"] and result["brute_force_p50_ms"] > 0
+    assert 10_000 < result["bytes_per_page_disk"] < 10 * 283_000  # the Lite file, not a guess
+    assert isinstance(result["rss_anon_bytes_per_page"], int) and result["build_s"] > 0
+
+
+def test_rss_anon_reads_this_process():
+    before = rss_anon_bytes()
+    held = np.ones(64 << 20, dtype=np.uint8)  # 64 MB written: anonymous and resident
+
+    assert rss_anon_bytes() - before > 60 << 20
+    del held
