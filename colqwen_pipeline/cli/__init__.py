@@ -205,7 +205,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     elif args.stage == "ingest":
         from colqwen_pipeline.bulk.bench import bench_ingest
 
-        result = bench_ingest(docs=args.docs, pages_per_doc=args.pages_per_doc)
+        result = bench_ingest(docs=args.docs, pages_per_doc=args.pages_per_doc, model=args.model)
     else:
         from colqwen_pipeline.index.bench import bench_search
 
@@ -297,7 +297,12 @@ def build_parser() -> argparse.ArgumentParser:
         "stage", choices=["rasterize", "embed", "search", "ingest", "orchestration"], help="the stage to measure"
     )
     bench.add_argument("--pages", type=positive_int, help="pages to generate (default: 100 / 16 / 1000)")
-    bench.add_argument("--model", choices=["tiny", "full-random"], default="tiny", help="embed only: which model")
+    bench.add_argument(
+        "--model",
+        choices=["tiny", "full-random", "null"],
+        default="tiny",
+        help="embed: tiny or full-random; ingest: tiny or null (no forward pass: the CPU side alone)",
+    )
     bench.add_argument(
         "--precision", choices=["auto", "bf16", "fp32", "4bit", "8bit"], default="auto", help="embed only"
     )

@@ -3,10 +3,18 @@
 Each worker gets RLIMIT_AS (address space) so a runaway renderer fails inside the worker instead of
 eating the machine, and its own session so that a timeout kills the worker *and* anything it
 spawned (pdftoppm, soffice) with one killpg.
+
+Workers are long-lived (``WorkerPool``): starting an interpreter and importing the renderers cost
+more than rendering a one-page document, so a worker takes job after job. It keeps every guard of
+a worker per job: the cap is the process's own, the deadline is the job's, and a worker whose job
+failed, timed out or crashed is killed, never reused: the next job gets a fresh one. A worker is
+also replaced after RECYCLE_AFTER_JOBS jobs, or once its resident memory passes RECYCLE_ABOVE of
+its cap, so what a renderer leaks never reaches an innocent document.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -17,8 +25,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
@@ -26,6 +36,9 @@ from colqwen_pipeline.documents.failures import FailureCode, RenderError
 
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])  # the folder that holds colqwen_pipeline/
 WORKER_MODULE = "colqwen_pipeline.documents.worker"
+RECYCLE_AFTER_JOBS = 200
+RECYCLE_ABOVE = 0.5  # of the memory cap: leave a renderer's leaks no room to fail a later document
+MAX_IDLE_WORKERS = 8  # per memory cap; a worker idles at ~40 MB
 
 
 # The one render exception under the name the parent side has always used (office.py imports it).
@@ -52,6 +65,7 @@ def worker_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
     env["MALLOC_ARENA_MAX"] = "2"  # fewer 64 MB malloc arenas reserved against RLIMIT_AS
+    env["MALLOC_MMAP_THRESHOLD_"] = str(8 * 2**20)  # page bitmaps are unmapped when freed: a worker stays small
     return env
 
 
@@ -61,90 +75,180 @@ def kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+@dataclass(eq=False)
+class Worker:
+    """One long-lived worker process and where its stderr goes (a file: a chatty renderer never blocks)."""
+
+    proc: subprocess.Popen
+    stderr: IO[bytes]
+    kind: tuple[int, int]  # (memory cap, environment): a worker serves only jobs started under both
+    jobs: int = 0
+    stderr_from: int = 0  # where the current job's stderr starts
+    buffer: bytes = b""
+    done: bool = False
+
+    def send(self, job: dict[str, Any]) -> None:
+        self.jobs += 1
+        self.done, self.buffer = False, b""
+        self.stderr_from = os.fstat(self.stderr.fileno()).st_size
+        with contextlib.suppress(BrokenPipeError):  # a worker that died is reported by _finish
+            self.proc.stdin.write(json.dumps(job).encode() + b"\n")
+            self.proc.stdin.flush()
+
+    def resident_mb(self) -> float:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        return 0.0
+
+    def stderr_tail(self) -> list[str]:
+        self.stderr.seek(self.stderr_from)
+        return self.stderr.read().decode(errors="replace").strip().splitlines()
+
+    def kill(self) -> None:
+        kill_group(self.proc)
+        for stream in (self.proc.stdin, self.proc.stdout, self.stderr):
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
+@dataclass
+class WorkerPool:
+    """Idle workers by memory cap and environment (PATH says which renderers exist), shared by the threads
+    of a process (the engine's render pool)."""
+
+    recycle_after: int = RECYCLE_AFTER_JOBS
+    max_idle: int = MAX_IDLE_WORKERS
+    started: int = 0  # workers started so far (tests: reuse, and recovery after a failure)
+    busy: set[Worker] = field(default_factory=set)
+    _idle: dict[tuple[int, int], list[Worker]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _pid: int = field(default_factory=os.getpid)
+
+    def take(self, memory_mb: int) -> Worker:
+        env = worker_env()
+        kind = (memory_mb, hash(frozenset(env.items())))
+        with self._lock:
+            if self._pid != os.getpid():  # a forked child: its parent's workers are not its own
+                self._idle, self.busy, self._pid = {}, set(), os.getpid()
+            idle = self._idle.get(kind, [])
+            worker = idle.pop() if idle else None
+        if worker is not None and worker.proc.poll() is not None:  # died while idle (killed from outside)
+            worker.kill()
+            worker = None
+        worker = worker or _spawn(kind, env)
+        with self._lock:
+            self.started += worker.jobs == 0
+            self.busy.add(worker)
+        return worker
+
+    def give_back(self, worker: Worker, healthy: bool) -> None:
+        """Keep a worker whose job completed, unless it is spent; kill any other."""
+        spent = worker.jobs >= self.recycle_after or worker.resident_mb() > worker.kind[0] * RECYCLE_ABOVE
+        with self._lock:
+            self.busy.discard(worker)
+            idle = self._idle.setdefault(worker.kind, [])
+            keep = healthy and not spent and len(idle) < self.max_idle and self._pid == os.getpid()
+            if keep:
+                idle.append(worker)
+        if not keep:
+            worker.kill()
+
+    def close(self) -> None:
+        with self._lock:
+            workers = [w for idle in self._idle.values() for w in idle]
+            self._idle = {}
+        for worker in workers:
+            worker.kill()
+
+
+POOL = WorkerPool()
+atexit.register(POOL.close)
+
+
 def run_workers(
-    jobs: list[dict[str, Any]], memory_mb: int, deadline: float, on_line: Callable[[dict[str, Any]], None]
+    jobs: list[dict[str, Any]],
+    memory_mb: int,
+    deadline: float,
+    on_line: Callable[[dict[str, Any]], None],
+    pool: WorkerPool = POOL,
 ) -> None:
-    """Run one worker per job concurrently; call on_line for every record; raise RenderError on failure.
-
-    The first failing worker stops the others: a document renders completely or not at all.
-    """
-    procs = [_spawn(job, memory_mb) for job in jobs]
+    """Run each job on a worker of ``pool``, concurrently; call on_line for every record; raise RenderError
+    on failure. The first failing worker stops the others: a document renders completely or not at all."""
+    workers = [pool.take(memory_mb) for _ in jobs]
     try:
-        _pump(procs, deadline, on_line)
+        for worker, job in zip(workers, jobs, strict=True):
+            worker.send(job)
+        _pump(workers, deadline, on_line)
     finally:
-        for proc, stderr in procs:
-            kill_group(proc)
-            proc.stdout.close()
-            stderr.close()
+        for worker in workers:
+            pool.give_back(worker, healthy=worker.done)
 
 
-def _spawn(job: dict[str, Any], memory_mb: int) -> tuple[subprocess.Popen, IO[bytes]]:
-    # A file, not a pipe: a chatty renderer can never block on it. Closed by run_workers.
-    stderr = tempfile.TemporaryFile()  # noqa: SIM115
+def _spawn(kind: tuple[int, int], env: dict[str, str]) -> Worker:
+    stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed by Worker.kill
     proc = start_capped(
         [sys.executable, "-m", WORKER_MODULE],
-        memory_mb,
+        kind[0],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=stderr,
-        env=worker_env(),
+        env=env,
         start_new_session=True,
     )
-    with contextlib.suppress(BrokenPipeError):  # a worker that died at once is reported by _finish
-        proc.stdin.write(json.dumps(job).encode())
-        proc.stdin.close()
-    return proc, stderr
+    return Worker(proc, stderr, kind)
 
 
-def _pump(
-    procs: list[tuple[subprocess.Popen, IO[bytes]]],
-    deadline: float,
-    on_line: Callable[[dict[str, Any]], None],
-) -> None:
+def _pump(workers: list[Worker], deadline: float, on_line: Callable[[dict[str, Any]], None]) -> None:
+    """Read every worker's records until each says its job is done."""
     sel = selectors.DefaultSelector()
-    buffers: dict[int, bytes] = {}
-    for i, (proc, _) in enumerate(procs):
-        sel.register(proc.stdout, selectors.EVENT_READ, i)
-        buffers[i] = b""
-    while sel.get_map():
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise RenderError(FailureCode.TIMEOUT, "time limit")
-        for key, _ in sel.select(timeout=min(remaining, 1.0)):
-            i = key.data
-            chunk = os.read(key.fd, 1 << 16)
-            if not chunk:
-                sel.unregister(key.fileobj)
-                _finish(procs[i], buffers[i], deadline)
-                continue
-            *lines, buffers[i] = (buffers[i] + chunk).split(b"\n")
-            for line in lines:
-                _dispatch(line, on_line)
+    for worker in workers:
+        sel.register(worker.proc.stdout, selectors.EVENT_READ, worker)
+    try:
+        while sel.get_map():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise RenderError(FailureCode.TIMEOUT, "time limit")
+            for key, _ in sel.select(timeout=min(remaining, 1.0)):
+                worker = key.data
+                chunk = os.read(key.fd, 1 << 16)
+                if not chunk:
+                    sel.unregister(key.fileobj)
+                    _finish(worker, deadline)
+                    continue
+                *lines, worker.buffer = (worker.buffer + chunk).split(b"\n")
+                for line in lines:
+                    _dispatch(line, worker, on_line)
+                if worker.done:
+                    sel.unregister(key.fileobj)
+    finally:
+        sel.close()
 
 
-def _dispatch(line: bytes, on_line: Callable[[dict[str, Any]], None]) -> None:
+def _dispatch(line: bytes, worker: Worker, on_line: Callable[[dict[str, Any]], None]) -> None:
     try:
         obj = json.loads(line)
     except ValueError:
         return  # not ours: the worker routes stray prints to stderr, but be tolerant anyway
     if "error" in obj:
         raise RenderError(obj["error"], obj["message"])
+    if obj.get("done"):
+        worker.done = True
+        return
     on_line(obj)
 
 
-def _finish(entry: tuple[subprocess.Popen, IO[bytes]], rest: bytes, deadline: float) -> None:
-    """The worker closed stdout: collect its exit status and turn a bad one into a RenderError."""
-    proc, stderr = entry
+def _finish(worker: Worker, deadline: float) -> None:
+    """The worker closed stdout before its job was done: it died. Its exit status says how."""
+    proc = worker.proc
     try:
         rc = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
         raise RenderError(FailureCode.TIMEOUT, "time limit") from None
-    if rest.strip():
-        _dispatch(rest, lambda _: None)
-    if rc == 0:
-        return
-    stderr.seek(0)
-    tail = stderr.read().decode(errors="replace").strip().splitlines()
+    if worker.buffer.strip():
+        _dispatch(worker.buffer, worker, lambda _: None)
+    tail = worker.stderr_tail()
     if rc < 0 or any("MemoryError" in line for line in tail[-3:]):
         raise RenderError(FailureCode.MEMORY, f"killed by signal {-rc}" if rc < 0 else "out of memory")
     raise RenderError(FailureCode.OPEN, f"worker exited {rc}: {tail[-1] if tail else 'no output'}")

@@ -1,10 +1,13 @@
-"""The render worker: ``python -m colqwen_pipeline.documents.worker`` with a JSON job on stdin.
+"""The render worker: ``python -m colqwen_pipeline.documents.worker``, one JSON job per line on stdin.
 
 It runs in its own process under an address-space limit so that a renderer crash, abort or memory
-blow-up kills only the worker. It prints one JSON object per line on stdout: a page record per
-finished page, ``{"page": n, "failed": reason}`` for a page it could not draw (the others go on),
-``{"sizes": ..., "unsized": ...}`` for a probe, and on a failure of the whole job
-``{"error": code, "message": ...}`` before exiting with EXIT_FAILED. Imports stay light (PIL,
+blow-up kills only the worker; it is long-lived (guard.WorkerPool hands it job after job, so the
+interpreter start and the imports are paid once, not per document) and ends at the end of stdin.
+Per job it prints one JSON object per line on stdout: a page record per finished page,
+``{"page": n, "failed": reason}`` for a page it could not draw (the others go on),
+``{"sizes": ..., "unsized": ...}`` for a probe, then ``{"done": true}``. On a failure of the whole
+job it prints ``{"error": code, "message": ...}`` and exits with EXIT_FAILED: a renderer that failed
+may have left its state damaged, and the next job gets a fresh worker. Imports stay light (PIL,
 pypdfium2): no torch, no pydantic.
 """
 
@@ -64,19 +67,26 @@ def _reserve_stdout() -> None:
 
 def main() -> int:
     _reserve_stdout()
-    job = json.loads(sys.stdin.read())
+    for line in sys.stdin:
+        if line.strip():
+            if not _run_one(json.loads(line)):
+                return EXIT_FAILED
+            _emit({"done": True})
+    return 0
+
+
+def _run_one(job: dict[str, Any]) -> bool:
+    """Run one job; False after its failure has been reported."""
     try:
         run(job)
+        return True
     except RenderError as e:
         _emit({"error": e.code.value, "message": str(e)})
-        return EXIT_FAILED
     except MemoryError:
         _emit({"error": FailureCode.MEMORY.value, "message": "out of memory"})
-        return EXIT_FAILED
     except Exception as e:  # anything else a renderer throws means "could not render this file"
         _emit({"error": FailureCode.OPEN.value, "message": f"{type(e).__name__}: {e}".splitlines()[0]})
-        return EXIT_FAILED
-    return 0
+    return False
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ RANDOM_WEIGHTS_WARNING = (
 
 _lock = threading.Lock()
 _identities: dict[ModelSpec, ModelIdentity] = {}
-_loaded: dict[ModelSpec, LocalEmbedder] = {}  # at most one: a second model would double GPU memory
+_loaded: dict[ModelSpec, Embedder] = {}  # at most one: a second model would double GPU memory
 _remembered: set[tuple[Path, str]] = set()  # (state directory, fingerprint) written to its known.json
 _load_count = 0
 
@@ -168,21 +168,32 @@ def get_embedder(settings: Settings, batch_size: int | None = None) -> Embedder:
     with _lock:
         if spec not in _loaded:
             unload_locked()
-            model, processor, identity = load_model(spec, settings.home_dir / "models" / "views")
-            _identities[spec] = identity
-            remember(settings.home_dir, spec, identity)
-            if identity.random_weights:
+            embedder = _load(spec, settings, batch_size or settings.batch_size)
+            _identities[spec] = embedder.identity
+            remember(settings.home_dir, spec, embedder.identity)
+            if embedder.identity.random_weights:
                 log.warning(RANDOM_WEIGHTS_WARNING)
-            embedder = LocalEmbedder(model, processor, identity, batch_size or settings.batch_size)
-            warm_up(embedder)
             _loaded[spec] = embedder
             _load_count += 1
+            identity = embedder.identity
             log.info("model loaded: %s on %s (%s)", identity.fingerprint, identity.device, identity.precision)
         loaded = _loaded[spec]
     loaded.batch_size = batch_size or settings.batch_size
     loaded.mix_sizes = settings.embed_mix_page_sizes
     loaded.pooler = token_pooler(settings.token_pooling)
     return loaded
+
+
+def _load(spec: ModelSpec, settings: Settings, batch_size: int) -> Embedder:
+    """The weights, warmed up; or, for a benchmark's null model, no weights at all (embedding/null.py)."""
+    from colqwen_pipeline.embedding.null import NullEmbedder, is_null_model
+
+    if is_null_model(spec.source):
+        return NullEmbedder(identify(spec), batch_size)
+    model, processor, identity = load_model(spec, settings.home_dir / "models" / "views")
+    embedder = LocalEmbedder(model, processor, identity, batch_size)
+    warm_up(embedder)
+    return embedder
 
 
 def unload() -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
-from typing import Any
+from typing import Any, BinaryIO
 
 from fastapi import FastAPI, File, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
@@ -29,12 +29,12 @@ from colqwen_pipeline.service.limits import (
     BodySizeLimit,
     PixelBudget,
     Refused,
+    answer_pixels,
     check_image_count,
     check_queries,
     check_query_tokens,
     decode_image,
     image_pixels,
-    pixel_batches,
 )
 from colqwen_pipeline.service.model import Embedded, ModelHolder, NotReady
 from colqwen_pipeline.service.searching import search_pages
@@ -160,11 +160,10 @@ def _add_model_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> 
     def embed_image(
         images: list[UploadFile] = File(description="Page images (PNG, JPEG, ...), one multipart file each."),
         encoding: Encoding = Query("float", description=ENCODING_HELP),
-    ) -> dict:
+    ) -> Response:
         check_image_count(len(images), settings)
-        batch_size = holder.require().batch_size
-        uploads = [(_name(upload, i), upload.file.read()) for i, upload in enumerate(images)]
-        return _embeddings(_embed_uploads(uploads, holder, budget, batch_size, settings), encoding, holder)
+        uploads = [(_name(upload, i), upload.file) for i, upload in enumerate(images)]  # spooled, not read
+        return _embed_uploads(uploads, holder, budget, encoding, settings)
 
     @app.post("/search", tags=["search"])
     def search(request: SearchRequest) -> dict:
@@ -174,19 +173,26 @@ def _add_model_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> 
 
 
 def _embed_uploads(
-    uploads: list[tuple[str, bytes]], holder: ModelHolder, budget: PixelBudget, batch_size: int, settings: Settings
-) -> Embedded:
-    """Check every header first (nothing decoded), then decode and embed one batch at a time inside the
-    shared pixel budget: a request holds at most one batch of decoded pages."""
-    cap = settings.server_max_image_pixels
-    pixels = [image_pixels(data, name, cap, budget) for name, data in uploads]
+    uploads: list[tuple[str, BinaryIO]],
+    holder: ModelHolder,
+    budget: PixelBudget,
+    encoding: Encoding,
+    settings: Settings,
+) -> Response:
+    """Check every header first (nothing decoded), then, inside one reservation of the shared budget (the
+    largest batch and the whole answer), decode and embed one batch at a time and render the answer."""
+    embedder, cap = holder.require(), settings.server_max_image_pixels
+    names = [name for name, _ in uploads]
+    pixels = [image_pixels(source, name, cap) for name, source in uploads]
+    answer = answer_pixels(holder.max_tokens_per_image(), embedder.dim, encoding) * len(uploads)
+    batches = budget.batches(pixels, names, embedder.batch_size, answer)
     parts: list[Embedded] = []
-    for batch in pixel_batches(pixels, batch_size, budget.capacity):
-        with budget.reserve(sum(pixels[i] for i in batch)):
-            pages = [decode_image(uploads[i][1], uploads[i][0], cap) for i in batch]
+    with budget.reserve(answer + max(sum(pixels[i] for i in batch) for batch in batches)):
+        for batch in batches:
+            pages = [decode_image(uploads[i][1], names[i], cap) for i in batch]
             parts.append(holder.embed_images(pages))
-            del pages  # decoded pixels go before the budget is returned
-    return Embedded.combine(parts)
+            del pages  # decoded pixels go before the next batch is decoded
+        return JSONResponse(_embeddings(Embedded.combine(parts), encoding, holder))  # rendered here, in budget
 
 
 def _embeddings(embedded: Embedded, encoding: Encoding, holder: ModelHolder) -> dict[str, Any]:

@@ -4,16 +4,24 @@ the setting that raises it; nothing over a limit is decoded or sent to the model
 from __future__ import annotations
 
 import contextlib
-import io
 import json
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from typing import BinaryIO
 
 from PIL import Image, UnidentifiedImageError
 
+from colqwen_pipeline.service.allocator import large_buffers_in_own_mappings, return_freed_memory
 from colqwen_pipeline.settings import Settings
 
 RETRY_AFTER_S = 2  # what a client told "busy" waits: about one batch on a CPU
+# Peak memory per decoded pixel: Pillow's 4-byte RGB page, colpali's and the embedder's RGB copies, the
+# processor's uint8 tensor and its model input (measured 18 B at 39 Mpx, test_model_server_memory.py).
+PEAK_BYTES_PER_PIXEL = 30
+# A vector value on its way out: float: a Python float in a list (32 B) and its JSON text, twice (str and
+# bytes); base64_fp16: 2 B of float16 and 2.7 of base64, twice. Plus the fp16 vectors kept per batch.
+WIRE_BYTES_PER_VALUE = {"float": 80, "base64_fp16": 12}
+TRIM_FROM_PIXELS = 1_000_000  # after a reservation this large, freed arena pages go back to the OS
 
 
 class Refused(Exception):
@@ -23,17 +31,20 @@ class Refused(Exception):
 
 
 class PixelBudget:
-    """Decoded image pixels in flight, shared by every /embed_image request of the server.
+    """Memory of the /embed_image requests in flight, counted in decoded pixels, shared by the server.
 
-    A request reserves one batch's pixels before decoding that batch and returns them once the batch is
-    embedded, so memory is bounded by the budget, not by requests x images. A request that cannot get its
-    pixels within ``wait_s`` is answered 503 with Retry-After rather than queued without bound.
+    A request reserves, before it decodes anything, its largest batch of pages and its whole answer (the
+    vectors as they go on the wire, in pixels of the same memory), and returns them once its answer is
+    rendered: memory is bounded by the budget, not by requests x images. One reservation per request, so
+    no request holds part of the budget while it waits for more. A request that cannot get its pixels
+    within ``wait_s`` is answered 503 with Retry-After rather than queued without bound.
     """
 
     def __init__(self, capacity: int, wait_s: float):
         self.capacity, self.wait_s = capacity, wait_s
         self.in_flight = self.peak = self.refused = 0
         self._changed = threading.Condition()
+        large_buffers_in_own_mappings()  # else a freed page stays in its thread's malloc arena
 
     @contextlib.contextmanager
     def reserve(self, pixels: int) -> Iterator[None]:
@@ -54,6 +65,26 @@ class PixelBudget:
             with self._changed:
                 self.in_flight -= pixels
                 self._changed.notify_all()
+            if pixels >= TRIM_FROM_PIXELS:
+                return_freed_memory()
+
+    def batches(self, pixels: Sequence[int], names: Sequence[str], batch_size: int, answer: int) -> list[list[int]]:
+        """The request's batches, each small enough to sit in the budget beside the request's answer;
+        refused (413) if some image cannot."""
+        room = self.capacity - answer
+        for name, count in zip(names, pixels, strict=True):
+            if count > room:
+                raise Refused(
+                    413,
+                    f"{name}: {count} pixels and the answer's {answer} exceed the server's whole budget of "
+                    f"{self.capacity} (COLQWEN_SERVER_MAX_PIXELS_IN_FLIGHT)",
+                )
+        return list(pixel_batches(pixels, batch_size, room))
+
+
+def answer_pixels(tokens: int, dim: int, encoding: str) -> int:
+    """One image's answer, its vectors on their way to the wire, in pixels of the budget."""
+    return -(-tokens * dim * WIRE_BYTES_PER_VALUE[encoding] // PEAK_BYTES_PER_PIXEL)
 
 
 class BodySizeLimit:
@@ -104,10 +135,11 @@ class BodySizeLimit:
         await send({"type": "http.response.body", "body": body})
 
 
-def _open_checked(data: bytes, name: str, max_pixels: int) -> Image.Image:
+def _open_checked(source: BinaryIO, name: str, max_pixels: int) -> Image.Image:
     """The image with only its header read; refused if it is not an image or over the pixel cap."""
+    source.seek(0)  # an upload is opened twice: for its header, then to decode it
     try:
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(source)
     except Image.DecompressionBombError as error:
         raise Refused(413, f"{name}: image too large to decode safely ({error})") from error
     except (UnidentifiedImageError, OSError) as error:
@@ -119,17 +151,10 @@ def _open_checked(data: bytes, name: str, max_pixels: int) -> Image.Image:
     return image
 
 
-def image_pixels(data: bytes, name: str, max_pixels: int, budget: PixelBudget) -> int:
-    """Pixels of an upload, from its header alone (nothing decoded); refused if no batch could hold it."""
-    with _open_checked(data, name, max_pixels) as image:
-        pixels = image.size[0] * image.size[1]
-    if pixels > budget.capacity:
-        raise Refused(
-            413,
-            f"{name}: {pixels} pixels exceed the server's whole budget of {budget.capacity} "
-            "(COLQWEN_SERVER_MAX_PIXELS_IN_FLIGHT)",
-        )
-    return pixels
+def image_pixels(source: BinaryIO, name: str, max_pixels: int) -> int:
+    """Pixels of an upload, from its header alone (nothing decoded)."""
+    with _open_checked(source, name, max_pixels) as image:
+        return image.size[0] * image.size[1]
 
 
 def pixel_batches(pixels: Sequence[int], batch_size: int, capacity: int) -> Iterator[list[int]]:
@@ -144,13 +169,16 @@ def pixel_batches(pixels: Sequence[int], batch_size: int, capacity: int) -> Iter
         yield batch
 
 
-def decode_image(data: bytes, name: str, max_pixels: int) -> Image.Image:
-    """RGB page from upload bytes; the size is checked from the header, before decoding pixels."""
+def decode_image(source: BinaryIO, name: str, max_pixels: int) -> Image.Image:
+    """RGB page from an upload (read from its spooled file, never whole in memory); the size is checked
+    from the header, before decoding pixels."""
     from colqwen_pipeline.documents.images import to_rgb  # the conversion inbox pages get
 
-    image = _open_checked(data, name, max_pixels)
+    image = _open_checked(source, name, max_pixels)
     try:
         image.load()
+        if image.mode == "RGB" and "transparency" not in image.info:
+            return image  # already the page: no second copy of its pixels
         return to_rgb(image)
     except (OSError, SyntaxError, ValueError) as error:  # Pillow's ways of saying "truncated/corrupt"
         raise Refused(400, f"{name}: broken image ({error})") from error

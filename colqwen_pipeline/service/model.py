@@ -51,6 +51,7 @@ class ModelHolder:
         self.embedder: Any = None
         self.cache: Any = None
         self.served = {"images": 0, "queries": 0, "cache_hits": 0}
+        self.prompt_tokens = 0  # the image prompt's text tokens, beside the visual ones
         self._forward_lock = threading.Lock()
 
     def start(self) -> threading.Thread:
@@ -63,9 +64,11 @@ class ModelHolder:
             self.load_gate.wait()
         try:
             from colqwen_pipeline.embedding.registry import get_embedder, open_cache
+            from colqwen_pipeline.embedding.validate import TokenCounts
 
             embedder = get_embedder(self.settings)  # loads and warms up
             self.cache = open_cache(self.settings, embedder.identity)
+            self.prompt_tokens = TokenCounts(embedder.processor).prompt
         except Exception as error:  # any load failure must show in /health/ready, not kill the thread silently
             log.exception("model load failed")
             self.error = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
@@ -81,6 +84,10 @@ class ModelHolder:
         if self.status != "READY":
             raise NotReady("model is loading; retry when GET /health/ready answers READY")
         return self.embedder
+
+    def max_tokens_per_image(self) -> int:
+        """The most token vectors one image's answer can hold (what the pixel budget reserves for it)."""
+        return self.require().identity.max_visual_tokens + self.prompt_tokens
 
     def query_tokens(self, query: str) -> int:
         """Tokens of a query as the model would see them (prefix and padding included)."""
