@@ -84,6 +84,10 @@ GROUP_SECONDS = {
     "test_ui": 120,
     "test_bulk": 100,
     "test_deploy": 100,
+    "test_fidelity": 100,
+    "test_api": 60,
+    "test_model_server_memory": 90,
+    "test_render_pool": 60,
 }
 
 
