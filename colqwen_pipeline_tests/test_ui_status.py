@@ -89,7 +89,7 @@ def test_a_broken_file_fails_its_run_alone_and_no_check_fails_with_it(eval_state
     assert all(s["runId"] == run.run_id for s in statuses.values())  # this run judged them, none left planned
     for name in ("retrieval_quality", "index_fidelity", "collection_consistency"):
         evaluation = statuses[name]["evaluation"]
-        assert "(carried over: the index is unchanged since run " in evaluation["description"], evaluation
+        assert "(as last checked: the index has not changed since run " in evaluation["description"], evaluation
         assert evaluation["description"].endswith(
             f"; not indexed: {broken} (failed in this run, see the run's failure)"
         )

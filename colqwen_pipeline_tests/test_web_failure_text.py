@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from PIL import Image
 
 from colqwen_pipeline.documents.sniff import what_else
 from colqwen_pipeline.inbox import document_key
@@ -32,15 +33,21 @@ def test_one_sentence_reaches_the_cli_the_web_page_and_dagster(state, monkeypatc
         document_key("reports/q3.pdf"): f"reports/q3.pdf: a web page (HTML), {READS}",  # the path once
     }
 
+    Image.new("RGB", (200, 260), "white").save(state.inbox / "good.png")  # indexed: the run's checks judge it
+    monkeypatch.setenv("COLQWEN_EVAL_SET", str(state.home_dir / "no-eval-set.jsonl"))  # retrieval_quality: WARN
+
     assert main(["ingest"]) == 1
-    failed_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("failed")]
+    printed = capsys.readouterr()
+    failed_lines = [line for line in printed.err.splitlines() if line.startswith("failed")]
     assert sorted(failed_lines) == sorted(f"failed: {sentence}" for sentence in expected.values())
+    assert "check retrieval_quality: WARN" in printed.out  # a check that does not pass prints its description
+    assert (printed.out + printed.err).count("notes.pdf") == 1, printed  # once, not again in that line
 
     recorded = failed_since_change(dagster_instance(state), inbox_files(state.inbox))  # the partitions' cause
     assert recorded == expected
 
     listed = {d["doc_id"]: d for d in document_statuses(state, set(), SensorIndexer())}
-    assert {doc_id: d["reason"] for doc_id, d in listed.items()} == expected
+    assert {doc_id: d["reason"] for doc_id, d in listed.items() if d["status"] == "failed"} == expected
     row = html.document_row(listed[document_key("notes.pdf")])
     assert 'data-status="failed"' in row and f"Failed: notes.pdf: plain text, {READS}" in row
 

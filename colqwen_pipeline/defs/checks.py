@@ -50,7 +50,8 @@ CHECK_SPECS = [
 
 WARNING_LABEL = "Warning: "  # Dagster's UI tags a failed WARN check "Failed": the description says what it is
 NOT_INDEXED = "; not indexed: "
-CARRIED_OVER = " (carried over: the index is unchanged since run "
+CARRIED_OVER = " (as last checked: the index has not changed since run "
+OLD_CARRIED_OVER = " (carried over: the index is unchanged since run "  # in descriptions stored before the rewording
 NOTHING_TO_JUDGE = {
     "pages_complete": "nothing to judge: no document was rendered in this run",
     "embedding_dimension": "nothing to judge: no document was embedded in this run",
@@ -195,7 +196,8 @@ def _last_verdict(context: dg.AssetExecutionContext, name: str) -> tuple[CheckOu
         return None
     metadata = {k: v for k, v in previous.metadata.items() if k != "failed_documents"}
     judged_in = str(metadata.get("judged_in_run", dg.MetadataValue.text(history[0].run_id)).value)
-    verdict = (previous.description or "").removeprefix(WARNING_LABEL).split(CARRIED_OVER)[0].split(NOT_INDEXED)[0]
+    verdict = (previous.description or "").removeprefix(WARNING_LABEL).split(NOT_INDEXED)[0]
+    verdict = verdict.split(CARRIED_OVER)[0].split(OLD_CARRIED_OVER)[0]
     metadata["judged_in_run"] = dg.MetadataValue.text(judged_in)
     return CheckOutcome(previous.passed, f"{verdict}{CARRIED_OVER}{judged_in[:8]})", metadata), previous.severity
 

@@ -214,11 +214,14 @@ def collection_checks(instance: dg.DagsterInstance, echo: Callable[[str], None])
 
 
 def _check_line(evaluation) -> str:
-    from colqwen_pipeline.defs.checks import WARNING_LABEL  # the UI's label; the severity says it here
+    """The verdict as the CLI prints it: without the UI's label (the severity says it) and without the
+    list of documents that failed in this run (the CLI prints each of those on its own ``failed:`` line)."""
+    from colqwen_pipeline.defs.checks import NOT_INDEXED, WARNING_LABEL
 
     if evaluation.passed:
         return "passed"
-    return f"{evaluation.severity.value}: {(evaluation.description or 'did not pass').removeprefix(WARNING_LABEL)}"
+    description = (evaluation.description or "did not pass").removeprefix(WARNING_LABEL).split(NOT_INDEXED)[0]
+    return f"{evaluation.severity.value}: {description}"
 
 
 def run_check_evaluations(instance: dg.DagsterInstance, run_id: str) -> list[dg.AssetCheckEvaluation]:
