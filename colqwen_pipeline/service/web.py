@@ -16,7 +16,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 
 from colqwen_pipeline.embedding.identity import model_marker
-from colqwen_pipeline.inbox import document_key, readable
+from colqwen_pipeline.inbox import document_key, document_name, inbox_files, readable
 from colqwen_pipeline.service import heatmap, html
 from colqwen_pipeline.service.auth import COOKIE, Guards, sign_in_form
 from colqwen_pipeline.service.csrf import EXPIRED_FORM, FORM_FIELD
@@ -208,10 +208,10 @@ def _add_document_routes(app: FastAPI, web: Web) -> None:
     ) -> dict[str, Any]:
         """Out of the index, the original into the trash (kept COLQWEN_TRASH_DAYS; POST .../restore brings it
         back). A second step: without ``confirm`` naming the file, 409 says which file would go."""
-        listed = next((d for d in web.documents() if d["doc_id"] == doc_id), None)
-        if listed is None and doc_id not in web.indexed():
+        path = inbox_files(web.settings.inbox).get(doc_id)  # not the whole status list: a DELETE flood stays cheap
+        if path is None and doc_id not in web.indexed():
             raise Refused(404, f"no document {doc_id!r} in the inbox or the index")
-        name = listed["document"] if listed else doc_id  # only index rows left: confirmed by its doc_id
+        name = document_name(web.settings.inbox, path) if path else doc_id  # only index rows left: its doc_id
         if confirm != name:
             raise Refused(409, f"to remove {name}, repeat with ?confirm={quote(name)} (it moves to the trash)")
         return web.remove(doc_id)
