@@ -6,9 +6,13 @@ ingest and removal as Dagster sees them."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,7 +37,25 @@ def dagster_instance(settings: Settings) -> dg.DagsterInstance:
         if project_yaml.exists() and not (home / "dagster.yaml").exists():
             shutil.copy(project_yaml, home / "dagster.yaml")
         os.environ["DAGSTER_HOME"] = str(home)
-    return dg.DagsterInstance.get()
+    with _opening_instance(Path(os.environ["DAGSTER_HOME"])):
+        return dg.DagsterInstance.get()
+
+
+_OPENING = threading.Lock()
+
+
+@contextlib.contextmanager
+def _opening_instance(home: Path) -> Iterator[None]:
+    """One opening at a time, across threads and processes: a fresh SQLite storage is created and stamped
+    by whoever opens it first, and two at once stamp its alembic table twice ("more than one head"), which
+    no later opening survives (seen with a DELETE and a document listing, and with two CLI ingests)."""
+    home.mkdir(parents=True, exist_ok=True)
+    with _OPENING, (home / ".colqwen-open.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def recorded_failures(instance: dg.DagsterInstance, doc_ids: list[str]) -> dict[str, dict]:
