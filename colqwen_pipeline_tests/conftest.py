@@ -112,6 +112,18 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
+@pytest.fixture(autouse=True)
+def _dagster_home_as_it_was() -> Iterator[None]:
+    """``defs.instance.dagster_instance`` sets DAGSTER_HOME for its process (the CLI's behaviour): put it
+    back after each test, so a later test's subprocesses do not inherit another test's instance."""
+    before = os.environ.get("DAGSTER_HOME")
+    yield
+    if before is None:
+        os.environ.pop("DAGSTER_HOME", None)
+    else:
+        os.environ["DAGSTER_HOME"] = before
+
+
 @pytest.fixture
 def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model_dir: Path):
     """Settings pointing every path into tmp_path, with an empty inbox and the tiny model."""

@@ -19,6 +19,7 @@ import dagster as dg
 import pypdfium2 as pdfium
 import pytest
 
+from colqwen_pipeline.defs.instance import opening_instance
 from colqwen_pipeline_tests.conftest import SAMPLES
 
 pytestmark = pytest.mark.slow
@@ -57,7 +58,8 @@ def test_a_dead_runs_slot_is_given_back_and_a_waiting_ingest_answers_sigterm(sta
     )
     try:
         wait(lambda: (state.dagster_home / "dagster.yaml").exists(), "the CLI's Dagster home")
-        instance = dg.DagsterInstance.from_config(str(state.dagster_home))
+        with opening_instance(state.dagster_home):  # the CLI may be creating its storage at this moment
+            instance = dg.DagsterInstance.from_config(str(state.dagster_home))
         wait(lambda: pool_holders(instance), "the first ingest to take the gpu slot")
         (held,) = pool_holders(instance)
         (state.inbox / "invoice.jpg").write_bytes((SAMPLES / "scanned_invoice.jpg").read_bytes())

@@ -22,8 +22,16 @@ from colqwen_pipeline_tests.test_documents import make_pdf, xobject_bomb
 @pytest.mark.parametrize(
     ("hostile", "limits", "cause"),
     [
-        ((12, 8), {"render_memory_mb": 512, "render_timeout_s": 60}, "renderer exceeded 512 MB"),  # a memory bomb
-        ((30, 2), {"render_timeout_s": 10}, "renderer exceeded 10 s"),  # 2**29 tiny draws: a hang
+        (
+            (12, 8),
+            {"render_memory_mb": 512, "render_timeout_s": 60},
+            "renderer exceeded 512 MB of memory (raise COLQWEN_RENDER_MEMORY_MB if you trust the file)",
+        ),  # a memory bomb
+        (
+            (30, 2),
+            {"render_timeout_s": 10},
+            "renderer exceeded 10 s (raise COLQWEN_RENDER_TIMEOUT_S if you trust the file)",
+        ),  # a hang
     ],
     ids=["memory-bomb", "hang"],
 )
@@ -37,7 +45,9 @@ def test_a_hostile_document_fails_alone_among_good_ones_and_the_pool_recovers(st
 
     report = run_documents(settings, [document_key(p.name) for p in order], until="pages", say=lambda _: None)
 
-    assert report.failed == {document_key(bad.name): f"bad.pdf: {cause}"}
+    # 2**29 draws grow the renderer too: on a fast machine the memory cap (4 GB) may stop it before the clock
+    causes = {f"bad.pdf: {cause}", "bad.pdf: " + _memory_cause(settings)}
+    assert set(report.failed) == {document_key(bad.name)} and report.failed[document_key(bad.name)] in causes
     assert all((settings.pages_dir / document_key(p.name) / "page-0001.png").is_file() for p in goods)
     # 10 jobs (a probe and a draw per document) on fewer workers: reused, and one replaced after the failure
     assert POOL.started - started_before <= 4
@@ -109,3 +119,8 @@ def test_a_worker_keeps_its_memory_cap_across_jobs(tmp_path: Path, cap_mb: int) 
         assert int(line.split()[3]) == cap_mb * 2**20 and worker.jobs == 2
     finally:
         pool.close()
+
+
+def _memory_cause(settings) -> str:
+    limit = settings.render_memory_mb
+    return f"renderer exceeded {limit} MB of memory (raise COLQWEN_RENDER_MEMORY_MB if you trust the file)"

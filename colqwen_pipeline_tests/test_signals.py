@@ -44,7 +44,10 @@ def start_ingest(state) -> subprocess.Popen:
 
 
 def instance_of(state) -> dg.DagsterInstance:
-    return dg.DagsterInstance.from_config(str(state.dagster_home))
+    from colqwen_pipeline.defs.instance import opening_instance
+
+    with opening_instance(state.dagster_home):  # the CLI may be creating its storage at this moment
+        return dg.DagsterInstance.from_config(str(state.dagster_home))
 
 
 def wait_until_documents_are_indexed(state, process: subprocess.Popen, at_least: int) -> None:

@@ -37,7 +37,7 @@ def dagster_instance(settings: Settings) -> dg.DagsterInstance:
         if project_yaml.exists() and not (home / "dagster.yaml").exists():
             shutil.copy(project_yaml, home / "dagster.yaml")
         os.environ["DAGSTER_HOME"] = str(home)
-    with _opening_instance(Path(os.environ["DAGSTER_HOME"])):
+    with opening_instance(Path(os.environ["DAGSTER_HOME"])):
         return dg.DagsterInstance.get()
 
 
@@ -45,7 +45,7 @@ _OPENING = threading.Lock()
 
 
 @contextlib.contextmanager
-def _opening_instance(home: Path) -> Iterator[None]:
+def opening_instance(home: Path) -> Iterator[None]:
     """One opening at a time, across threads and processes: a fresh SQLite storage is created and stamped
     by whoever opens it first, and two at once stamp its alembic table twice ("more than one head"), which
     no later opening survives (seen with a DELETE and a document listing, and with two CLI ingests)."""
