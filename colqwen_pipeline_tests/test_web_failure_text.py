@@ -84,11 +84,13 @@ def test_an_office_file_over_the_memory_limit_says_which_limit(state, tmp_path) 
     from colqwen_pipeline.documents import rasterize_document
     from colqwen_pipeline.documents.manifest import DocumentError
 
-    settings = state.model_copy(update={"render_memory_mb": 300})
+    # 400 MB: soffice starts and aborts mid-conversion (134); at 300 MB it sometimes cannot start at all and exits
+    # with a plain error code, and from 500 MB this memo converts (measured side by side, 2 runs each)
+    settings = state.model_copy(update={"render_memory_mb": 400})
     with pytest.raises(DocumentError) as refused:
         rasterize_document(SAMPLES / "quarterly_memo.docx", tmp_path / "out", settings)
     assert str(refused.value) == (
-        "quarterly_memo.docx: renderer exceeded 300 MB of memory (raise COLQWEN_RENDER_MEMORY_MB if you trust the file)"
+        "quarterly_memo.docx: renderer exceeded 400 MB of memory (raise COLQWEN_RENDER_MEMORY_MB if you trust the file)"
     )
 
 
