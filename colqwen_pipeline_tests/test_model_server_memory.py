@@ -6,9 +6,6 @@ go back once the burst is over."""
 from __future__ import annotations
 
 import io
-import os
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,8 +15,8 @@ import pytest
 from PIL import Image, ImageDraw
 
 from colqwen_pipeline.service.limits import PEAK_BYTES_PER_PIXEL
-from colqwen_pipeline_tests.conftest import free_port, one_document_env
-from colqwen_pipeline_tests.test_server import SAMPLE, page_png, wait_ready
+from colqwen_pipeline_tests.conftest import one_document_env
+from colqwen_pipeline_tests.test_server import SAMPLE, page_png, serving
 
 BUDGET = 8_000_000  # pixels in flight: one 5.8-Mpx page at a time, with its answer
 SIDE = 2400  # 5.8 Mpx a page
@@ -46,22 +43,8 @@ def big_image_server(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: P
         "COLQWEN_SERVER_MAX_IMAGE_PIXELS": str(BUDGET),
         "COLQWEN_SERVER_PIXEL_WAIT_S": "120",
     }
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COLQWEN_")} | env
-    port, log_path = free_port(), tmp_path_factory.mktemp("memory-log") / "serve.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "colqwen_pipeline.cli", "serve", "--port", str(port)],
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, process, log_path)
+    with serving(env, tmp_path_factory.mktemp("memory-log") / "serve.log") as (url, process):
         yield url, process.pid
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def big_page(n: int) -> bytes:

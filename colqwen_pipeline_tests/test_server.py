@@ -52,20 +52,26 @@ def deployment(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path, r
 @pytest.fixture(scope="module")
 def server(deployment: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """`colqwen-pipeline serve` as a user starts it, on a free port; yields its URL once READY."""
+    with serving(deployment, tmp_path_factory.mktemp("server-log") / "serve.log") as (url, _):
+        yield url
+
+
+@contextlib.contextmanager
+def serving(env: dict[str, str], log_path: Path) -> Iterator[tuple[str, subprocess.Popen]]:
+    """A `serve` process with COLQWEN_* taken only from ``env``, on a free port: (URL, process) once READY."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COLQWEN_")} | deployment
-    log_path = tmp_path_factory.mktemp("server-log") / "serve.log"
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("COLQWEN_")} | env
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "colqwen_pipeline.cli", "serve", "--port", str(port)],
-            env=env,
+            env=clean,
             stdout=log,
             stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, process, log_path)
-        yield url
+        yield url, process
     finally:
         process.terminate()
         process.wait(timeout=30)
