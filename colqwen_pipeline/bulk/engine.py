@@ -412,7 +412,7 @@ class _Run:
         for result, version, artifact in todo:
             stamp = read_stamp(artifact.directory)
             current = stamp is not None and stamp.version == version and stored.get(result.key) == artifact.total_tokens
-            if current and not self.force:
+            if current and stamp is not None and not self.force:
                 fresh = _stamp(result, version, stamp.tokens, artifact.directory)
                 if stamp != fresh:  # touched, same content: the stamp learns the new mtime
                     fresh.write(artifact.directory)

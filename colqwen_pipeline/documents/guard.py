@@ -91,6 +91,7 @@ class Worker:
         self.jobs += 1
         self.done, self.buffer = False, b""
         self.stderr_from = os.fstat(self.stderr.fileno()).st_size
+        assert self.proc.stdin is not None  # started with stdin=PIPE
         with contextlib.suppress(BrokenPipeError):  # a worker that died is reported by _finish
             self.proc.stdin.write(json.dumps(job).encode() + b"\n")
             self.proc.stdin.flush()
@@ -110,7 +111,8 @@ class Worker:
         kill_group(self.proc)
         for stream in (self.proc.stdin, self.proc.stdout, self.stderr):
             with contextlib.suppress(OSError):
-                stream.close()
+                if stream is not None:
+                    stream.close()
 
 
 @dataclass
@@ -204,6 +206,7 @@ def _pump(workers: list[Worker], deadline: float, on_line: Callable[[dict[str, A
     """Read every worker's records until each says its job is done."""
     sel = selectors.DefaultSelector()
     for worker in workers:
+        assert worker.proc.stdout is not None  # started with stdout=PIPE
         sel.register(worker.proc.stdout, selectors.EVENT_READ, worker)
     try:
         while sel.get_map():

@@ -192,8 +192,10 @@ class _PdfRun:
                 why = unsized.get(page, f"the file has only {len(sizes)} pages here")
                 self.reasons.setdefault(page, []).append(f"{renderer}: {why}")
                 continue
+            width_pt, height_pt = size
+            cap = self.job.settings.max_page_pixels
             try:
-                jobs.append((page, _page_dpi(page, *size, self.base_dpi, self.job.settings.max_page_pixels)))
+                jobs.append((page, _page_dpi(page, width_pt, height_pt, self.base_dpi, cap)))
             except RenderError as e:  # over the pixel cap: the same in every renderer
                 self.policy_skips[page] = str(e)
         self._draw(renderer, jobs)

@@ -35,16 +35,18 @@ def run(job: dict[str, Any]) -> None:
     elif job["op"] == "pdf":
         from colqwen_pipeline.documents.pdf import render_pages
 
-        pages = render_pages(path, job["renderer"], job["password"], [tuple(j) for j in job["jobs"]])
-        for page_no, dpi, img in pages:
-            failed = isinstance(img, str)
-            _emit({"page": page_no, "failed": img} if failed else save_page(img, Path(job["out_dir"]), page_no, dpi))
+        rendered = render_pages(path, job["renderer"], job["password"], [tuple(j) for j in job["jobs"]])
+        for page_no, dpi, img in rendered:
+            if isinstance(img, str):  # the page's failure, said by the renderer
+                _emit({"page": page_no, "failed": img})
+            else:
+                _emit(save_page(img, Path(job["out_dir"]), page_no, dpi))
     elif job["op"] == "image":
         from colqwen_pipeline.documents.images import decode_pages
 
-        pages = decode_pages(path, job["max_page_pixels"], job["max_pages"], job.get("page_limit"))
-        for i, (img, dpi) in enumerate(pages, 1):
-            _emit(save_page(img, Path(job["out_dir"]), i, dpi))
+        decoded = decode_pages(path, job["max_page_pixels"], job["max_pages"], job.get("page_limit"))
+        for i, (image, dpi) in enumerate(decoded, 1):
+            _emit(save_page(image, Path(job["out_dir"]), i, dpi))
     else:
         raise ValueError(f"unknown op {job['op']!r}")
 

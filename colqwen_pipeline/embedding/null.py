@@ -42,8 +42,9 @@ class NullEmbedder(IdentifiedModel):
         from colqwen_pipeline.embedding.validate import token_counts
 
         self.identity, self.batch_size, self.stats = identity, batch_size, EmbedStats()
-        self.counts = token_counts(identity, 0)  # the processor alone: no weights
-        assert self.counts is not None  # a null model is always local
+        counts = token_counts(identity, 0)  # the processor alone: no weights
+        assert counts is not None  # a null model is always local
+        self.counts = counts
 
     @property
     def effective_batch_size(self) -> int:
@@ -64,6 +65,6 @@ class NullEmbedder(IdentifiedModel):
 
     def _unit_vectors(self, count: int, dtype: type) -> np.ndarray:
         self.stats.tokens += count
-        vectors = np.zeros((count, self.dim), dtype=dtype)
+        vectors: np.ndarray = np.zeros((count, self.dim), dtype=dtype)
         vectors[:, 0] = 1
         return vectors

@@ -179,8 +179,9 @@ def get_embedder(settings: Settings, batch_size: int | None = None) -> Embedder:
             log.info("model loaded: %s on %s (%s)", identity.fingerprint, identity.device, identity.precision)
         loaded = _loaded[spec]
     loaded.batch_size = batch_size or settings.batch_size
-    loaded.mix_sizes = settings.embed_mix_page_sizes
-    loaded.pooler = token_pooler(settings.token_pooling)
+    if isinstance(loaded, LocalEmbedder):  # a null model has no batches to mix and keeps no pages to pool
+        loaded.mix_sizes = settings.embed_mix_page_sizes
+        loaded.pooler = token_pooler(settings.token_pooling)
     return loaded
 
 

@@ -163,6 +163,6 @@ def index_fidelity(
         for query, vector, hits, scores in zip(queries, vectors, rankings, exact, strict=True)
     ]
     held = index.document_ids()
-    expected_pages = {page for scores in exact for page in sorted(scores, key=scores.get, reverse=True)[:k]}
+    expected_pages = {page for scores in exact for page in sorted(scores, key=lambda p: scores[p], reverse=True)[:k]}
     not_indexed = sum(1 for page in expected_pages if page.rsplit("#", 1)[0] not in held)
     return FidelityReport(k, per_query, pages, not_indexed)

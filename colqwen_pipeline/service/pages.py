@@ -38,7 +38,8 @@ class DocumentIds:
     """The index's document ids, re-read at most every few seconds."""
 
     def __init__(self, read: Callable[[], set[str]]):
-        self._read, self._ids, self._at = read, set(), float("-inf")
+        self._read, self._at = read, float("-inf")
+        self._ids: set[str] = set()
         self._lock = threading.Lock()
 
     def __call__(self) -> set[str]:

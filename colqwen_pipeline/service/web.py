@@ -173,9 +173,10 @@ def _add_page_routes(app: FastAPI, web: Web) -> None:
     def page_image(doc_id: str, page: int, width: int | None = Query(None, description="JPEG thumbnail width")):
         """The rendered page: PNG, or a JPEG thumbnail ``width`` pixels wide."""
         resolved = web.pages.resolve(doc_id, page)
-        if check_width(width) is None:
+        thumbnail = check_width(width)
+        if thumbnail is None:
             return Response(resolved.path.read_bytes(), media_type="image/png", headers=IMAGE_CACHE)
-        return Response(thumbnail_jpeg(resolved.path, width), media_type="image/jpeg", headers=IMAGE_CACHE)
+        return Response(thumbnail_jpeg(resolved.path, thumbnail), media_type="image/jpeg", headers=IMAGE_CACHE)
 
     @app.get("/pages/{doc_id}/{page}/heatmap", tags=["pages"], response_class=Response)
     def page_heatmap(
@@ -265,7 +266,7 @@ def _add_html_routes(app: FastAPI, web: Web) -> None:
         words = [w.text for w in web.query_words(q)] if ready else []
         document = next((d["document"] for d in web.documents() if d["doc_id"] == doc_id), doc_id)
         doc = {"doc_id": doc_id, "page": page, "document": document, "pages": pages}
-        match = {"rank": rank if rank and 0 < rank <= web.settings.server_max_top_k else None}
+        match: dict[str, float | None] = {"rank": rank if rank and 0 < rank <= web.settings.server_max_top_k else None}
         match["score"] = web.page_score(doc_id, page, q) if ready else None
         body = html.page_view(doc, q, words, word, match)
         title = f"{document} page {page}"
