@@ -8,6 +8,7 @@ the Milvus server runs on the same worker (one server, ~30 s to start, for the r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -49,10 +50,13 @@ def _uses_milvus_server(module) -> bool:
         return False
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the groups into node-id suffixes
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark the slow tier, and group tests for ``--dist loadgroup``: by module, and every module
     of the Milvus server into one group. Heavier groups are listed first so that the two workers
-    finish together (xdist hands out groups in collection order with --no-loadscope-reorder)."""
+    finish together (xdist hands out groups in collection order with --no-loadscope-reorder).
+    Without ``tryfirst`` xdist read the markers before they were added: every test was its own group,
+    and each worker started its own copy of every module's servers."""
     modules = {item.module for item in items if getattr(item, "module", None)}
     milvus_modules = {module.__name__ for module in modules if _uses_milvus_server(module)}
     for item in items:
@@ -222,13 +226,24 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     process.wait(timeout=10)
 
 
+_milvus_server_running = contextlib.ExitStack()  # closed when this worker's Milvus group is done
+
+
 @pytest.fixture(scope="session")
 def milvus_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A real Milvus 2.3.5 standalone server for the whole session (~30 s to start)."""
+    """A real Milvus 2.3.5 standalone server (~30 s to start) for the Milvus group, which runs whole on
+    one worker: stopped after its last test (an idle server still takes ~12% of a core), or at the end."""
     from colqwen_pipeline_tests.milvus_server import milvus_server
 
-    with milvus_server(tmp_path_factory.mktemp("milvus-server") / "data") as uri:
-        yield uri
+    yield _milvus_server_running.enter_context(milvus_server(tmp_path_factory.mktemp("milvus-server") / "data"))
+    _milvus_server_running.close()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    yield  # the test's fixtures first: module fixtures may still drop their collections on the server
+    if _group_of(item) == MILVUS_GROUP and (nextitem is None or _group_of(nextitem) != MILVUS_GROUP):
+        _milvus_server_running.close()
 
 
 def unique_collection(prefix: str = "t") -> str:

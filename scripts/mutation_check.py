@@ -113,6 +113,14 @@ MUTATIONS = [
         "retrieval_quality judges hits one page off: with minimums of 0 it still passed",
     ),
     Mutation(
+        "search-key-may-delete",
+        "colqwen_pipeline/service/auth.py",
+        '    ("DELETE", "/documents/{doc_id}"): Access.ADMIN,',
+        '    ("DELETE", "/documents/{doc_id}"): Access.SEARCH,',
+        f"{TESTS}/test_web.py::test_every_registered_route_checks_its_scope",
+        "a search key may remove documents (the old test walked 5 routes of about 20, with one key)",
+    ),
+    Mutation(
         "workspace-loses-a-job",
         "colqwen_pipeline/defs/definitions.py",
         "jobs=JOBS,",
