@@ -53,7 +53,7 @@ class ModelHolder:
         self.cache: Any = None
         # Counts since this process started: with several servers, each says how many pages and queries it
         # embedded (cache hits included), so a deployment can see the load spread.
-        self.served = {"images": 0, "queries": 0, "cache_hits": 0}
+        self.served = {"images": 0, "queries": 0, "cache_hits": 0, "images_in_progress": 0}
         self.started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
         self._count_lock = threading.Lock()  # handlers run in a thread pool: `+=` on a dict item is no atomic step
         self.prompt_tokens = 0  # the image prompt's text tokens, beside the visual ones
@@ -123,7 +123,8 @@ class ModelHolder:
                 self.served[name] += number
 
     def counts(self) -> dict[str, int | str]:
-        """``images`` (pages) and ``queries`` embedded, ``cache_hits`` among them, ``since`` the start (UTC)."""
+        """``images`` (pages) and ``queries`` embedded, ``cache_hits`` among them, ``since`` the start (UTC);
+        ``images_in_progress``: pages being embedded now."""
         with self._count_lock:
             return dict(self.served) | {"since": self.started_at}
 
@@ -133,9 +134,15 @@ class ModelHolder:
         embedder = self.require()
         keys = [self.cache.image_key(pixel_sha256(image)) for image in images]  # the pipeline's page keys
         counted = _Forwards(self)
-        vectors, hits = through_cache(
-            self.cache, keys, lambda missing: counted.run(lambda: embedder.embed_images([images[i] for i in missing]))
-        )
+        self.count(images_in_progress=len(images))
+        try:
+            vectors, hits = through_cache(
+                self.cache,
+                keys,
+                lambda missing: counted.run(lambda: embedder.embed_images([images[i] for i in missing])),
+            )
+        finally:
+            self.count(images_in_progress=-len(images))
         self.count(images=len(images))
         return counted.result(vectors, hits)
 
