@@ -5,6 +5,7 @@ refusal of a mix of models, and each server's own counts in /info."""
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import signal
@@ -20,7 +21,7 @@ import pytest
 from PIL import Image
 
 from colqwen_pipeline.embedding.remote import ModelServerError, RemoteEmbedder
-from colqwen_pipeline_tests.conftest import free_port, one_document_env
+from colqwen_pipeline_tests.conftest import REPO, free_port, one_document_env
 from colqwen_pipeline_tests.test_server import wait_ready
 
 KEY = "pipeline-key-0123456789abcdef"
@@ -213,3 +214,21 @@ def test_a_request_fails_naming_every_server_when_all_died_after_start(
     message = str(error.value)
     assert message.startswith("every model server failed /embed_text: "), message
     assert f"{url_a}: " in message and f"{url_b}: " in message and "\n" not in message
+
+
+@pytest.mark.slow
+def test_the_rehearsal_spreads_two_ingests_over_two_servers_and_survives_a_killed_one() -> None:
+    """scripts/rehearse_model_servers.py, smaller: 3 documents of 2 pages per inbox, two inboxes per round."""
+    run = subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "rehearse_model_servers.py"), "--docs", "3", "--kill-after", "2"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert run.returncode == 0 and summary["ok"], summary | {"stderr": run.stderr[-2000:]}
+    spread, failover = summary["spread"], summary["failover"]
+    assert sum(spread["pages_per_server"]) == spread["pages"] == 12 and min(spread["pages_per_server"]) > 0
+    assert failover["ingests_running_at_kill"] and failover["failovers"] >= 1 and failover["survivor_pages"] > 0
+    for index in spread["indexes"] + failover["indexes"]:
+        assert (index["documents"], index["indexed"], index["missing"], index["token_mismatches"]) == (3, 3, [], {})
