@@ -84,10 +84,17 @@ class Settings(BaseSettings):
     embed_mix_page_sizes: bool = Field(False, description="Batch pages of different visual-token counts together.")
 
     # Model server (`colqwen-pipeline serve`) and the pipeline's remote mode
-    model_server_url: str = Field("", description="http://host:8005 of a model server; empty = load in-process.")
+    model_server_url: str = Field(
+        "",
+        description="http://host:8005 of a model server, or several comma-separated; empty = load in-process.",
+        pattern=r"^\s*$|^\s*https?://[^\s,]+\s*(,\s*https?://[^\s,]+\s*)*$",
+    )
     model_server_key: str = Field("", description="API key the pipeline sends to the model server (Bearer).")
     model_server_timeout_s: float = Field(600.0, gt=0, description="Per request; a large batch on CPU is slow.")
     model_server_wait_s: float = Field(300.0, ge=0, description="How long a client waits for the server's READY.")
+    model_server_cooldown_s: float = Field(
+        30.0, gt=0, description="A model server that failed a request gets no requests for this long."
+    )
     server_host: str = Field("127.0.0.1", description="Bind address of `serve` (0.0.0.0 in a container).")
     server_port: int = Field(8005, ge=1, le=65535)
     server_max_images: int = Field(32, ge=1, description="Images per /embed_image request.")
@@ -162,6 +169,12 @@ class Settings(BaseSettings):
     @property
     def tiny_model_dir(self) -> Path:
         return self.home_dir / "models" / f"tiny-{self.model_family or 'colqwen2.5'}"
+
+    @property
+    def model_server_urls(self) -> list[str]:
+        """COLQWEN_MODEL_SERVER_URL as a list: each URL once, without a trailing slash."""
+        urls = [url.strip().rstrip("/") for url in self.model_server_url.split(",")]
+        return list(dict.fromkeys(url for url in urls if url))
 
     @property
     def resolved_milvus_uri(self) -> str:

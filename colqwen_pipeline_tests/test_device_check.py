@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from colqwen_pipeline.embedding import gpu_check
 
 REPO = Path(__file__).resolve().parent.parent
@@ -80,3 +82,30 @@ def test_steps_past_the_budget_are_reported_as_not_run(tmp_path: Path) -> None:
     assert list(steps) == ["env", "build", "bf16", "colqwen3", "4bit", "8bit"]
     assert {s["status"] for s in steps.values()} == {"not run: out of time"}
     assert "- step 8bit: not run: out of time" in (tmp_path / "device_check.md").read_text()
+
+
+@pytest.mark.slow
+def test_the_servers_mode_measures_one_server_against_n_on_a_cpu(tmp_path: Path) -> None:
+    """`device_check.sh servers`: the path a machine with N GPUs takes, with N=2 CPU servers of the tiny model."""
+    out, work = tmp_path / "out", tmp_path / "work"
+    command = ["bash", str(REPO / "scripts" / "device_check.sh"), "servers", "--model", "tiny", "--device", "cpu"]
+    command += ["--servers", "2", "--pages", "8", "--request-pages", "2", "--batch", "2"]
+    command += ["--out", str(out), "--work", str(work)]
+    env = os.environ | {"PYTHON": sys.executable, "WHEELS": str(tmp_path / "no-wheels")}
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+
+    report = json.loads((out / "server_scaling.json").read_text())
+    assert json.loads(done.stdout) == report  # printed, for the device tool's reply
+    assert (report["one"]["servers"], report["many"]["servers"]) == (1, 2)
+    assert report["one"]["pages_per_server"] == [8] and report["many"]["pages_per_server"] == [4, 4]
+    assert report["many"]["visible_devices"] == ["", ""]  # a CPU run hides every GPU from the servers
+    assert report["speedup"] == round(report["many"]["pages_per_s"] / report["one"]["pages_per_s"], 2) > 0
+    assert {p.name for p in out.iterdir()} == {"server_scaling.json"}
+
+
+def test_each_server_sees_its_own_gpu() -> None:
+    from colqwen_pipeline.embedding.server_scaling import device_env
+
+    config = {"device": "cuda", "gpus": 2}
+    assert [device_env(config, i)["CUDA_VISIBLE_DEVICES"] for i in range(3)] == ["0", "1", "0"]

@@ -7,6 +7,13 @@
 #   scripts/device_check.sh                                  # on the GPU machine: full-random, cuda
 #   scripts/device_check.sh --model tiny --device cpu --out DIR --work DIR   # CPU dry run (tests)
 #
+# The `servers` mode measures 1 model server against N, one per GPU (CUDA_VISIBLE_DEVICES=i each),
+# through one client as the pipeline uses them (colqwen_pipeline.embedding.server_scaling), and
+# writes server_scaling.json to --out:
+#
+#   scripts/device_check.sh servers                          # N = the GPUs nvidia-smi lists (at least 2)
+#   scripts/device_check.sh servers --model tiny --device cpu --servers 2 --pages 8 --out DIR --work DIR
+#
 # WHEELS (default .device_wheels) and PYTHON (default python3) can be set; with no wheels there the
 # install is skipped (the dry run uses the project's own environment).
 set -uo pipefail
@@ -26,4 +33,8 @@ if compgen -G "$WHEELS/*.whl" >/dev/null; then
 fi
 export PYTHONPATH="$PWD${site:+:$site}${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+if [[ "${1:-}" == servers ]]; then
+  shift
+  exec "$PYTHON" -m colqwen_pipeline.embedding.server_scaling "$@"
+fi
 exec "$PYTHON" -m colqwen_pipeline.embedding.gpu_check "$@"

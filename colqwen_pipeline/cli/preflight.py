@@ -11,7 +11,10 @@ from pydantic import ValidationError
 from colqwen_pipeline.common.errors import PipelineError
 from colqwen_pipeline.settings import Settings
 
-ALLOWED = {"COLQWEN_DEVICE": "must be auto, cpu, cuda, cuda:N (a GPU's number) or mps"}
+ALLOWED = {
+    "COLQWEN_DEVICE": "must be auto, cpu, cuda, cuda:N (a GPU's number) or mps",
+    "COLQWEN_MODEL_SERVER_URL": "must be http(s)://host:port, or several such URLs comma-separated",
+}
 
 
 class SettingsError(PipelineError):

@@ -1,40 +1,41 @@
-"""An embedder that calls a model server (`colqwen-pipeline serve`) instead of loading the model.
+"""An embedder that calls model servers (`colqwen-pipeline serve`) instead of loading the model.
 
 It has the interface of :class:`~colqwen_pipeline.embedding.embedder.Embedder`, so the document
-embedding, the cache and the index work unchanged, and many pipeline processes share one loaded
-model. The wire format of the vectors lives here too, because both sides must agree on it:
-``float`` (JSON float lists, as the original model server) or ``base64_fp16`` (row-major
-little-endian float16, tokens x dim: ~6x smaller than JSON and exactly what the artifact stores).
+embedding, the cache and the index work unchanged, and many pipeline processes share the loaded
+models. With several servers (``servers.ServerPool``: balancing and failover), the requests of one
+call run at once, one per server, so one ingest keeps every server busy. The wire format of the
+vectors lives here too, because both sides must agree on it: ``float`` (JSON float lists, as the
+original model server) or ``base64_fp16`` (row-major little-endian float16, tokens x dim: ~6x
+smaller than JSON and exactly what the artifact stores).
 """
 
 from __future__ import annotations
 
 import base64
-import dataclasses
 import io
 import logging
+import math
 import mimetypes
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import numpy as np
 
-from colqwen_pipeline.common.errors import PipelineError
 from colqwen_pipeline.embedding.embedder import EmbedStats, IdentifiedModel, PageImage, Progress
-from colqwen_pipeline.embedding.identity import ModelIdentity
+from colqwen_pipeline.embedding.servers import ModelServerError, ServerPool
 from colqwen_pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 Encoding = Literal["float", "base64_fp16"]
 _clients: dict[str, RemoteEmbedder] = {}
+T = TypeVar("T")
+__all__ = ["ModelServerError", "RemoteEmbedder", "decode_vectors", "encode_vectors", "remote_embedder"]
 _lock = threading.Lock()
-
-
-class ModelServerError(PipelineError):
-    """The model server is unreachable, not ready, or refused a request; one clear line."""
 
 
 def encode_vectors(vectors: np.ndarray, encoding: Encoding) -> list[list[float]] | str:
@@ -58,59 +59,64 @@ def image_upload(page: PageImage, index: int) -> tuple[str, bytes, str]:
     return f"image-{index}.png", buffer.getvalue(), "image/png"
 
 
-def identity_from(served: dict[str, Any], url: str) -> ModelIdentity:
-    """The server's model identity: ``device`` is the server's device, ``served_by`` where it runs,
-    so that this process never reads its own (possibly absent) GPU for it."""
-    names = {f.name for f in dataclasses.fields(ModelIdentity)} - {"served_by"}
-    missing = names - served.keys()
-    if missing:
-        raise ModelServerError(f"model server {url}/info lacks {sorted(missing)}: server and client versions differ")
-    return ModelIdentity(**{name: served[name] for name in names}, served_by=url)
-
-
 class RemoteEmbedder(IdentifiedModel):
-    """Embeds through a model server; ``info`` and ``fingerprint`` are the server's model's."""
+    """Embeds through model servers; ``info`` and ``fingerprint`` are the servers' model's.
 
-    def __init__(self, url: str, timeout_s: float = 600.0, wait_s: float = 300.0, batch_size: int = 4, key: str = ""):
-        import httpx
+    ``url``: one server, or several comma-separated (COLQWEN_MODEL_SERVER_URL)."""
 
-        self.url = url.rstrip("/")
-        self.batch_size = batch_size  # kept for the interface; the server batches its own forwards
+    def __init__(
+        self,
+        url: str,
+        timeout_s: float = 600.0,
+        wait_s: float = 300.0,
+        batch_size: int = 4,
+        key: str = "",
+        cooldown_s: float = 30.0,
+    ):
+        urls = list(dict.fromkeys(u.strip().rstrip("/") for u in url.split(",") if u.strip()))
+        self.url = ",".join(urls)
+        self.batch_size = batch_size  # kept for the interface; the servers batch their own forwards
         self.stats = EmbedStats()
-        self.busy_wait_s = wait_s  # how long a busy server's 503 + Retry-After is waited out
-        headers = {"Authorization": f"Bearer {key}"} if key else {}  # a server with API keys refuses others
-        self._http = httpx.Client(base_url=self.url, timeout=timeout_s, headers=headers)
-        self._wait_until_ready(wait_s)
-        served = self._call("GET", "/info")
-        self.limits: dict[str, int] = served["limits"]
-        self.identity = identity_from(served["model"], self.url)
+        self.pool = ServerPool(urls, timeout_s, wait_s, key, cooldown_s)
+        self.identity = self.pool.identity
+        self._threads = ThreadPoolExecutor(len(urls), thread_name_prefix="model-server") if len(urls) > 1 else None
 
     @property
     def info(self) -> dict[str, Any]:
         return self.identity.as_dict() | {"server": self.url}
 
     @property
+    def limits(self) -> dict[str, int]:
+        return self.pool.limits
+
+    @property
     def effective_batch_size(self) -> int:
         return self.batch_size
 
     def embed_images(self, pages: Sequence[PageImage], progress: Progress | None = None) -> list[np.ndarray]:
-        """One float16 array (tokens, dim) per page, in input order, as the in-process embedder gives."""
+        """One float16 array (tokens, dim) per page, in input order, as the in-process embedder gives.
+        The pages are split over the servers: requests of about len(pages) / servers pages each."""
+        share = math.ceil(len(pages) / max(self.pool.usable(), 1)) if pages else 1
+        calls = (
+            (lambda chunk=chunk: self._embed("/embed_image", files=[("images", upload) for upload in chunk]))
+            for chunk in self._upload_chunks(pages, min(share, self.limits["max_images"]))
+        )
         results: list[np.ndarray] = []
-        for chunk in self._upload_chunks(pages):
-            results += self._embed("/embed_image", np.float16, files=[("images", upload) for upload in chunk])
+        for body in self._in_order(calls):
+            results += self._decoded(body, np.float16)
             if progress:
                 progress(len(results), len(pages))
         self.stats.pages += len(pages)
         return results
 
-    def _upload_chunks(self, images: Sequence[PageImage]) -> Iterator[list[tuple[str, bytes, str]]]:
-        """Requests within the server's limits: at most max_images files and max_request_mb bytes."""
+    def _upload_chunks(self, images: Sequence[PageImage], most: int) -> Iterator[list[tuple[str, bytes, str]]]:
+        """Requests within every server's limits: at most ``most`` files and max_request_mb bytes."""
         budget = self.limits["max_request_mb"] * 2**20 * 0.9  # room for the multipart headers
         chunk: list[tuple[str, bytes, str]] = []
         size = 0
         for i, image in enumerate(images):
             upload = image_upload(image, i)
-            if chunk and (len(chunk) == self.limits["max_images"] or size + len(upload[1]) > budget):
+            if chunk and (len(chunk) == most or size + len(upload[1]) > budget):
                 yield chunk
                 chunk, size = [], 0
             chunk.append(upload)
@@ -123,80 +129,45 @@ class RemoteEmbedder(IdentifiedModel):
         results: list[np.ndarray] = []
         step = self.limits["max_queries"]
         for start in range(0, len(queries), step):
-            results += self._embed("/embed_text", np.float32, json={"queries": list(queries[start : start + step])})
+            body = self._embed("/embed_text", json={"queries": list(queries[start : start + step])})
+            results += self._decoded(body, np.float32)
         self.stats.queries += len(queries)
         return results
 
     def close(self) -> None:
-        self._http.close()
+        if self._threads:
+            self._threads.shutdown(wait=False)
+        self.pool.close()
 
-    def _embed(self, path: str, dtype: type, **request: Any) -> list[np.ndarray]:
+    def _in_order(self, calls: Iterator[Callable[[], T]]) -> Iterator[T]:
+        """The calls' results in order, with up to one call per server in flight (one server: in this thread)."""
+        if self._threads is None:
+            yield from (call() for call in calls)
+            return
+        pending: deque = deque()
+        for call in calls:
+            pending.append(self._threads.submit(call))
+            if len(pending) >= max(self.pool.usable(), 1):
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+    def _embed(self, path: str, **request: Any) -> dict[str, Any]:
         started = time.perf_counter()
-        body = self._call("POST", path, params={"encoding": "base64_fp16"}, **request)
+        body = self.pool.call("POST", path, params={"encoding": "base64_fp16"}, **request)
+        return body | {"seconds": time.perf_counter() - started}
+
+    def _decoded(self, body: dict[str, Any], dtype: type) -> list[np.ndarray]:
+        """The answer's vectors; its counters added to ``stats`` (in the caller's thread only)."""
         self.stats.forward_calls += body["forward_calls"]
         self.stats.batch_size_used = max(self.stats.batch_size_used, body["batch_size_used"])
-        self.stats.seconds += time.perf_counter() - started
+        self.stats.seconds += body["seconds"]
         return [decode_vectors(item, self.dim, dtype) for item in body["embeddings"]]
-
-    def _call(self, method: str, path: str, **request: Any) -> dict[str, Any]:
-        import httpx
-
-        deadline = time.monotonic() + self.busy_wait_s
-        while True:
-            try:
-                response = self._http.request(method, path, **request)
-            except httpx.HTTPError as error:
-                raise ModelServerError(f"model server {self.url}{path}: {type(error).__name__}: {error}") from error
-            retry_after = _retry_after(response)
-            if retry_after is None or time.monotonic() + retry_after > deadline:
-                break
-            time.sleep(retry_after)  # busy (its pixel budget is full) or still loading: it said when to come back
-        if response.status_code == 401:
-            raise ModelServerError(
-                f"model server {self.url}{path}: HTTP 401: set COLQWEN_MODEL_SERVER_KEY to one of the server's "
-                "COLQWEN_SERVER_API_KEYS"
-            )
-        if response.status_code != 200:
-            raise ModelServerError(f"model server {self.url}{path}: HTTP {response.status_code}: {_detail(response)}")
-        return response.json()
-
-    def _wait_until_ready(self, wait_s: float) -> None:
-        """A server that is still loading its model is worth waiting for; an absent one is not."""
-        import httpx
-
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                response = self._http.get("/health/ready")
-            except httpx.TransportError as error:
-                raise ModelServerError(
-                    f"model server {self.url} unreachable ({type(error).__name__}): start `colqwen-pipeline serve` "
-                    "there or unset COLQWEN_MODEL_SERVER_URL to load the model in-process"
-                ) from error
-            status = _json(response).get("status")
-            if response.status_code == 200:
-                return
-            if status == "FAILED" or time.monotonic() >= deadline:
-                raise ModelServerError(f"model server {self.url} not ready ({status}): {_detail(response)}")
-            time.sleep(0.5)
-
-
-def _json(response: Any) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
-def _detail(response: Any) -> str:
-    body = _json(response)
-    return str(body.get("detail") or body.get("status") or response.text[:200])
 
 
 def remote_embedder(settings: Settings) -> RemoteEmbedder:
-    """One client per server URL per process: the server's /info is read once, not per document."""
-    url = settings.model_server_url
+    """One client per server list per process: the servers' /info is read once, not per document."""
+    url = ",".join(settings.model_server_urls)
     with _lock:
         if url not in _clients:
             _clients[url] = RemoteEmbedder(
@@ -205,14 +176,9 @@ def remote_embedder(settings: Settings) -> RemoteEmbedder:
                 settings.model_server_wait_s,
                 settings.batch_size,
                 key=settings.model_server_key,
+                cooldown_s=settings.model_server_cooldown_s,
             )
-            log.info("embedding through the model server at %s (%s)", url, _clients[url].fingerprint)
+            log.info("embedding through the model server(s) at %s (%s)", url, _clients[url].fingerprint)
         embedder = _clients[url]
     embedder.batch_size = settings.batch_size
     return embedder
-
-
-def _retry_after(response: Any) -> float | None:
-    """Seconds a 503 asks the client to wait, or None for any other answer."""
-    value = response.headers.get("Retry-After", "")
-    return float(value) if response.status_code == 503 and value.isdigit() else None

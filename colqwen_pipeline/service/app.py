@@ -146,7 +146,8 @@ def _add_model_routes(app: FastAPI, holder: ModelHolder, settings: Settings) -> 
 
     @app.get("/info", tags=["model"])
     def info() -> dict[str, Any]:
-        """The loaded model (fingerprint, dim, device, precision), the limits, and counters."""
+        """The loaded model (fingerprint, dim, device, precision), the limits, and what this server embedded
+        since it started (``served``: pages as ``images``, ``queries``, ``cache_hits``, ``since``)."""
         served = holder.info()
         return served | {"model": public_model_info(served["model"], settings.server_expose_paths)}
 

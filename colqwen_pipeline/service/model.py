@@ -4,6 +4,7 @@ model, one accelerator), and the Redis embedding cache in front of it."""
 
 from __future__ import annotations
 
+import datetime
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -50,7 +51,11 @@ class ModelHolder:
         self.error = ""
         self.embedder: Any = None
         self.cache: Any = None
-        self.served = {"images": 0, "queries": 0, "cache_hits": 0}
+        # Counts since this process started: with several servers, each says how many pages and queries it
+        # embedded (cache hits included), so a deployment can see the load spread.
+        self.served = {"images": 0, "queries": 0, "cache_hits": 0, "images_in_progress": 0}
+        self.started_at = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+        self._count_lock = threading.Lock()  # handlers run in a thread pool: `+=` on a dict item is no atomic step
         self.prompt_tokens = 0  # the image prompt's text tokens, beside the visual ones
         self._forward_lock = threading.Lock()
 
@@ -109,8 +114,19 @@ class ModelHolder:
                 "max_top_k": settings.server_max_top_k,
             },
             "cache_enabled": bool(self.cache and self.cache.enabled),
-            "served": dict(self.served),
+            "served": self.counts(),
         }
+
+    def count(self, **served: int) -> None:
+        with self._count_lock:
+            for name, number in served.items():
+                self.served[name] += number
+
+    def counts(self) -> dict[str, int | str]:
+        """``images`` (pages) and ``queries`` embedded, ``cache_hits`` among them, ``since`` the start (UTC);
+        ``images_in_progress``: pages being embedded now."""
+        with self._count_lock:
+            return dict(self.served) | {"since": self.started_at}
 
     def embed_images(self, images: Sequence[Image.Image]) -> Embedded:
         from colqwen_pipeline.documents.pages import pixel_sha256
@@ -118,10 +134,16 @@ class ModelHolder:
         embedder = self.require()
         keys = [self.cache.image_key(pixel_sha256(image)) for image in images]  # the pipeline's page keys
         counted = _Forwards(self)
-        vectors, hits = through_cache(
-            self.cache, keys, lambda missing: counted.run(lambda: embedder.embed_images([images[i] for i in missing]))
-        )
-        self.served["images"] += len(images)
+        self.count(images_in_progress=len(images))
+        try:
+            vectors, hits = through_cache(
+                self.cache,
+                keys,
+                lambda missing: counted.run(lambda: embedder.embed_images([images[i] for i in missing])),
+            )
+        finally:
+            self.count(images_in_progress=-len(images))
+        self.count(images=len(images))
         return counted.result(vectors, hits)
 
     def embed_queries(self, queries: Sequence[str]) -> Embedded:
@@ -130,7 +152,7 @@ class ModelHolder:
         vectors, hits = encode_queries(
             self.cache, lambda texts: counted.run(lambda: embedder.embed_queries(texts)), queries
         )
-        self.served["queries"] += len(queries)
+        self.count(queries=len(queries))
         return counted.result(vectors, hits)
 
 
@@ -149,5 +171,5 @@ class _Forwards:
         return vectors
 
     def result(self, vectors: list[np.ndarray], hits: int) -> Embedded:
-        self.model.served["cache_hits"] += hits
+        self.model.count(cache_hits=hits)
         return Embedded(vectors, self.forwards, self.batch_used, hits)
