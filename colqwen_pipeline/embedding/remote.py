@@ -78,6 +78,7 @@ class RemoteEmbedder(IdentifiedModel):
         self.batch_size = batch_size  # kept for the interface; the servers batch their own forwards
         self.stats = EmbedStats()
         self.pool = ServerPool(urls, timeout_s, wait_s, key, cooldown_s)
+        assert self.pool.identity is not None  # the pool starts only once a server has said its model
         self.identity = self.pool.identity
         self._threads = ThreadPoolExecutor(len(urls), thread_name_prefix="model-server") if len(urls) > 1 else None
 

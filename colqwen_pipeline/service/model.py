@@ -73,7 +73,8 @@ class ModelHolder:
 
             embedder = get_embedder(self.settings)  # loads and warms up
             self.cache = open_cache(self.settings, embedder.identity)
-            self.prompt_tokens = TokenCounts(embedder.processor).prompt
+            # serve holds its model in this process (a LocalEmbedder, with its processor)
+            self.prompt_tokens = TokenCounts(embedder.processor).prompt  # type: ignore[attr-defined]
         except Exception as error:  # any load failure must show in /health/ready, not kill the thread silently
             log.exception("model load failed")
             self.error = f"{type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}"
