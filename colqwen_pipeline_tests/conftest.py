@@ -251,3 +251,27 @@ def unique_collection(prefix: str = "t") -> str:
     import uuid
 
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """With COLQWEN_TEST_CPU_LOG=path, one JSON line per test: its CPU seconds, this process's and its
+    waited-for children's (servers a fixture stops count where they stop). The suite's floor on 2 cores
+    is the sum over 2, whatever the load, so this says where the time goes when wall times are noisy."""
+    path = os.environ.get("COLQWEN_TEST_CPU_LOG")
+    if not path:
+        yield
+        return
+    import json
+    import resource
+
+    def cpu() -> float:
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+    start_cpu, start_wall = cpu(), time.monotonic()
+    yield
+    wall_s = time.monotonic() - start_wall
+    record = {"test": item.nodeid, "cpu_s": round(cpu() - start_cpu, 2), "wall_s": round(wall_s, 2)}
+    with open(path, "a") as log:
+        log.write(json.dumps(record) + "\n")
