@@ -10,6 +10,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -69,8 +70,8 @@ class LanceDBPeer(Peer):
             import lancedb
         except ImportError as error:
             raise PeerUnavailable(f"peer 'lancedb' needs pip install '.[bench]' ({error})") from None
-        self.db = lancedb.connect(str(root))
-        self.table = None
+        self.db: Any = lancedb.connect(str(root))
+        self.table: Any = None  # created by ingest
         self.indexed = False
 
     def ingest(self, pages: Sequence[np.ndarray]) -> None:
