@@ -10,7 +10,10 @@ side by side in one run:
   ``changed_1pct_s`` (after rewriting 1% of the documents, at least one).
 ``first_vs_sum = first_s / (render_alone_s + embed_alone_s)``: 1.0 means the ingest costs exactly its
 two working stages done one after the other; ``first_vs_critical_path = first_s / max(...)``: 1.0
-means it costs only its slower stage, the two fully overlapped.
+means it costs only its slower stage, the two fully overlapped. ``first_engine_s`` is the part of
+``first_s`` inside the engine (``run_documents``: render, embed, index, the per-document events);
+the rest is the process start, imports, the Dagster run's creation (its planned events) and the
+collection checks. ``dagster_events`` counts what Dagster stored for that run.
 
 ``--model null`` embeds with ``NullEmbedder`` (embedding/null.py, no forward pass): ``first_s`` is
 then the CPU side alone, and ``cpu_pages_per_s_per_core`` is its rate per core of this process. It
@@ -110,6 +113,7 @@ def bench_ingest(
         render_s, pages = _render_alone(env | {"COLQWEN_HOME": str(root / "render-alone")})
         embed_s = _embed_alone(pages, env)
         first = _cli_ingest(env)
+        events = _dagster_events_of_last_run(root / "var" / "dagster")
         unchanged = _cli_ingest(env)
         for i in range(max(1, docs // 100)):
             make_document(paths[i], pages_per_doc, docs + i, kind)
@@ -132,6 +136,10 @@ def bench_ingest(
         "first_vs_render_alone": round(first["seconds"] / render_s, 3),
         "render_pages_per_s_per_core": round(len(pages) / render_s / cores, 2),
         "cpu_pages_per_s_per_core": round(len(pages) / first["seconds"] / cores, 2) if model == "null" else None,
+        "first_engine_s": first["engine_s"],
+        "first_outside_engine_s": round(first["seconds"] - first["engine_s"], 2),
+        "dagster_events": events,
+        "dagster_events_per_document": round(events / docs, 2),
         "runs": first["runs"],
         "model_loads": first["model_loads"],
         "unchanged_model_loads": unchanged["model_loads"],
@@ -200,8 +208,22 @@ def _cli_ingest(env: dict[str, str]) -> dict[str, Any]:
     if run.returncode != 0:
         raise RuntimeError(f"ingest failed ({run.returncode}): {run.stderr.strip().splitlines()[-3:]}")
     output = run.stdout + run.stderr
+    engine = re.findall(r"\[\d+/\d+ documents, ([\d.]+) s\]", output)  # the engine's last progress line
     return {
         "seconds": seconds,
+        "engine_s": float(engine[-1]) if engine else 0.0,
         "runs": len(re.findall(r"^run \d+/\d+:", output, re.MULTILINE)),
         "model_loads": output.count("model loaded:"),
     }
+
+
+def _dagster_events_of_last_run(dagster_home: Path) -> int:
+    """Events Dagster stored for the last run (planned, materialisations, check evaluations, step events)."""
+    import dagster as dg
+
+    instance = dg.DagsterInstance.from_config(str(dagster_home))
+    try:
+        (run,) = instance.get_runs(limit=1)
+        return sum(1 for entry in instance.all_logs(run.run_id) if entry.is_dagster_event)
+    finally:
+        instance.dispose()
