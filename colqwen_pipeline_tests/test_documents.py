@@ -306,7 +306,7 @@ def test_success_replaces_older_out_dir(tmp_path: Path) -> None:
     rasterize_document(make_pdf(tmp_path / "a.pdf", pages=3), out, settings())
     (out / "stale.txt").write_text("x")
     rasterize_document(make_pdf(tmp_path / "b.pdf", pages=1), out, settings())
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "page-0001.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "page-0001.png", "preview-0001.jpg"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 
