@@ -1,17 +1,23 @@
 """Writing one finished page: PNG on disk, a small preview, and its pixel hash (runs inside the render worker).
 
-A page whose pixels are all grey (R = G = B: text, most scans, most slides) is stored as 8-bit
-greyscale: the same pixels, a third of the bytes to hash, encode, and decode again for the model.
-PNG encoding is most of a page's cost (about 55 ms for a 200-DPI RGB A4 page at compress_level=1,
-25 ms as greyscale), so this is the render stage's largest saving.
+Encoding is most of a page's cost, so two things keep it small, both lossless:
+- a page whose pixels are all grey (R = G = B: text, most scans) is stored as 8-bit greyscale: the
+  same pixels, a third of the bytes to hash, encode, and decode again for the model;
+- the PNG is written here (``write_png``) with no per-row filter and zlib level 1. Pillow picks a
+  filter for every row by trying each, which cost more than the compression itself: a 200-DPI A4
+  text page took 52 ms with Pillow at compress_level=1 and 21 ms here, at the same size, and
+  decodes in 7.5 ms instead of 13 ms.
 """
 
 from __future__ import annotations
 
 import hashlib
+import struct
+import zlib
 from pathlib import Path
 from typing import IO, Any
 
+import numpy as np
 from PIL import Image, ImageChops
 
 PREVIEW_PAGES = 3  # the Dagster UI shows the first pages of a document as thumbnails
@@ -64,7 +70,7 @@ def save_page(img: Image.Image, out_dir: Path, page: int, dpi: float) -> dict[st
     pages, a JPEG preview made from the pixels already in memory (not decoded again later)."""
     stored = stored_pixels(img)
     name = page_name(page)
-    stored.save(out_dir / name, format="PNG", compress_level=1)
+    write_png(stored, out_dir / name)
     if page <= PREVIEW_PAGES:
         save_preview(stored, out_dir / preview_name(page))
     return {
@@ -75,6 +81,22 @@ def save_page(img: Image.Image, out_dir: Path, page: int, dpi: float) -> dict[st
         "dpi": dpi,
         "sha256": _sha256(stored),
     }
+
+
+def write_png(img: Image.Image, path: Path) -> None:
+    """An 8-bit greyscale or RGB image as PNG: every row unfiltered (filter byte 0), zlib level 1."""
+    pixels = np.asarray(img)
+    height, width = pixels.shape[:2]
+    rows = np.zeros((height, pixels[0].size + 1), np.uint8)  # column 0: each row's filter byte
+    rows[:, 1:] = pixels.reshape(height, -1)
+    colour_type = {"L": 0, "RGB": 2}[img.mode]
+    header = struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)
+    data = zlib.compress(rows.tobytes(), 1)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", data) + _chunk(b"IEND", b""))
+
+
+def _chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def save_preview(img: Image.Image, path: Path | IO[bytes]) -> None:
