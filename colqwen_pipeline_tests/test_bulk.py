@@ -76,6 +76,30 @@ def test_pages_of_one_page_documents_share_model_batches(state, monkeypatch):
     )
 
 
+def test_the_model_loads_beside_the_first_renders_and_is_counted_once(state, monkeypatch):
+    """The first document that needs the model starts its load on a thread of its own, while the
+    renders go on; the wave that embeds waits for that load instead of starting another."""
+    import threading
+
+    keys = one_page_scans(state, 4)
+    registry.unload()
+    real, loaded_in = registry.get_embedder, []
+
+    def recorded(settings, *args, **kwargs):
+        embedder = real(settings, *args, **kwargs)
+        loaded_in.append((threading.current_thread().name, registry.loads_so_far()))
+        return embedder
+
+    monkeypatch.setattr(registry, "get_embedder", recorded)
+    before = registry.loads_so_far()
+
+    report = run_documents(state, keys)
+
+    assert report.failed == {} and report.model_loads == 1 and registry.loads_so_far() == before + 1
+    assert loaded_in[0] == ("model-load", before + 1)  # loaded by the loading thread, first
+    assert all(loads == before + 1 for _, loads in loaded_in)  # the waves reused it
+
+
 def test_an_unchanged_rerun_renders_embeds_and_writes_nothing(state):
     keys = one_page_scans(state, 6)
     run_documents(state, keys)

@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 from reportlab.lib.pagesizes import A4
 from reportlab.pdfgen import canvas
 
@@ -125,11 +125,37 @@ def test_pdf_pages_sizes_and_manifest(tmp_path: Path, renderer: str) -> None:
     for page in manifest.pages:
         assert page.renderer == renderer and page.dpi == 200
         assert_close((page.width, page.height), A4_200)
-        with Image.open(out / page.file) as img:
-            assert img.size == (page.width, page.height) and img.mode == "RGB"
-            rgb = img.convert("RGB")
-            raw = f"{img.width}x{img.height}:".encode() + rgb.tobytes()
+        with Image.open(out / page.file) as img:  # black text and a black box: stored as greyscale
+            assert img.size == (page.width, page.height) and img.mode == "L"
+            raw = f"{img.width}x{img.height}:L:".encode() + img.tobytes()
             assert hashlib.sha256(raw).hexdigest() == page.sha256
+    assert sorted(p.name for p in out.glob("preview-*.jpg")) == [
+        "preview-0001.jpg",
+        "preview-0002.jpg",
+        "preview-0003.jpg",
+    ]
+
+
+def test_grey_pages_are_stored_grey_colour_pages_rgb_and_keys_follow_the_pixels(tmp_path: Path) -> None:
+    """A grey page is written as 8-bit greyscale with exactly the renderer's pixels, a page with one
+    coloured pixel stays RGB, and a page's key is the same whatever mode its pixels arrive in (the
+    model server hashes uploads, converted to RGB, with the same function)."""
+    from colqwen_pipeline.documents.pages import pixel_sha256, save_page
+
+    grey = Image.new("RGB", (300, 400), "white")
+    ImageDraw.Draw(grey).rectangle((20, 20, 120, 60), fill=(90, 90, 90))
+    coloured = grey.copy()
+    coloured.putpixel((299, 399), (90, 90, 91))  # one pixel, in a corner the grey probe's reduction averages away
+
+    records = [save_page(image, tmp_path, number, 200) for number, image in ((1, grey), (2, coloured))]
+
+    with Image.open(tmp_path / "page-0001.png") as stored_grey, Image.open(tmp_path / "page-0002.png") as stored_rgb:
+        assert (stored_grey.mode, stored_rgb.mode) == ("L", "RGB")
+        assert stored_grey.convert("RGB").tobytes() == grey.tobytes()
+        assert stored_rgb.tobytes() == coloured.tobytes()
+        assert [pixel_sha256(stored_grey), pixel_sha256(stored_rgb)] == [r["sha256"] for r in records]
+    assert pixel_sha256(grey) == records[0]["sha256"] == pixel_sha256(grey.convert("L"))
+    assert pixel_sha256(coloured) == records[1]["sha256"] != records[0]["sha256"]
 
 
 def test_long_document_dpi_policy_and_progress_log(tmp_path: Path) -> None:
@@ -280,7 +306,7 @@ def test_success_replaces_older_out_dir(tmp_path: Path) -> None:
     rasterize_document(make_pdf(tmp_path / "a.pdf", pages=3), out, settings())
     (out / "stale.txt").write_text("x")
     rasterize_document(make_pdf(tmp_path / "b.pdf", pages=1), out, settings())
-    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "page-0001.png"]
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "page-0001.png", "preview-0001.jpg"]
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
 

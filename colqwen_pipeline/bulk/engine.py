@@ -22,6 +22,7 @@ import contextlib
 import logging
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -151,6 +152,7 @@ class _Run:
         self._identity: Any = None
         self._cache: Any = None
         self._index: tuple[DocumentIndex, DocumentIndex, str | None, str] | None = None
+        self._loading: threading.Thread | None = None  # the model loading while the first wave renders
 
     # -- shared, made on first use --------------------------------------------------------------
     @property
@@ -183,6 +185,8 @@ class _Run:
     def embedder(self) -> Any:
         from colqwen_pipeline.embedding.registry import get_embedder, loads_so_far
 
+        if self._loading is not None and self._loading is not threading.current_thread():
+            self._loading.join()  # counted once: by the thread that loads
         before, started = loads_so_far(), time.perf_counter()
         embedder = get_embedder(self.settings)
         if loads_so_far() > before:
@@ -291,6 +295,8 @@ class _Run:
                     self.on_document(result)
                     continue
                 pending = self._plan(result)
+                if self._loading is None and pending is not None and pending.missing:
+                    self._loading = self._load_model_meanwhile()
                 wave.append((result, pending))
                 wave_pages += len(pending.missing) if pending else 0
                 if wave_pages >= self.settings.embed_wave_pages:
@@ -300,11 +306,25 @@ class _Run:
             self._flush(wave)
         finally:  # on an interrupt: drop the renders not started yet, wait for the running ones
             pool.shutdown(wait=True, cancel_futures=True)
+            if self._loading is not None:
+                self._loading.join()
         if "index" in self.stages and self._index is not None:
             self._switch_if_complete()
         self.report.seconds = _since(started)
         self._progress(len(keys), len(keys), started)
         return self.report
+
+    def _load_model_meanwhile(self) -> threading.Thread:
+        """Load the model while the first wave renders, once a page needs it: this thread would
+        otherwise wait for the renders, then for the load (a run with nothing to embed loads none)."""
+
+        def load() -> None:
+            with contextlib.suppress(Exception):  # a failed load is raised again by the wave that needs it
+                self.embedder()
+
+        thread = threading.Thread(target=load, name="model-load", daemon=True)
+        thread.start()
+        return thread
 
     def _plan(self, result: DocumentResult) -> Any:
         """The document's pending embedding, or None when its embeddings are current."""

@@ -205,7 +205,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     elif args.stage == "ingest":
         from colqwen_pipeline.bulk.bench import bench_ingest
 
-        result = bench_ingest(docs=args.docs, pages_per_doc=args.pages_per_doc, model=args.model)
+        result = bench_ingest(docs=args.docs, pages_per_doc=args.pages_per_doc, model=args.model, kind=args.kind)
     else:
         from colqwen_pipeline.index.bench import bench_search
 
@@ -325,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="orchestration only: partitions materialised for the asset page",
     )
     bench.add_argument("--pages-per-doc", type=positive_int, default=1, help="ingest only: pages per document")
+    bench.add_argument(
+        "--kind",
+        choices=["pdf-scan", "pdf-text", "png-scan", "jpeg-scan"],
+        default="pdf-scan",
+        help="ingest only: the generated documents (scanned-letter PDFs, text PDFs, A4 300-DPI PNG or JPEG scans)",
+    )
     bench.add_argument("--json", action="store_true", help="one line of JSON")
     bench.set_defaults(func=cmd_bench)
 

@@ -55,7 +55,7 @@ def decode_pages(
 
 def _to_page(frame: Image.Image, max_page_pixels: int) -> tuple[Image.Image, float]:
     dpi = _declared_dpi(frame)
-    img = to_rgb(ImageOps.exif_transpose(frame))
+    img = to_page_mode(ImageOps.exif_transpose(frame))
     pixels = img.width * img.height
     if pixels > max_page_pixels:
         scale = math.sqrt(max_page_pixels / pixels)
@@ -71,6 +71,13 @@ def _declared_dpi(img: Image.Image) -> float:
         return float(dpi[0]) if dpi and float(dpi[0]) > 1 else 0.0
     except (TypeError, ValueError):
         return 0.0
+
+
+def to_page_mode(img: Image.Image) -> Image.Image:
+    """A greyscale scan stays greyscale (the page is stored so: pages.stored_pixels); anything else, RGB."""
+    if img.mode in ("L", "1"):
+        return img.convert("L")
+    return to_rgb(img)
 
 
 def to_rgb(img: Image.Image) -> Image.Image:

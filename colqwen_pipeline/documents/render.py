@@ -31,6 +31,7 @@ from colqwen_pipeline.documents.failures import FALLBACK_CODES, FailureCode, Ren
 from colqwen_pipeline.documents.guard import run_workers
 from colqwen_pipeline.documents.manifest import MAX_SKIPPED_SHOWN, DocumentError, Manifest, PageRecord, SkippedPage
 from colqwen_pipeline.documents.office import convert_to_pdf
+from colqwen_pipeline.documents.pages import preview_name
 from colqwen_pipeline.documents.pdf import RENDERERS
 from colqwen_pipeline.documents.sniff import sniff
 from colqwen_pipeline.inbox import file_sha256
@@ -313,11 +314,11 @@ def _page_dpi(page: int, w_pt: float, h_pt: float, dpi: float, cap: int) -> floa
 
 
 def _keep_only(out: Path, records: dict[int, PageRecord]) -> None:
-    """Drop PNGs no record vouches for (written by a worker that died before reporting them)."""
-    wanted = {record.file for record in records.values()}
-    for png in out.glob("page-*.png"):
-        if png.name not in wanted:
-            png.unlink()
+    """Drop pages and previews no record vouches for (written by a worker that died before reporting them)."""
+    wanted = {record.file for record in records.values()} | {preview_name(page) for page in records}
+    for written in [*out.glob("page-*.png"), *out.glob("preview-*.jpg")]:
+        if written.name not in wanted:
+            written.unlink()
 
 
 TRUSTED = "raise %s if you trust the file"
