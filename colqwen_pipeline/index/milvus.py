@@ -377,21 +377,35 @@ class MilvusIndex(DocumentIndex):
         deleted. Returns tokens per doc_id."""
         rows = self._new_rows(documents, dim)
         with self.client() as client:
-            self._ensure(client, fingerprint, dim)
-            self._load(client, self.pages, self.collection)
-            info = self.collection_info(client)
-            store = self._store(info)
-            self._redraw_taken_uids(client, rows)
-            records = self._append_tokens(store, rows)
-            try:
-                insert_rows(client, self.pages, rows.page_rows(records), lambda r: len(r["image"]) + 512)
-            except BaseException:
-                store.retire(records)  # no row points at them: the scan must not offer them
-                raise
-            first_stage.for_index(self, client, store, CONSISTENCY).write(rows, dim)
+            store = self._prepare(client, fingerprint, dim)
+            self._write_pages(client, store, rows)
+            self._write_centroids(client, store, rows, dim)
             for doc in documents:
                 self._settle(client, store, doc.doc_id, rows.generation)
         return {doc.doc_id: sum(len(page.vectors) for page in doc.pages) for doc in documents}
+
+    def _prepare(self, client: Any, fingerprint: str, dim: int) -> TokenStore:
+        """The collections (created if absent, refused if they do not fit) and their token store."""
+        self._ensure(client, fingerprint, dim)
+        self._load(client, self.pages, self.collection)
+        store = self._store(self.collection_info(client))
+        if store is None:  # _ensure refuses to write into schema 4
+            raise IndexRefused(f"collection {self.collection!r} has no token store")
+        return store
+
+    def _write_pages(self, client: Any, store: TokenStore, rows: NewRows) -> None:
+        """The tokens (fsync'd), then the pages rows that point at them."""
+        self._redraw_taken_uids(client, rows)
+        records = self._append_tokens(store, rows)
+        try:
+            insert_rows(client, self.pages, rows.page_rows(records), lambda r: len(r["image"]) + 512)
+        except BaseException:
+            store.retire(records)  # no row points at them: the scan must not offer them
+            raise
+
+    def _write_centroids(self, client: Any, store: TokenStore, rows: NewRows, dim: int) -> None:
+        """After the pages rows: a centroid row never points at a page that is not fully written."""
+        first_stage.for_index(self, client, store, CONSISTENCY).write(rows, dim)
 
     def _append_tokens(self, store: TokenStore, rows: NewRows) -> list[int]:
         """Tokens before rows: a crash leaves only bytes no row references (``reclaim``)."""
