@@ -93,6 +93,7 @@ def test_a_row_whose_token_record_holds_another_page_raises_instead_of_scoring_w
     pages = unit_pages(1, 2)
     index.replace_document("doc-a", "a.pdf", pages, "model-x", DIM)
     with index.client() as client:
+        client.load_collection(index.pages)
         rows = client.query(index.pages, filter="page == 2", output_fields=["*"], limit=1)
         other = client.query(index.pages, filter="page == 1", output_fields=["record"], limit=1)[0]["record"]
         client.upsert(index.pages, [rows[0] | {"record": other}])  # page 2's row, page 1's tokens
