@@ -485,10 +485,11 @@ class MilvusIndex(DocumentIndex):
     def check(self, thorough: bool = False) -> dict[str, int]:
         """Open (and close) a client: an unreachable server or a bad token raises here, in one line.
         ``thorough``: centroid rows per document whose generation has no pages rows (search cannot
-        score them)."""
+        score them); it also reclaims the token store's orphan records (``reclaim``)."""
         with self.client() as client:
             if not thorough:
                 return {}
+            self.reclaim()
             if not client.has_collection(self.collection):
                 return {}
             self._load(client, self.pages, self.collection)
