@@ -74,6 +74,12 @@ class Settings(BaseSettings):
     index_partitions: int = Field(
         16, ge=1, le=1024, description="Partition-key buckets of the pages collection on a server (Lite: always 16)."
     )
+    index_token_dir: str = Field(
+        "",
+        description="Token stores (one folder per physical collection); empty = beside a Lite file, "
+        "or <home>/index-tokens/<server> for a server.",
+    )
+    index_token_bits: int = Field(7, ge=4, le=8, description="Bits per dimension of the stored page tokens.")
 
     # Cache
     redis_url: str = Field("", description="redis://[:password@]host:port/db; empty = no cache.")

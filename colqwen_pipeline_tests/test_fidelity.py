@@ -90,17 +90,19 @@ def truly_returned(settings, texts: list[str]) -> tuple[float, float]:
     from colqwen_pipeline.embedding.registry import embed_queries_cached
 
     queries = embed_queries_cached(settings, texts)[0]
+    index = make_index(settings)
+    per_token = max(2.0**-10, index.score_error_per_token)  # ties: the stored tokens' precision
     pages = {}
     for folder in sorted(settings.embeddings_dir.iterdir()):
         artifact = EmbeddingArtifact.read(folder)
         for i, record in enumerate(artifact.pages):
             pages[(folder.name, record["page"])] = np.asarray(artifact.page_vectors(i), dtype=np.float32)
     recalls, identities = [], []
-    for query, found in zip(queries, make_index(settings).search(queries, top_k=K), strict=True):
+    for query, found in zip(queries, index.search(queries, top_k=K), strict=True):
         q = np.asarray(query, dtype=np.float32)
         exact = {page: float((q @ vectors.T).max(axis=1).sum()) for page, vectors in pages.items()}
         ranked = sorted(exact, key=exact.get, reverse=True)
-        floor = exact[ranked[K - 1]] - len(q) * 2.0**-10
+        floor = exact[ranked[K - 1]] - len(q) * per_token
         returned = {(h.doc_id, h.page) for h in found}
         recalls.append(sum(exact[page] >= floor for page in returned) / K)
         identities.append(len(returned & set(ranked[:K])) / K)

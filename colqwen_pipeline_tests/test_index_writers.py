@@ -25,13 +25,12 @@ def _write_in_steps(index: MilvusIndex, doc: DocumentRows):
     """A writer paused between its phases: pages, centroids, settle."""
     rows = index._new_rows([doc], DIM)
     with index.client() as client:
-        index._ensure(client, "model-x", DIM)
-        index._load(client, index.pages, index.collection)
-        index._insert_pages(client, rows, DIM)
+        store = index._prepare(client, "model-x", DIM)
+        index._write_pages(client, store, rows)
         yield "pages"
-        index._insert_centroids(client, rows, DIM)
+        index._write_centroids(client, store, rows, DIM)
         yield "centroids"
-        index._settle(client, doc.doc_id, rows.generation)
+        index._settle(client, store, doc.doc_id, rows.generation)
     yield "settled"
 
 
@@ -40,6 +39,7 @@ def _one_copy(index: MilvusIndex, doc_id: str, pages: int) -> None:
     assert len({r["generation"] for r in rows}) == 1 and len(rows) == pages
     assert index.count_tokens(doc_id) == 40 * pages
     assert index.check(thorough=True) == {}
+    assert live_records(index) == pages  # the store retired every superseded page's tokens
     hits = index.exact_search([unit_pages(1, pages)[0].vectors[:4]], top_k=pages)[0]
     assert sorted(h.page for h in hits) == list(range(1, pages + 1))
 
@@ -67,24 +67,32 @@ def test_interleaved_writers_of_one_document_leave_one_copy(index: MilvusIndex, 
     _one_copy(index, "doc-a", 3)
 
 
-def test_orphan_centroid_rows_are_reported_and_removed_by_the_next_write(index: MilvusIndex):
+def live_records(index: MilvusIndex) -> int:
+    with index.client() as client:
+        return index._store(index.collection_info(client)).live_records()
+
+
+def test_orphan_centroid_rows_are_reported_and_removed_by_the_next_write(milvus_uri: str, tmp_path: Path):
+    """A server's first stage searches centroid rows in Milvus (Lite scans the token store's)."""
+    index = MilvusIndex(milvus_uri, unique_collection("orphans"), search_consistency="Strong", token_dir=tmp_path)
     index.replace_document("doc-a", "a.pdf", unit_pages(1, 2), "model-x", DIM)
     rows = index._new_rows([DocumentRows("doc-a", "a.pdf", unit_pages(1, 2))], DIM)
     with index.client() as client:
-        index._insert_centroids(client, rows, DIM)  # a crashed writer's centroids without pages
+        store = index._prepare(client, "model-x", DIM)
+        index._write_centroids(client, store, rows, DIM)  # a crashed writer's centroids without pages
     assert index.check(thorough=True) == {"doc-a": 2 * index.centroids_per_page}
 
     index.replace_document("doc-a", "a.pdf", unit_pages(1, 2), "model-x", DIM)
     _one_copy(index, "doc-a", 2)
 
 
-def test_two_threads_rewriting_one_document_on_a_server_converge(milvus_uri: str):
-    index = MilvusIndex(milvus_uri, unique_collection("race"), search_consistency="Strong")
+def test_two_threads_rewriting_one_document_on_a_server_converge(milvus_uri: str, tmp_path: Path):
+    index = MilvusIndex(milvus_uri, unique_collection("race"), search_consistency="Strong", token_dir=tmp_path)
     index.replace_document("doc-a", "a.pdf", unit_pages(1, 2), "model-x", DIM)
 
     def rewrite() -> None:
         for _ in range(4):
-            MilvusIndex(milvus_uri, index.collection).replace_document(
+            MilvusIndex(milvus_uri, index.collection, token_dir=tmp_path).replace_document(
                 "doc-a", "a.pdf", unit_pages(1, 2), "model-x", DIM
             )
 

@@ -32,8 +32,13 @@ def test_ingest_indexes_every_token_and_search_ranks_pages_by_exact_maxsim(state
     scores = maxsim(query, [vectors for _, _, vectors in pages])
     expected = sorted(zip(scores, [(key, page) for key, page, _ in pages], strict=True), reverse=True)[:3]
     hits = stages.search("replace the filter cartridge", top_k=3, settings=state)
-    assert [(h.doc_id, h.page) for h in hits] == [page for _, page in expected]
-    assert [h.score for h in hits] == pytest.approx([float(score) for score, _ in expected], rel=1e-4)
+    # Scored over the index's stored (7-bit) tokens: within its stated error of exact fp16 MaxSim,
+    # so pages whose exact scores are closer than that may trade places.
+    error = len(query) * index.score_error_per_token
+    exact = {page: float(score) for score, page in zip(scores, [(k, p) for k, p, _ in pages], strict=True)}
+    assert [h.score for h in hits] == pytest.approx([exact[(h.doc_id, h.page)] for h in hits], abs=error)
+    assert all(exact[(h.doc_id, h.page)] >= float(expected[-1][0]) - 2 * error for h in hits)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
     assert all(h.image_path.endswith(".png") for h in hits)
     assert {h.document for h in hits} <= {"pump_maintenance_manual.pdf", "scanned_invoice.jpg"}
     assert instance.get_dynamic_partitions("documents") == sorted(keys)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
-from colqwen_pipeline.evaluation.retrieval import FP16_TIE_PER_TOKEN, FidelityReport, RetrievalReport
+from colqwen_pipeline.evaluation.retrieval import FidelityReport, RetrievalReport
 
 CHUNK_ROWS = 65536  # token vectors checked at a time: bounded memory for long documents
 
@@ -192,7 +192,7 @@ def check_index_fidelity(report: FidelityReport, min_recall: float) -> CheckOutc
         "recall_at_k": round(recall, 4),
         "identity_recall_at_k": round(identity, 4),
         "min_recall": min_recall,
-        "tolerance_per_query_token": FP16_TIE_PER_TOKEN,
+        "tolerance_per_query_token": report.tolerance_per_token,
         "queries": len(report.per_query),
         "pages": report.pages,
         "worst_query_recall": round(min((q.recall for q in report.per_query), default=1.0), 4),
@@ -208,7 +208,8 @@ def check_index_fidelity(report: FidelityReport, min_recall: float) -> CheckOutc
     passed = recall >= min_recall
     figures = (
         f"recall {recall:.4f} ({'>=' if passed else '<'} {min_recall}) counting pages within "
-        f"{FP16_TIE_PER_TOKEN:.6f} per query token (fp16 precision) of the exact {report.k}th best, identity "
+        f"{report.tolerance_per_token:.6f} per query token (the stored tokens' precision) of the exact "
+        f"{report.k}th best, identity "
         f"recall {identity:.4f}, over {len(report.per_query)} queries and {report.pages} stored pages"
     )
     if passed:

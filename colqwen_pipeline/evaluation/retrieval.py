@@ -66,6 +66,7 @@ class FidelityReport:
     per_query: list[QueryFidelity] = field(default_factory=list)
     pages: int = 0
     not_indexed: int = 0  # pages of the exact top-k whose document the index does not hold
+    tolerance_per_token: float = FP16_TIE_PER_TOKEN  # the index's score precision (tie_tolerance)
 
     @property
     def recall(self) -> float:
@@ -124,11 +125,12 @@ def exact_scores(queries: Sequence[np.ndarray], artifacts: dict[str, EmbeddingAr
     return scores
 
 
-def tie_tolerance(query_tokens: int) -> float:
+def tie_tolerance(query_tokens: int, per_token: float = FP16_TIE_PER_TOKEN) -> float:
     """Scores closer than this are ties: fp16 storage of the query and page vectors moves each
     token's best similarity by up to ~2 x 2^-11 (unit vectors), so the stored vectors cannot order
-    two pages closer than that per query token (the model's own output could order them either way)."""
-    return query_tokens * FP16_TIE_PER_TOKEN
+    two pages closer than that per query token (the model's own output could order them either way).
+    An index that stores tokens more coarsely (``DocumentIndex.score_error_per_token``) passes its own."""
+    return query_tokens * per_token
 
 
 def judge_query(query_id: str, hits: Sequence[Hit], exact: dict[str, float], k: int, tolerance: float) -> QueryFidelity:
@@ -153,16 +155,17 @@ def index_fidelity(
     """The collection's search top-k against exact MaxSim over the embeddings artifacts, with ties
     (``tie_tolerance``) not counted as misses."""
     pages = sum(len(a.pages) for a in artifacts.values())
+    per_token = max(FP16_TIE_PER_TOKEN, index.score_error_per_token)
     if not queries or not artifacts:
-        return FidelityReport(k, [], pages)
+        return FidelityReport(k, [], pages, tolerance_per_token=per_token)
     vectors = embed_queries([q.query for q in queries])
     rankings = index.search(vectors, top_k=k)
     exact = exact_scores(vectors, artifacts)
     per_query = [
-        judge_query(query.query_id, hits, scores, k, tie_tolerance(len(vector)))
+        judge_query(query.query_id, hits, scores, k, tie_tolerance(len(vector), per_token))
         for query, vector, hits, scores in zip(queries, vectors, rankings, exact, strict=True)
     ]
     held = index.document_ids()
     expected_pages = {page for scores in exact for page in sorted(scores, key=lambda p: scores[p], reverse=True)[:k]}
     not_indexed = sum(1 for page in expected_pages if page.rsplit("#", 1)[0] not in held)
-    return FidelityReport(k, per_query, pages, not_indexed)
+    return FidelityReport(k, per_query, pages, not_indexed, per_token)

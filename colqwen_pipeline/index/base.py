@@ -70,6 +70,9 @@ class DocumentIndex(ABC):
     collection: str  # the name search reads (shown in metadata)
     uri: str
     schema_version: str
+    # How far a returned score may sit from exact MaxSim over the fp16 embeddings, per query token:
+    # fp16 storage moves it by up to ~2^-10; a quantised store by more (index_fidelity allows it).
+    score_error_per_token: float = 2.0**-10
 
     # -- writes: each document all-or-nothing for search, exactly one copy after a rewrite ---------
     @abstractmethod

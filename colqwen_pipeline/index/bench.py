@@ -150,7 +150,7 @@ def _ms(seconds: list[float], q: float) -> float | None:
 
 
 def _disk_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.exists() else 0
 
 
 def _documents(first_page: int, page_vectors: Sequence[np.ndarray]) -> list[DocumentRows]:
@@ -296,7 +296,8 @@ def bench_search(
     case; generating the pages is not counted). ``rss_anon_bytes_per_page``: growth of this process's
     anonymous resident memory (Lite runs in it) from before the build to after the searches, plus
     ``server_pid``'s RssAnon (a Milvus server's process, when given) per page.
-    ``bytes_per_page_disk``: the Lite file's size (null on a server: not the client's disk).
+    ``bytes_per_page_disk``: the Lite file's size plus its token stores (null on a server: not the
+    client's disk).
     ``build_s``: writing every page, then opening the index and answering a first query.
 
     ``uri``: a Milvus server (``http://host:19530``) instead of a temporary Lite file; the bench
@@ -311,7 +312,7 @@ def bench_search(
     root = Path(workdir or tempfile.mkdtemp(prefix="colqwen-bench-"))
     db = root / "milvus.db"
     name = f"bench_{secrets.token_hex(4)}" if uri else "bench"
-    index = MilvusIndex(uri or str(db), name)
+    index = MilvusIndex(uri or str(db), name, token_dir=root / "tokens")
     layra = f"{name}_{LAYRA}"
     peer_runs: dict[str, _PeerRun] = {}
     try:
@@ -332,7 +333,8 @@ def bench_search(
                 index.replace_documents(_documents(first, vectors), "bench", DIM)
                 build_s += time.perf_counter() - started
         ingest_s = build_s
-        bytes_per_page = None if uri else round(_disk_bytes(db) / pages)  # a server's disk is not ours to read
+        # The Lite file and its token stores (a server's disk is not ours to read; its stores are)
+        bytes_per_page = None if uri else round((_disk_bytes(db) + _disk_bytes(index.token_dir)) / pages)
         # Searched from a fresh process: its memory is the index's, not the build's garbage.
         spawn = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as searcher:

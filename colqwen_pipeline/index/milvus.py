@@ -36,22 +36,21 @@ from typing import Any
 
 import numpy as np
 
-from colqwen_pipeline.index import lite_server, two_stage
+from colqwen_pipeline.index import first_stage, lite_server, two_stage
 from colqwen_pipeline.index.base import DocumentIndex, DocumentRows, Hit, IndexRefused
 from colqwen_pipeline.index.connection import LiteBusy, load_once, shared_client
+from colqwen_pipeline.index.first_stage import MAX_REQUEST_ROWS, insert_rows
+from colqwen_pipeline.index.maxsim import page_centroids
 from colqwen_pipeline.index.milvus_rows import (
     ROW_BITS,
     NewRows,
-    centroid_rows,
     check_shapes,
-    flat,
+    chunked_page,
     implied_dim,
     literal,
     new_generation,
     newest,
-    page_rows,
     quote,
-    stored_page,
 )
 from colqwen_pipeline.index.milvus_schema import (
     CONSISTENCY,
@@ -59,23 +58,25 @@ from colqwen_pipeline.index.milvus_schema import (
     open_collections,
     require_supported_server,
 )
-from colqwen_pipeline.index.two_stage import StoredPage, TokenHit
+from colqwen_pipeline.index.token_store import NewPage, SegmentStore, TokenStore
+from colqwen_pipeline.index.two_stage import StoredPage
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = "4"  # 4: VARCHAR limits sized in bytes (milvus_schema)
-MAX_REQUEST_ROWS = 16_384  # a Milvus server's default cap on query/get/search result rows
-INSERT_BYTES = 16 << 20  # payload per insert call: few round trips, far below gRPC's limits
-FIRST_FETCH_CHUNKS = 8  # chunks fetched per candidate before knowing n_chunks (1,528 tokens at dim 128)
-MAX_QUERY_VECTORS = 1024  # query tokens per first-stage call
+# 5: tokens in the token store (7-bit codes, memory-mapped), one pages row per page;
+# 4: fp16 tokens in VARCHAR chunks of the pages rows (still read, never written)
+SCHEMA_VERSION = "5"
+CHUNKED_SCHEMA = "4"
+FIRST_FETCH_CHUNKS = 8  # schema 4: chunks fetched per candidate before knowing n_chunks
 # Replies must stay under gRPC's 256 MB message cap (a 50-query batch at 10,000 pages once asked
-# for 401 MB): at most 2,048 rows of <= 66 KB per get (and two_stage reads 256 pages at a time).
+# for 401 MB): at most 2,048 rows per get (and two_stage reads 256 pages at a time).
 MAX_GET_IDS = 2048
-ESTIMATE_TTL_S = 5.0  # how long search trusts a row count (as stale as a server's Bounded reads)
+RECLAIM_AGE_S = 3600.0  # a store record without a row is an orphan once no writer can still be busy with it
 
 
 _GEN_FIELDS = ["doc_id", "generation"]
-PAGE_FIELDS = [
+ROW_FIELDS = ["doc_id", "document", "page", "page_sha256", "generation", "image", "n_tokens", "record"]
+CHUNK_FIELDS = [
     "page_uid",
     "chunk",
     "n_chunks",
@@ -115,8 +116,15 @@ class MilvusIndex(DocumentIndex):
         lock_wait_s: float = 120.0,
         aliased: bool = True,
         search_consistency: str = "Bounded",
+        token_dir: str | Path | None = None,
+        token_bits: int = 7,
     ):
         self.uri, self.collection, self.token = uri, collection, token
+        # The token stores, one folder per physical collection: beside a Lite file, or a folder
+        # of the searching and writing machine's for a server (docs/search.md).
+        self.token_dir = Path(token_dir) if token_dir else default_token_dir(uri)
+        self.token_bits = token_bits
+        self._stores: dict[Path, SegmentStore] = {}  # kept across calls: their maps stay open
         # The configured name is an alias over a physical collection per model fingerprint, so a
         # reindex with a new model fills a new collection and switches the alias when complete.
         self.aliased = aliased
@@ -147,7 +155,15 @@ class MilvusIndex(DocumentIndex):
             index_type=settings.index_type,
             partitions=settings.index_partitions,
             search_consistency=settings.index_search_consistency,
+            token_dir=settings.index_token_dir or default_token_dir(settings.resolved_milvus_uri, settings.home_dir),
+            token_bits=settings.index_token_bits,
         )
+
+    @property
+    def score_error_per_token(self) -> float:  # type: ignore[override]
+        """Three standard deviations of a token's similarity error at ``token_bits`` (quantisation
+        step max|x| / levels, ~0.3 for unit 128-d vectors; error per dimension step / sqrt(12))."""
+        return token_error_per_token(self.token_bits)
 
     @property
     def is_lite(self) -> bool:
@@ -239,6 +255,7 @@ class MilvusIndex(DocumentIndex):
             "colqwen.fingerprint": fingerprint,
             "colqwen.dim": str(dim),
             "colqwen.centroids": str(self.centroids_per_page),
+            "colqwen.physical": self.collection,  # names its token store folder
         }
         create_collections(
             client,
@@ -308,7 +325,24 @@ class MilvusIndex(DocumentIndex):
             "schema": properties.get("colqwen.schema"),
             "fingerprint": properties.get("colqwen.fingerprint"),
             "dim": int(dim) if dim else None,
+            "physical": properties.get("colqwen.physical"),
         }
+
+    def _store(self, info: dict) -> SegmentStore | None:
+        """The token store of the physical collection ``info`` describes (None for schema 4)."""
+        if info["schema"] == CHUNKED_SCHEMA or not info["physical"]:
+            return None
+        folder = self.token_dir / info["physical"]
+        if folder not in self._stores:
+            self._stores[folder] = SegmentStore(folder, info["dim"], self.centroids_per_page, self.token_bits)
+        return self._stores[folder]
+
+    def _rows(self, client: Any, info: dict, consistency: str = CONSISTENCY) -> _StoreRows | _ChunkedRows:
+        """How this collection's pages are read: rows pointing into the store, or schema 4's chunks."""
+        store = self._store(info)
+        if store is None:
+            return _ChunkedRows(self, client, consistency)
+        return _StoreRows(self, client, store, consistency)
 
     def _ensure(self, client: Any, fingerprint: str, dim: int) -> None:
         """Create the collections if absent; never drop or alter existing ones; refuse a mismatch."""
@@ -338,54 +372,75 @@ class MilvusIndex(DocumentIndex):
     # -- writes ----------------------------------------------------------------------------------
     def replace_documents(self, documents: Sequence[DocumentRows], fingerprint: str, dim: int) -> dict[str, int]:
         """Many documents in one connection and few large inserts, each document still all-or-nothing
-        for search: every document gets a new generation (pages rows of all documents first, then
-        their centroid rows), then its older generations are deleted. Returns tokens per doc_id."""
+        for search: every document gets a new generation (its tokens into the store, fsync'd; then
+        the pages rows of all documents; then their centroid rows), then its older generations are
+        deleted. Returns tokens per doc_id."""
         rows = self._new_rows(documents, dim)
         with self.client() as client:
-            self._ensure(client, fingerprint, dim)
-            self._load(client, self.pages, self.collection)
-            self._insert_pages(client, rows, dim)
-            self._insert_centroids(client, rows, dim)
+            store = self._prepare(client, fingerprint, dim)
+            self._write_pages(client, store, rows)
+            self._write_centroids(client, store, rows, dim)
             for doc in documents:
-                self._settle(client, doc.doc_id, rows.generation)
+                self._settle(client, store, doc.doc_id, rows.generation)
         return {doc.doc_id: sum(len(page.vectors) for page in doc.pages) for doc in documents}
 
+    def _prepare(self, client: Any, fingerprint: str, dim: int) -> TokenStore:
+        """The collections (created if absent, refused if they do not fit) and their token store."""
+        self._ensure(client, fingerprint, dim)
+        self._load(client, self.pages, self.collection)
+        store = self._store(self.collection_info(client))
+        if store is None:  # _ensure refuses to write into schema 4
+            raise IndexRefused(f"collection {self.collection!r} has no token store")
+        return store
+
+    def _write_pages(self, client: Any, store: TokenStore, rows: NewRows) -> None:
+        """The tokens (fsync'd), then the pages rows that point at them."""
+        self._redraw_taken_uids(client, rows)
+        records = self._append_tokens(store, rows)
+        try:
+            insert_rows(client, self.pages, rows.page_rows(records), lambda r: len(r["image"]) + 512)
+        except BaseException:
+            store.retire(records)  # no row points at them: the scan must not offer them
+            raise
+
+    def _write_centroids(self, client: Any, store: TokenStore, rows: NewRows, dim: int) -> None:
+        """After the pages rows: a centroid row never points at a page that is not fully written."""
+        first_stage.for_index(self, client, store, CONSISTENCY).write(rows, dim)
+
+    def _append_tokens(self, store: TokenStore, rows: NewRows) -> list[int]:
+        """Tokens before rows: a crash leaves only bytes no row references (``reclaim``)."""
+        pairs = zip(rows.pages, rows.centroids, strict=True)
+        return store.append([NewPage(uid, doc.doc_id, page.vectors, c) for (doc, page, uid), c in pairs])
+
     def delete_document(self, doc_id: str) -> None:
-        """Every row of the document, centroid rows first (search never meets half a page)."""
+        """Every row of the document, centroid rows first (search never meets half a page), then
+        its tokens are retired in the store."""
         with self.client() as client:
             if client.has_collection(self.collection):
                 self._load(client, self.pages, self.collection)
+                reader = self._rows(client, self.collection_info(client))
+                records = reader.records(f"doc_id == {literal(doc_id)}")
                 for name in (self.collection, self.pages):
                     client.delete(name, filter=f"doc_id == {literal(doc_id)}")
+                reader.retire(records)
 
     def _new_rows(self, documents: Sequence[DocumentRows], dim: int) -> NewRows:
-        """Rows of a new generation (k-means centroids, packed tokens), computed before a connection
-        opens: a Lite file stays locked only for the inserts and deletes."""
+        """A new generation (k-means centroids per page), computed before a connection opens: a Lite
+        file stays locked only for the writes."""
         for doc in documents:
             check_shapes(doc.doc_id, doc.pages, dim, doc.document)
         generation = new_generation()  # unique to this call, so one per document written here
         pages = [(doc, page, secrets.randbits(54)) for doc in documents for page in doc.pages]
-        return NewRows(
-            pages,
-            [page_rows(uid, d.doc_id, d.document, p, generation) for d, p, uid in pages],
-            [centroid_rows(uid, d.doc_id, p, generation, dim, self.centroids_per_page) for d, p, uid in pages],
-            generation,
-        )
+        centroids = [page_centroids(page.vectors, self.centroids_per_page) for _, page, _ in pages]
+        return NewRows(pages, centroids, generation)
 
-    def _insert_pages(self, client: Any, rows: NewRows, dim: int) -> None:
-        """Pages first: a centroid row never points at a page that is not fully written."""
-        for i in self._taken(client, [uid for _, _, uid in rows.pages]):  # a 54-bit clash: draw again
+    def _redraw_taken_uids(self, client: Any, rows: NewRows) -> None:
+        """A 54-bit clash with a stored page: draw again (random ids need no coordination)."""
+        for i in self._taken(client, [uid for _, _, uid in rows.pages]):
             doc, page, _ = rows.pages[i]
-            uid = self._new_page_uids(client, 1)[0]
-            rows.page_rows[i] = page_rows(uid, doc.doc_id, doc.document, page, rows.generation)
-            rows.centroid_rows[i] = centroid_rows(uid, doc.doc_id, page, rows.generation, dim, self.centroids_per_page)
-        size = lambda r: len(r["tokens"]) + 4 * dim + 512  # noqa: E731 - a one-line estimate
-        self._insert(client, self.pages, flat(rows.page_rows), bytes_per_row=size)
+            rows.pages[i] = (doc, page, self._new_page_uids(client, 1)[0])
 
-    def _insert_centroids(self, client: Any, rows: NewRows, dim: int) -> None:
-        self._insert(client, self.collection, flat(rows.centroid_rows), bytes_per_row=lambda r: 4 * dim + 128)
-
-    def _settle(self, client: Any, doc_id: str, written: str) -> None:
+    def _settle(self, client: Any, store: TokenStore | None, doc_id: str, written: str) -> None:
         """After writing generation ``written`` of a document, keep only its newest generation. Two
         writers of one document (the sensor and the nightly reindex on a server, which has no file
         lock) may interleave: each deletes the generations older than the newest it sees, its own
@@ -393,13 +448,16 @@ class MilvusIndex(DocumentIndex):
         (issue 20: all pages rows gone, 24 orphan centroid rows left). "Older than" by value, not
         a list of what was seen, so centroid rows of any older generation go too (a loser's,
         written after its pages were deleted) and a newer writer's rows never do."""
-        generations = self._row_generations(client, self.pages, doc_id, "chunk == 0 and ") | {written}
-        newest = max(generations)
+        generations = self._row_generations(client, self.pages, doc_id) | {written}
+        newest_generation = max(generations)
         if len(generations) == 1:  # a first write, unraced: nothing older to delete (the usual case)
             return
-        expression = f"doc_id == {literal(doc_id)} and generation < {literal(newest)}"
+        expression = f"doc_id == {literal(doc_id)} and generation < {literal(newest_generation)}"
+        retired = [row["record"] for row in self._rows_where(client, expression, ["record"])]
         client.delete(self.collection, filter=expression)  # centroid rows first: never a half page
         client.delete(self.pages, filter=expression)
+        if store is not None:
+            store.retire(retired)  # after the rows: a record is retired only once nothing points at it
 
     def _new_page_uids(self, client: Any, count: int) -> list[int]:
         """Random 54-bit page ids, re-drawn if taken (random ids need no coordination between writers)."""
@@ -412,42 +470,32 @@ class MilvusIndex(DocumentIndex):
         """Positions of ``uids`` that already name a stored page."""
         if not uids:
             return []
-        rows = self._get(client, self.pages, [uid << ROW_BITS for uid in uids], ["page_uid"])
-        clashes = {row["page_uid"] for row in rows}
+        clashes = {row["id"] for row in self._get(client, self.pages, uids, ["page"])}
         return [i for i, uid in enumerate(uids) if uid in clashes]
 
-    def _insert(self, client: Any, name: str, rows: list[dict], bytes_per_row: Any) -> None:
-        """Insert in as few calls as the payload allows (rows of many pages per call)."""
-        batch: list[dict] = []
-        size = 0
-        for row in rows:
-            batch.append(row)
-            size += bytes_per_row(row)
-            if size >= INSERT_BYTES or len(batch) >= MAX_REQUEST_ROWS:
-                client.insert(name, batch)
-                batch, size = [], 0
-        if batch:
-            client.insert(name, batch)
-
-    def _row_generations(self, client: Any, name: str, doc_id: str, condition: str = "") -> set[str]:
-        expression = f"{condition}doc_id == {literal(doc_id)}"
-        rows = client.query(name, filter=expression, output_fields=["generation"], limit=MAX_REQUEST_ROWS)
+    def _rows_where(self, client: Any, expression: str, fields: list[str]) -> list[dict]:
+        rows = client.query(self.pages, filter=expression, output_fields=fields, limit=MAX_REQUEST_ROWS)
         if len(rows) == MAX_REQUEST_ROWS:  # a huge document: page through all of it
-            rows = list(self._iterate(client, name, expression, ["generation"]))
-        return {row["generation"] for row in rows}
+            rows = list(self._iterate(client, self.pages, expression, fields))
+        return rows
+
+    def _row_generations(self, client: Any, name: str, doc_id: str) -> set[str]:
+        return {row["generation"] for row in self._rows_where(client, f"doc_id == {literal(doc_id)}", ["generation"])}
 
     def check(self, thorough: bool = False) -> dict[str, int]:
         """Open (and close) a client: an unreachable server or a bad token raises here, in one line.
         ``thorough``: centroid rows per document whose generation has no pages rows (search cannot
-        score them)."""
+        score them); it also reclaims the token store's orphan records (``reclaim``)."""
         with self.client() as client:
             if not thorough:
                 return {}
+            self.reclaim()
             if not client.has_collection(self.collection):
                 return {}
             self._load(client, self.pages, self.collection)
+            reader = self._rows(client, self.collection_info(client))
             pages = {
-                (r["doc_id"], r["generation"]) for r in self._iterate(client, self.pages, "chunk == 0", _GEN_FIELDS)
+                (r["doc_id"], r["generation"]) for r in self._iterate(client, self.pages, reader.heads, _GEN_FIELDS)
             }
             orphans: dict[str, int] = {}
             for row in self._iterate(client, self.collection, "id >= 0", _GEN_FIELDS):
@@ -455,30 +503,43 @@ class MilvusIndex(DocumentIndex):
                     orphans[row["doc_id"]] = orphans.get(row["doc_id"], 0) + 1
         return orphans
 
+    def reclaim(self, older_than_s: float = RECLAIM_AGE_S) -> int:
+        """Retire the token store records that no pages row references (a crash between a write's
+        tokens and its rows) once older than ``older_than_s`` (a writer may still be between the
+        two), and delete segments holding no live record. Returns records retired."""
+        with self.client() as client:
+            if not client.has_collection(self.collection):
+                return 0
+            self._load(client, self.pages)
+            store = self._store(self.collection_info(client))
+            if store is None:
+                return 0
+            referenced = {row["record"] for row in self._iterate(client, self.pages, "id >= 0", ["record"])}
+            return store.reclaim(referenced, older_than_s)
+
     # -- reads -----------------------------------------------------------------------------------
     def token_counts_by_document(self, doc_ids: Sequence[str] | None = None) -> dict[str, int]:
         """Token vectors stored per document (all, or those of ``doc_ids``), over every generation on disk."""
         if doc_ids is not None and not doc_ids:
             return {}
-        expression = f"chunk == 0 and doc_id in {quote(doc_ids)}" if doc_ids else "chunk == 0"
-        return dict(sorted(self._token_counts_where(expression).items()))
-
-    def _token_counts_where(self, expression: str) -> dict[str, int]:
         with self.client() as client:
             if not client.has_collection(self.pages):
                 return {}
             self._load(client, self.pages)
+            heads = self._rows(client, self.collection_info(client)).heads
+            expression = f"{heads} and doc_id in {quote(doc_ids)}" if doc_ids else heads
             counts: dict[str, int] = {}
             for row in self._iterate(client, self.pages, expression, ["doc_id", "n_tokens"]):
                 counts[row["doc_id"]] = counts.get(row["doc_id"], 0) + row["n_tokens"]
-            return counts
+            return dict(sorted(counts.items()))
 
     def document_ids(self) -> set[str]:
         with self.client() as client:
             if not client.has_collection(self.pages):
                 return set()
             self._load(client, self.pages)
-            return {row["doc_id"] for row in self._iterate(client, self.pages, "chunk == 0", ["doc_id"])}
+            heads = self._rows(client, self.collection_info(client)).heads
+            return {row["doc_id"] for row in self._iterate(client, self.pages, heads, ["doc_id"])}
 
     def page_rows(self, doc_id: str) -> list[dict]:
         """One dict per stored page of the document: page, page_sha256, n_tokens, generation (sorted)."""
@@ -486,8 +547,9 @@ class MilvusIndex(DocumentIndex):
             if not client.has_collection(self.pages):
                 return []
             self._load(client, self.pages)
+            heads = self._rows(client, self.collection_info(client)).heads
             fields = ["page", "page_sha256", "n_tokens", "generation"]
-            rows = self._iterate(client, self.pages, f"doc_id == {literal(doc_id)} and chunk == 0", fields)
+            rows = self._iterate(client, self.pages, f"doc_id == {literal(doc_id)} and {heads}", fields)
             return sorted(({k: row[k] for k in fields} for row in rows), key=lambda r: (r["page"], r["generation"]))
 
     def _load(self, client: Any, *names: str) -> None:
@@ -514,7 +576,7 @@ class MilvusIndex(DocumentIndex):
             rows += client.get(name, ids=batch, output_fields=fields, consistency_level=consistency)
         return rows
 
-    # -- search (two_stage ranks; _MilvusPages reads) ----------------------------------------------
+    # -- search (two_stage ranks; first_stage proposes; _StoreRows / _ChunkedRows read) -----------
     def search(
         self,
         queries: Sequence[np.ndarray],
@@ -525,19 +587,23 @@ class MilvusIndex(DocumentIndex):
         """Top-k pages per query: centroids first stage, exact MaxSim over the candidates (two_stage)."""
         wanted = max(candidates or self.candidates, top_k)
         with self.client() as client:
-            if not client.has_collection(self.collection):
+            info = self.collection_info(client)
+            if info is None:
                 return [[] for _ in queries]
-            store = _MilvusPages(self, client, self.search_consistency)
-            return two_stage.search(store, queries, top_k, doc_ids, wanted, self.exact_share)
+            self._load(client, self.pages)
+            reader = self._rows(client, info, self.search_consistency)
+            stage = first_stage.for_index(self, client, reader.store, self.search_consistency)
+            return two_stage.search(stage, reader, queries, top_k, doc_ids, wanted, self.exact_share)
 
     def exact_search(
         self, queries: Sequence[np.ndarray], top_k: int = 5, doc_ids: Sequence[str] | None = None
     ) -> list[list[Hit]]:
-        """Brute force: exact MaxSim over every stored page (for fidelity checks; slow at scale)."""
+        """Brute force: MaxSim over every stored page (for fidelity checks; slow at scale)."""
         with self.client() as client:
             if not client.has_collection(self.pages):
                 return [[] for _ in queries]
-            return two_stage.exact_search(_MilvusPages(self, client, CONSISTENCY), queries, top_k, doc_ids)
+            self._load(client, self.pages)
+            return two_stage.exact_search(self._rows(client, self.collection_info(client)), queries, top_k, doc_ids)
 
     def _dim(self, client: Any) -> int:
         info = self.collection_info(client)
@@ -547,81 +613,100 @@ class MilvusIndex(DocumentIndex):
         return next(f["params"]["dim"] for f in description["fields"] if f["name"] == "vector")
 
 
-class _MilvusPages:
-    """Pages of one Milvus index as the two-stage search reads them (``two_stage.PageStore``):
-    centroids searched by ANN, tokens fetched by primary key (the key encodes page and chunk, so
-    no filter scan and no 16384-row query cap)."""
+def token_error_per_token(bits: int) -> float:
+    return max(2.0**-10, 3 * 0.3 / ((1 << (bits - 1)) - 1) / 12**0.5)
+
+
+def default_token_dir(uri: str, home: Path | None = None) -> Path:
+    """Beside a Lite file (``milvus.db`` -> ``milvus.db.tokens``); for a server, a folder of this
+    machine's state named after the URI."""
+    if "://" not in uri:
+        path = Path(uri).resolve()
+        return path.with_name(path.name + ".tokens")
+    safe = "".join(c if c.isalnum() else "_" for c in uri.split("://", 1)[1])
+    return (home or Path("var").resolve()) / "index-tokens" / safe
+
+
+class _StoreRows:
+    """Pages of a schema-5 collection (``two_stage.PageSource``): one row a page by primary key,
+    its tokens read from the token store (page cache, no anonymous memory)."""
+
+    heads = "id >= 0"  # every row is a page
+
+    def __init__(self, index: MilvusIndex, client: Any, store: SegmentStore, consistency: str):
+        self.index, self.client, self.store, self.consistency = index, client, store, consistency
+
+    def page_uids(self, doc_ids: Sequence[str] | None) -> list[int]:
+        expression = self.heads + (f" and doc_id in {quote(doc_ids)}" if doc_ids else "")
+        rows = self.index._iterate(self.client, self.index.pages, expression, ["doc_id", "page", "generation"])
+        return [row["id"] for row in newest(rows)]
+
+    def fetch(self, uids: list[int]) -> dict[int, StoredPage]:
+        """The pages that exist among ``uids`` (a dead or crashed record has no row); a row whose
+        record holds another page or another token count is an error, never a wrong score."""
+        if not uids:
+            return {}
+        rows = self.index._get(self.client, self.index.pages, uids, ROW_FIELDS, self.consistency)
+        rows = newest(rows)
+        tokens = self.store.read([row["record"] for row in rows])
+        pages = {}
+        for row, (page_uid, vectors) in zip(rows, tokens, strict=True):
+            if page_uid != row["id"] or len(vectors) != row["n_tokens"]:
+                raise IndexRefused(
+                    f"{row['doc_id']} page {row['page']}: token store record {row['record']} holds "
+                    f"{len(vectors)} tokens of page {page_uid}, the row expects {row['n_tokens']} of {row['id']}"
+                )
+            pages[row["id"]] = StoredPage(
+                row["id"], row["doc_id"], row["document"], int(row["page"]), row["page_sha256"],
+                row["generation"], row["image"], vectors,
+            )  # fmt: skip
+        return pages
+
+    def records(self, expression: str) -> list[int]:
+        return [row["record"] for row in self.index._rows_where(self.client, expression, ["record"])]
+
+    def retire(self, records: list[int]) -> None:
+        self.store.retire(records)
+
+
+class _ChunkedRows:
+    """Pages of a schema-4 collection (read only, until a rebuild switches over): a few rows a
+    page, fp16 tokens packed in base64 chunks, fetched by primary key (page_uid << ROW_BITS | chunk)."""
+
+    heads = "chunk == 0"
+    store = None
 
     def __init__(self, index: MilvusIndex, client: Any, consistency: str):
         self.index, self.client, self.consistency = index, client, consistency
 
-    def pages_estimate(self) -> int:
-        """Pages in the collection, from its row statistics (a page has up to ``centroids_per_page``
-        rows), asked at most every ``ESTIMATE_TTL_S``: the call cost ~6 ms of a 1,000-page query on
-        Lite, and a stale answer only picks the other of two exact-enough paths."""
-        index = self.index
-        when, pages = index._estimates.get(index.collection, (-ESTIMATE_TTL_S, 0))
-        if time.monotonic() - when >= ESTIMATE_TTL_S:
-            pages = -(-self._centroid_rows() // index.centroids_per_page)
-            index._estimates[index.collection] = (time.monotonic(), pages)
-        return pages
-
-    def _centroid_rows(self) -> int:
-        """Lite: its row statistics. A server's statistics count flushed segments only (0 for a new
-        index), so ask it to count (2.3+), as current as this search's consistency."""
-        if self.index.is_lite:
-            return int(self.client.get_collection_stats(self.index.collection).get("row_count", 0))
-        self.index._load(self.client, self.index.collection)
-        reply = self.client.query(
-            self.index.collection, filter="", output_fields=["count(*)"], consistency_level=self.consistency
-        )
-        return int(reply[0]["count(*)"])
-
-    def first_stage(self, tokens: np.ndarray, doc_ids: Sequence[str] | None) -> list[list[TokenHit]]:
-        index = self.index
-        index._load(self.client, index.collection, index.pages)
-        expression = f"doc_id in {quote(doc_ids)}" if doc_ids else ""
-        limit = min(index.hits_per_token, MAX_REQUEST_ROWS)
-        hits: list[list[TokenHit]] = []
-        for start in range(0, len(tokens), MAX_QUERY_VECTORS):
-            replies = self.client.search(
-                index.collection,
-                data=tokens[start : start + MAX_QUERY_VECTORS].tolist(),
-                limit=limit,
-                filter=expression,
-                # The key already encodes the page; Lite answers an empty field list with every
-                # field (vectors included), ~2x slower, so ask for one short one.
-                output_fields=["doc_id"],
-                search_params={"metric_type": "IP", "params": {"ef": max(limit, 64)}},
-                consistency_level=self.consistency,
-            )
-            hits += [[TokenHit(h["id"] >> ROW_BITS, h["distance"]) for h in reply] for reply in replies]
-        return hits
-
     def page_uids(self, doc_ids: Sequence[str] | None) -> list[int]:
-        index = self.index
-        index._load(self.client, index.pages)
-        expression = "chunk == 0" + (f" and doc_id in {quote(doc_ids)}" if doc_ids else "")
-        heads = index._iterate(self.client, index.pages, expression, ["page_uid", "doc_id", "page", "generation"])
+        expression = self.heads + (f" and doc_id in {quote(doc_ids)}" if doc_ids else "")
+        heads = self.index._iterate(
+            self.client, self.index.pages, expression, ["page_uid", "doc_id", "page", "generation"]
+        )
         return [row["page_uid"] for row in newest(heads)]
 
     def fetch(self, uids: list[int]) -> dict[int, StoredPage]:
-        """Pages' token vectors by primary key; a page whose rows come back incomplete is an error,
-        never a silently wrong score. Of two generations of one page, only the newest is kept."""
+        """A page whose rows come back incomplete is an error, never a silently wrong score."""
         if not uids:
             return {}
         index, client = self.index, self.client
-        index._load(client, index.pages)
         first = [uid << ROW_BITS | c for uid in uids for c in range(FIRST_FETCH_CHUNKS)]
-        rows = index._get(client, index.pages, first, PAGE_FIELDS, self.consistency)
+        rows = index._get(client, index.pages, first, CHUNK_FIELDS, self.consistency)
         by_page: dict[int, list[dict]] = {}
         for row in rows:
             by_page.setdefault(row["page_uid"], []).append(row)
         rest = [
             uid << ROW_BITS | c for uid, got in by_page.items() for c in range(FIRST_FETCH_CHUNKS, got[0]["n_chunks"])
         ]
-        for row in index._get(client, index.pages, rest, PAGE_FIELDS, self.consistency):
+        for row in index._get(client, index.pages, rest, CHUNK_FIELDS, self.consistency):
             by_page[row["page_uid"]].append(row)
         dim = implied_dim(by_page.values()) or index._dim(client)  # no describe call per query
         keep = [row["page_uid"] for row in newest(got[0] for got in by_page.values())]
-        return {uid: stored_page(uid, by_page[uid], dim) for uid in keep}
+        return {uid: chunked_page(uid, by_page[uid], dim) for uid in keep}
+
+    def records(self, expression: str) -> list[int]:
+        return []
+
+    def retire(self, records: list[int]) -> None:
+        """Nothing: schema 4 keeps its tokens in its rows."""

@@ -1,6 +1,7 @@
-"""The row format of the two Milvus collections: what a page becomes on write (pages rows of
-packed fp16 tokens, centroid rows), what it is read back as, the generations that make a
-rewrite all-or-nothing, and expression literals."""
+"""The row format of the two Milvus collections: what a page becomes on write (a pages row that
+points at its tokens in the token store, centroid rows), what it is read back as, the generations
+that make a rewrite all-or-nothing, and expression literals. Schema 4's chunked rows (fp16 tokens
+in VARCHAR) are still read, so that search serves an old index until its rebuild switches over."""
 
 from __future__ import annotations
 
@@ -14,28 +15,36 @@ from typing import Any
 import numpy as np
 
 from colqwen_pipeline.index.base import DocumentRows, IndexRefused, PageRows
-from colqwen_pipeline.index.maxsim import (
-    mean_direction,
-    pack_chunk,
-    packed_bytes,
-    page_centroids,
-    split_tokens,
-    unpack_tokens,
-)
-from colqwen_pipeline.index.milvus_schema import DOC_ID_BYTES, DOCUMENT_BYTES, IMAGE_BYTES
+from colqwen_pipeline.index.maxsim import packed_bytes, unpack_tokens
+from colqwen_pipeline.index.milvus_schema import DOC_ID_BYTES, DOCUMENT_BYTES, IMAGE_BYTES, PLACEHOLDER
 from colqwen_pipeline.index.two_stage import StoredPage
 
-ROW_BITS = 8  # key = page_uid << ROW_BITS | row (a centroid, or a chunk of the page's tokens)
+ROW_BITS = 8  # centroid key = page_uid << ROW_BITS | centroid (schema 4 chunks: page_uid << ROW_BITS | chunk)
 
 
 @dataclass
 class NewRows:
-    """One generation's rows of some documents, before they are written."""
+    """One generation's pages of some documents, before they are written: the centroids are
+    computed before a connection opens (a Lite file stays locked only for the writes)."""
 
     pages: list[tuple[DocumentRows, PageRows, int]]  # (document, page, page uid)
-    page_rows: list[list[dict]]
-    centroid_rows: list[list[dict]]
+    centroids: list[np.ndarray]  # per page, (<= centroids per page, dim)
     generation: str
+
+    def page_rows(self, records: Sequence[int]) -> list[dict]:
+        """One pages row per page, pointing at its record in the token store."""
+        return [
+            {"id": uid, "record": record, "vector": PLACEHOLDER}
+            | page_fields(doc.doc_id, doc.document, page, self.generation)
+            for (doc, page, uid), record in zip(self.pages, records, strict=True)
+        ]
+
+    def centroid_rows(self, dim: int) -> list[dict]:
+        return [
+            row
+            for (doc, _, uid), centroids in zip(self.pages, self.centroids, strict=True)
+            for row in centroid_rows(uid, doc.doc_id, centroids, self.generation, dim)
+        ]
 
 
 def literal(value: str) -> str:
@@ -94,6 +103,7 @@ def _shape_error(doc_id: str, page: PageRows, dim: int) -> str:
     return f"{doc_id} page {page.page}: vectors of shape {page.vectors.shape}, expected (n, {dim})"
 
 
+# -- schema 4, read only: a page's fp16 tokens in base64 chunks of its rows -------------------------
 def implied_dim(pages: Iterable[list[dict]]) -> int | None:
     """The vector dimension that every fetched page with tokens implies (fp16 bytes / token count), or
     None when they disagree or there are none (the caller then asks the collection). ``stored_page``
@@ -107,7 +117,7 @@ def implied_dim(pages: Iterable[list[dict]]) -> int | None:
     return int(dim) if dim >= 1 and dim.is_integer() else None
 
 
-def stored_page(uid: int, rows: list[dict], dim: int) -> StoredPage:
+def chunked_page(uid: int, rows: list[dict], dim: int) -> StoredPage:
     rows.sort(key=lambda r: r["chunk"])
     head = rows[0]
     if len(rows) != head["n_chunks"]:
@@ -140,27 +150,8 @@ def newest(rows: Iterable[dict]) -> list[dict]:
     return list(newest.values())
 
 
-def page_rows(uid: int, doc_id: str, document: str, page: PageRows, generation: str) -> list[dict]:
-    """A page's rows in the pages collection: its tokens packed in chunks, one row a chunk."""
-    chunks = split_tokens(page.vectors) or [page.vectors]  # a page without tokens still gets a row
-    if len(chunks) >= 1 << ROW_BITS:
-        raise IndexRefused(f"{doc_id} page {page.page}: {len(page.vectors)} tokens is more than a page can hold")
-    base = {"page_uid": uid, "n_chunks": len(chunks)} | page_fields(doc_id, document, page, generation)
-    return [
-        base
-        | {
-            "id": uid << ROW_BITS | number,
-            "chunk": number,
-            "tokens": pack_chunk(chunk),
-            "vector": mean_direction(chunk),
-        }
-        for number, chunk in enumerate(chunks)
-    ]
-
-
-def centroid_rows(uid: int, doc_id: str, page: PageRows, generation: str, dim: int, count: int) -> list[dict]:
-    """A page's rows in the searched collection: ``count`` k-means centroids of its tokens."""
-    centroids = page_centroids(page.vectors, count)
+def centroid_rows(uid: int, doc_id: str, centroids: np.ndarray, generation: str, dim: int) -> list[dict]:
+    """A page's rows in the searched collection: its k-means centroids."""
     if not len(centroids):
         centroids = np.zeros((1, dim), dtype=np.float32)
     return [

@@ -1,5 +1,5 @@
-"""The schema of the two Milvus collections (portable across Lite, standalone and cluster), and
-what this code needs of a server."""
+"""The schema of the two Milvus collections (schema 5: tokens in the token store), portable across
+Lite, standalone and cluster, and what this code needs of a server."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import logging
 from typing import Any
 
 from colqwen_pipeline.index.base import IndexRefused
-from colqwen_pipeline.index.maxsim import VARCHAR_LIMIT
 
 log = logging.getLogger(__name__)
 
@@ -19,6 +18,8 @@ MIN_SERVER = (2, 3)  # partition keys, query iterators, collection properties (d
 # CJK path, 2,174 bytes, failed its write on a server). The engine admits document paths of up to
 # 1,024 characters, of up to 4 bytes each; the image path is the state folder's plus a key.
 DOC_ID_BYTES, DOCUMENT_BYTES, IMAGE_BYTES = 512, 4 * 1024, 8 * 1024
+PLACEHOLDER_DIM = 2
+PLACEHOLDER = [1.0, 0.0]
 
 
 def create_collections(
@@ -38,21 +39,18 @@ def create_collections(
 
     if not client.has_collection(pages):
         schema = client.create_schema(auto_id=False)
-        schema.add_field("id", DataType.INT64, is_primary=True)  # page_uid << ROW_BITS | chunk
-        schema.add_field("page_uid", DataType.INT64)
-        schema.add_field("chunk", DataType.INT32)
-        schema.add_field("n_chunks", DataType.INT32)
-        schema.add_field("n_tokens", DataType.INT32)
+        schema.add_field("id", DataType.INT64, is_primary=True)  # the page uid
         schema.add_field("doc_id", DataType.VARCHAR, max_length=DOC_ID_BYTES, is_partition_key=True)
         schema.add_field("document", DataType.VARCHAR, max_length=DOCUMENT_BYTES)
         schema.add_field("page", DataType.INT32)
         schema.add_field("page_sha256", DataType.VARCHAR, max_length=64)
         schema.add_field("generation", DataType.VARCHAR, max_length=40)
         schema.add_field("image", DataType.VARCHAR, max_length=IMAGE_BYTES)
-        schema.add_field("tokens", DataType.VARCHAR, max_length=VARCHAR_LIMIT)
-        # Every Milvus collection needs a vector field; this one (the chunk's mean direction)
-        # is never searched: the centroids collection is.
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        schema.add_field("n_tokens", DataType.INT32)
+        schema.add_field("record", DataType.INT64)  # the page's tokens in the token store
+        # Every Milvus collection needs a vector field; nothing searches this one, so it is the
+        # smallest a server accepts (the centroids collection is searched).
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=PLACEHOLDER_DIM)
         client.create_collection(
             pages,
             schema=schema,

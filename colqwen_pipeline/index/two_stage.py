@@ -6,8 +6,9 @@ First stage: every query token of every query is searched against the pages' sum
 The best ``wanted`` pages per query are fetched and scored exactly. When the candidates would be a
 large share of the collection anyway, every page is scored exactly (same cost, no misses).
 
-The store (``PageStore``) says how the summaries are searched and the tokens read back; this
-module holds no storage detail, so another layout reuses the ranking unchanged.
+The first stage (``FirstStage``: Milvus HNSW centroids, or a scan of the token store's centroids)
+ranks pages; the page source (``PageSource``) reads their tokens back; this module holds no
+storage detail, so another layout reuses the ranking unchanged.
 """
 
 from __future__ import annotations
@@ -52,53 +53,101 @@ class TokenHit:
     similarity: float
 
 
-class PageStore(Protocol):
+class FirstStage(Protocol):
     def pages_estimate(self) -> int:
         """Pages stored, roughly (0: unknown; the first stage then decides)."""
 
-    def first_stage(self, tokens: np.ndarray, doc_ids: Sequence[str] | None) -> list[list[TokenHit]]:
-        """Per query token, its best summary hits (newest generations only need not hold here)."""
+    def ranked(self, queries: Sequence[np.ndarray], doc_ids: Sequence[str] | None, depth: int) -> list[list[int]]:
+        """Per query, page uids best first, up to ``depth`` (dead or superseded pages may be among
+        them: the exact stage skips what ``fetch`` does not return and reads further down)."""
 
+
+class PageSource(Protocol):
     def page_uids(self, doc_ids: Sequence[str] | None) -> list[int]:
         """Every searchable page (the newest generation of each)."""
 
     def fetch(self, uids: list[int]) -> dict[int, StoredPage]:
-        """Pages by uid; of two generations of one page only the newest; an incomplete page raises."""
+        """Pages by uid, those that exist; of two generations of one page only the newest; a
+        damaged page raises."""
+
+
+# The first stage ranks this many times the wanted candidates: a dead or superseded page among them
+# (a crashed write's tokens, the older generation while a re-ingest settles) is replaced by the next.
+RANK_DEPTH = 4
 
 
 def search(
-    store: PageStore,
+    first: FirstStage,
+    pages: PageSource,
     queries: Sequence[np.ndarray],
     top_k: int,
     doc_ids: Sequence[str] | None,
     wanted: int,
     exact_share: int = EXACT_SHARE,
 ) -> list[list[Hit]]:
-    """Top-k pages per query by exact MaxSim over the best ``wanted`` first-stage candidates. All
-    queries share one first-stage call; their candidates are fetched in groups whose pages fit
+    """Top-k pages per query by exact MaxSim over the best ``wanted`` live first-stage candidates.
+    All queries share one first-stage call; their candidates are fetched in groups whose pages fit
     one bounded fetch."""
     queries = [np.asarray(q, dtype=np.float32).reshape(len(q), -1) for q in queries]
     if not queries:
         return []
-    if 0 < store.pages_estimate() <= wanted * exact_share:
-        return exact_search(store, queries, top_k, doc_ids)
-    hits = store.first_stage(np.concatenate(queries), doc_ids)
-    ranked, offset = [], 0
-    for query in queries:
-        scores = approximate_scores(hits[offset : offset + len(query)])
-        offset += len(query)
-        ranked.append(sorted(scores, key=scores.get, reverse=True)[:wanted])
+    if 0 < first.pages_estimate() <= wanted * exact_share:
+        return exact_search(pages, queries, top_k, doc_ids)
+    rankings = first.ranked(queries, doc_ids, wanted * RANK_DEPTH)
     results: list[list[Hit]] = []
     group = max(1, FETCH_PAGES // wanted)
     for start in range(0, len(queries), group):
-        batch = list(zip(queries[start : start + group], ranked[start : start + group], strict=True))
-        stored = store.fetch(sorted({uid for _, uids in batch for uid in uids}))
-        results += [exact_top_k(q, [stored[u] for u in uids if u in stored], top_k) for q, uids in batch]
+        chosen = live_candidates(pages, rankings[start : start + group], wanted, doc_ids)
+        results += [
+            exact_top_k(q, found, top_k) for q, found in zip(queries[start : start + group], chosen, strict=True)
+        ]
     return results
 
 
+def live_candidates(
+    pages: PageSource, rankings: list[list[int]], wanted: int, doc_ids: Sequence[str] | None
+) -> list[list[StoredPage]]:
+    """Per ranking, its first ``wanted`` pages that exist (and belong to ``doc_ids``), fetched in
+    rounds: the first asks for ``wanted`` per ranking; a page that is not there is replaced by the
+    next of its ranking in the following round."""
+    allowed = set(doc_ids) if doc_ids is not None else None
+    stored: dict[int, StoredPage] = {}
+    asked: set[int] = set()
+    chosen: list[list[int]] = [[] for _ in rankings]
+    cursor = [0] * len(rankings)
+    while True:
+        round_uids: list[set[int]] = [set() for _ in rankings]
+        for i, ranking in enumerate(rankings):
+            while len(chosen[i]) + len(round_uids[i]) < wanted and cursor[i] < len(ranking):
+                uid = ranking[cursor[i]]
+                cursor[i] += 1
+                if uid in stored:
+                    chosen[i].append(uid)
+                elif uid not in asked:
+                    round_uids[i].add(uid)
+        new = sorted(set().union(*round_uids) - asked)
+        if not new:
+            break
+        asked.update(new)
+        found = pages.fetch(new)
+        stored.update({uid: p for uid, p in found.items() if allowed is None or p.doc_id in allowed})
+        for i, uids in enumerate(round_uids):
+            chosen[i] += [uid for uid in rankings[i] if uid in uids and uid in stored]
+    return [newest_per_page([stored[uid] for uid in uids]) for uids in chosen]
+
+
+def newest_per_page(pages: list[StoredPage]) -> list[StoredPage]:
+    """Two generations of one page fetched in different rounds: only the newest is scored."""
+    best: dict[tuple[str, int], StoredPage] = {}
+    for page in pages:
+        key = (page.doc_id, page.page)
+        if key not in best or page.generation > best[key].generation:
+            best[key] = page
+    return list(best.values())
+
+
 def exact_search(
-    store: PageStore, queries: Sequence[np.ndarray], top_k: int, doc_ids: Sequence[str] | None
+    store: PageSource, queries: Sequence[np.ndarray], top_k: int, doc_ids: Sequence[str] | None
 ) -> list[list[Hit]]:
     """Brute force: exact MaxSim over every stored page, read ``FETCH_PAGES`` at a time."""
     queries = [np.asarray(q, dtype=np.float32).reshape(len(q), -1) for q in queries]
