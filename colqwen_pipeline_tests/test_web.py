@@ -391,14 +391,22 @@ def test_heatmap_is_the_page_with_its_matches_painted(client: httpx.Client) -> N
     assert client.get(f"/pages/{DOC}/1/heatmap", params={"q": "pump pressure", "word": 2}).status_code == 422
 
 
-def test_the_page_view_shows_word_chips_its_rank_and_its_score(client: httpx.Client) -> None:
+def test_the_page_view_shows_word_chips_its_rank_and_its_score(client: httpx.Client, deployment) -> None:
+    from colqwen_pipeline.embedding.registry import get_embedder
+    from colqwen_pipeline.index.milvus import token_error_per_token
+
     best = client.post("/search", json={"query": "pump pressure", "top_k": 1}).json()["results"][0]
     params = {"q": "pump pressure", "rank": 1}
     view = client.get(f"/view/{best['doc_id']}/{best['page']}", params=params, headers={"accept": "text/html"}).text
     chips = re.findall(r'<li><a href="[^"]*"(?: aria-current="true")?>([^<]*)</a></li>', view)
     assert chips == ["all words", "pump", "pressure"] and "endoftext" not in view
     shown = re.search(r"result 1 · score (-?[\d.]+) \(MaxSim\) for “pump pressure”", view)
-    assert shown and abs(float(shown.group(1)) - best["score"]) < 2e-3  # the score the search ranked it by
+    # The view scores the page's fp16 vectors; search ranked it over the index's stored tokens: the
+    # two agree within the index's precision per query token (and the view rounds to 3 decimals).
+    settings = settings_of(deployment)
+    query_tokens = len(get_embedder(settings.model_copy(update={"redis_url": ""})).embed_queries(["pump pressure"])[0])
+    tolerance = query_tokens * token_error_per_token(settings.index_token_bits) + 5e-4
+    assert shown and abs(float(shown.group(1)) - best["score"]) <= tolerance
 
 
 def test_patch_grid_matches_every_stored_page(deployment, tiny_model_dir: Path) -> None:

@@ -120,3 +120,13 @@ def forget_partition(settings: Settings, doc_id: str) -> None:
     instance = dagster_instance(settings)
     if instance.has_dynamic_partition(PARTITIONS, doc_id):
         instance.delete_dynamic_partition(PARTITIONS, doc_id)
+
+
+def events_of_last_run(dagster_home: Path) -> int:
+    """Events Dagster stored for the instance's last run (planned, materialisations, check evaluations, steps)."""
+    instance = dg.DagsterInstance.from_config(str(dagster_home))
+    try:
+        (run,) = instance.get_runs(limit=1)
+        return sum(1 for entry in instance.all_logs(run.run_id) if entry.is_dagster_event)
+    finally:
+        instance.dispose()
