@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -36,18 +37,29 @@ def test_definitions_load_without_importing_torch():
     assert output.strip() == "False"
 
 
-def dagster_cli(*arguments: str) -> subprocess.CompletedProcess:
+def dagster_cli(*arguments: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     dagster = REPO / ".venv" / "bin" / "dagster"
     command = [str(dagster) if dagster.exists() else "dagster", *arguments, "-w", "workspace.yaml"]
-    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
+    return subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
 
 
-def test_dagster_validates_the_workspace_and_finds_the_projects_jobs():
+def listed(kind: str, tmp_path) -> set[str]:
+    """Names the Dagster CLI lists for ``kind`` (job, schedule, sensor) in our workspace."""
+    found = dagster_cli(kind, "list", env={**os.environ, "DAGSTER_HOME": str(tmp_path)})
+    assert found.returncode == 0, found.stdout + found.stderr
+    prefix = f"{kind.capitalize()}: "
+    return {line.removeprefix(prefix).split(" [")[0] for line in found.stdout.splitlines() if line.startswith(prefix)}
+
+
+def test_dagster_validates_the_workspace_and_finds_the_projects_jobs(tmp_path):
     validated = dagster_cli("definitions", "validate")
-    listed = dagster_cli("job", "list")
+    listed_jobs = dagster_cli("job", "list")
 
     assert validated.returncode == 0, validated.stdout + validated.stderr
     assert "Validation successful for code location colqwen_pipeline.definitions" in validated.stdout + validated.stderr
-    assert listed.returncode == 0, listed.stdout + listed.stderr
-    jobs = {line.removeprefix("Job: ") for line in listed.stdout.splitlines() if line.startswith("Job: ")}
+    assert listed_jobs.returncode == 0, listed_jobs.stdout + listed_jobs.stderr
+    jobs = {line.removeprefix("Job: ") for line in listed_jobs.stdout.splitlines() if line.startswith("Job: ")}
     assert jobs == {"__ASSET_JOB", "ingest_job", "remove_documents_job"}
+    # The automation a deployment relies on: the nightly reindex and the inbox sensor.
+    assert listed("schedule", tmp_path) == {"nightly_reindex"}
+    assert listed("sensor", tmp_path) == {"inbox_sensor"}

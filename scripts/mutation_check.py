@@ -121,12 +121,12 @@ MUTATIONS = [
         "a search key may remove documents (the old test walked 5 routes of about 20, with one key)",
     ),
     Mutation(
-        "workspace-loses-a-job",
+        "workspace-loses-the-schedule",
         "colqwen_pipeline/defs/definitions.py",
-        "jobs=JOBS,",
-        "jobs=JOBS[:1],",
+        "schedules=SCHEDULES,",
+        "schedules=SCHEDULES[:0],",
         f"{TESTS}/test_definitions.py::test_dagster_validates_the_workspace_and_finds_the_projects_jobs",
-        "the workspace still validates but serves one job fewer (the old test read only the exit status)",
+        "the workspace still validates but the nightly reindex is gone (the old test read only the exit status)",
     ),
 ]
 
