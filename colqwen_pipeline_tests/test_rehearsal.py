@@ -24,7 +24,7 @@ def test_production_rehearsal_indexes_dropped_files_and_searches_them_over_http(
         timeout=660,
     )
     summary = json.loads(run.stdout.strip().splitlines()[-1])
-    assert run.returncode == 0 and summary["ok"], run.stderr[-3000:]
+    assert run.returncode == 0 and summary["ok"], f"{summary.get('error')}\n{run.stderr[-3000:]}"
     assert summary["documents"] == 4 and len(summary["indexed"]) == 4
     assert 1 <= summary["ingest_runs"] <= 2  # four files dropped at once: one run, two if a tick splits them
     assert summary["top_hit"] is not None
