@@ -392,8 +392,10 @@ def test_heatmap_is_the_page_with_its_matches_painted(client: httpx.Client) -> N
 
 
 def test_the_page_view_shows_word_chips_its_rank_and_its_score(client: httpx.Client, deployment) -> None:
+    from colqwen_pipeline.embedding.artifact import EmbeddingArtifact
     from colqwen_pipeline.embedding.registry import get_embedder
     from colqwen_pipeline.index.milvus import token_error_per_token
+    from colqwen_pipeline.service import heatmap
 
     best = client.post("/search", json={"query": "pump pressure", "top_k": 1}).json()["results"][0]
     params = {"q": "pump pressure", "rank": 1}
@@ -401,12 +403,18 @@ def test_the_page_view_shows_word_chips_its_rank_and_its_score(client: httpx.Cli
     chips = re.findall(r'<li><a href="[^"]*"(?: aria-current="true")?>([^<]*)</a></li>', view)
     assert chips == ["all words", "pump", "pressure"] and "endoftext" not in view
     shown = re.search(r"result 1 · score (-?[\d.]+) \(MaxSim\) for “pump pressure”", view)
-    # The view scores the page's fp16 vectors; search ranked it over the index's stored tokens: the
-    # two agree within the index's precision per query token (and the view rounds to 3 decimals).
+    assert shown
+    # The view shows exact MaxSim over the page's fp16 vectors (to 3 decimals) ...
     settings = settings_of(deployment)
-    query_tokens = len(get_embedder(settings.model_copy(update={"redis_url": ""})).embed_queries(["pump pressure"])[0])
-    tolerance = query_tokens * token_error_per_token(settings.index_token_bits) + 5e-4
-    assert shown and abs(float(shown.group(1)) - best["score"]) <= tolerance
+    query = get_embedder(settings.model_copy(update={"redis_url": ""})).embed_queries(["pump pressure"])[0]
+    artifact = EmbeddingArtifact.read(settings.embeddings_dir / best["doc_id"])
+    (index,) = [i for i, page in enumerate(artifact.pages) if page["page"] == best["page"]]
+    assert abs(float(shown.group(1)) - heatmap.maxsim(artifact.page_vectors(index), query)) < 2e-3
+    # ... and search ranked it over the index's 7-bit tokens: the two agree within its precision.
+    assert (
+        abs(float(shown.group(1)) - best["score"])
+        <= len(query) * token_error_per_token(settings.index_token_bits) + 5e-4
+    )
 
 
 def test_patch_grid_matches_every_stored_page(deployment, tiny_model_dir: Path) -> None:
