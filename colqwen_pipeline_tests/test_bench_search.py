@@ -52,6 +52,20 @@ def test_the_bench_reports_the_figures_the_issue_names(tmp_path):
     assert isinstance(result["rss_anon_bytes_per_page"], int) and result["build_s"] > 0
 
 
+def test_a_second_run_in_the_same_workdir_reuses_the_build_and_other_settings_rebuild(tmp_path):
+    def records_written() -> int:  # every page write appends a record to the token store
+        return sum(path.stat().st_size for path in tmp_path.rglob("records.bin"))
+
+    first = bench_search(pages=30, queries=3, layra_queries=0, workdir=str(tmp_path))
+    written = records_written()
+    again = bench_search(pages=30, queries=3, layra_queries=0, workdir=str(tmp_path))
+
+    assert records_written() == written > 0
+    assert (again["recall_at_5"], again["bytes_per_page_disk"]) == (first["recall_at_5"], first["bytes_per_page_disk"])
+    bench_search(pages=30, queries=2, layra_queries=0, workdir=str(tmp_path))
+    assert records_written() > written
+
+
 def test_rss_anon_reads_this_process():
     before = rss_anon_bytes()
     held = np.ones(64 << 20, dtype=np.uint8)  # 64 MB written: anonymous and resident

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from colqwen_pipeline.index import two_stage
+from colqwen_pipeline.index import token_store, two_stage
 from colqwen_pipeline.index.maxsim import maxsim, pack_chunk, page_centroids, split_tokens
 from colqwen_pipeline.index.milvus import MilvusIndex
 from colqwen_pipeline.index.milvus_schema import vector_index
@@ -228,3 +228,31 @@ def test_a_schema_4_index_is_searched_until_its_rebuild_switches_over(tmp_path: 
     assert any(index.token_dir.glob("*/records.bin"))  # read from the token store now
     with index.client() as client:
         assert len(client.list_collections()) == 4  # the schema-4 collections are kept
+
+
+def test_the_scan_ranks_by_each_pages_best_centroids_across_cache_blocks_and_appends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The scan's fp32 slot-major copy of the centroids (blocks of ``CACHE_PAGES``, caught up after
+    each append) ranks exactly as the direct computation over the mapped fp16 centroids does."""
+    monkeypatch.setattr(token_store, "CACHE_PAGES", 16)
+    monkeypatch.setattr(token_store, "SCAN_BYTES", 4 * 7 * 5)  # steps of 5 pages for a 7-token query
+    rng = np.random.default_rng(3)
+    store = SegmentStore(tmp_path / "tokens", DIM, centroids=4)
+    every: list[np.ndarray] = []
+
+    def add(count: int) -> None:
+        for start in range(0, count, 7):
+            pages = []
+            for _ in range(min(7, count - start)):
+                centroids = rng.standard_normal((int(rng.integers(1, 5)), DIM)).astype(np.float16)
+                every.append(np.concatenate([centroids, np.repeat(centroids[-1:], 4 - len(centroids), 0)]))
+                pages.append(NewPage(len(every), f"doc-{len(every)}", np.zeros((0, DIM)), centroids))
+            store.append(pages)
+
+    query = rng.standard_normal((7, DIM)).astype(np.float32)
+    for total in (23, 40):  # a partly filled block, then more pages into it and the next ones
+        add(total - len(every))
+        direct = (np.stack(every).astype(np.float32) @ query.T).max(axis=1).sum(axis=1)
+        expected = (np.argsort(-direct, kind="stable")[:10] + 1).tolist()
+        assert store.scan([query], None, 10) == [expected]

@@ -217,6 +217,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             peers=args.peers,
             token_pooling=args.token_pooling,
             server_pid=args.server_pid,
+            workdir=args.workdir,
         )
     print(json.dumps(result, indent=None if args.json else 1))
     return 0
@@ -317,6 +318,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--token-pooling", type=int, default=0, help="search only: store pages pooled by this factor")
     bench.add_argument("--server-pid", type=int, help="search only: the Milvus server's process, for its RssAnon")
+    bench.add_argument(
+        "--workdir", help="search only: keep the built index here; a later run with the same settings reuses it"
+    )
     bench.add_argument("--docs", type=positive_int, default=200, help="ingest, orchestration: generated documents")
     bench.add_argument(
         "--materialized",

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import json
 import multiprocessing
 import secrets
 import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
@@ -306,12 +308,17 @@ def bench_search(
     after our measurements and timed on the same queries.
     ``layra_queries``: the LAYRA-style baseline (5 queries by default up to 2,000 pages).
     ``token_pooling``: our index stores the pages pooled by this factor (``index.pooling``); the truth
-    stays exact MaxSim over the unpooled tokens, so recall says what pooling costs."""
+    stays exact MaxSim over the unpooled tokens, so recall says what pooling costs.
+    ``workdir``: the index is built there and kept, with a record of the build (its truth, times and
+    size); a later run with the same workdir and settings measures search on it without rebuilding
+    (the 100,000-page build takes most of an hour); a server's collections are then kept too."""
     if layra_queries is None:
         layra_queries = 5 if pages <= LAYRA_MAX_PAGES else 0
     root = Path(workdir or tempfile.mkdtemp(prefix="colqwen-bench-"))
     db = root / "milvus.db"
-    name = f"bench_{secrets.token_hex(4)}" if uri else "bench"
+    wanted = {"pages": pages, "queries": queries, "token_pooling": token_pooling, "uri": uri}
+    built = _finished_build(root, wanted)
+    name = built["name"] if built else f"bench_{secrets.token_hex(4)}" if uri else "bench"
     index = MilvusIndex(uri or str(db), name, token_dir=root / "tokens")
     layra = f"{name}_{LAYRA}"
     peer_runs: dict[str, _PeerRun] = {}
@@ -319,22 +326,17 @@ def bench_search(
         source = SyntheticPages(pages)
         query_set = streamed_queries(source, queries)
         truth = StreamingTruth(query_set)
-        pooler = token_pooler(token_pooling)
-        build_s = pool_s = 0.0
-        stored_vectors = 0
-        with index.session():
-            for first, tokens in source.chunks(CHUNK_PAGES):
-                truth.add(first, tokens)
-                started = time.perf_counter()
-                vectors = pooler.pool([tokens[p * TOKENS : (p + 1) * TOKENS] for p in range(len(tokens) // TOKENS)])
-                pool_s += time.perf_counter() - started
-                stored_vectors += sum(len(v) for v in vectors)
-                started = time.perf_counter()
-                index.replace_documents(_documents(first, vectors), "bench", DIM)
-                build_s += time.perf_counter() - started
-        ingest_s = build_s
-        # The Lite file and its token stores (a server's disk is not ours to read; its stores are)
-        bytes_per_page = None if uri else round((_disk_bytes(db) + _disk_bytes(index.token_dir)) / pages)
+        if built is None:
+            built = _build(index, source, truth, token_pooling) | wanted | {"name": name}
+            # The Lite file and its token stores (a server's disk is not ours to read; its stores are)
+            built["bytes_per_page"] = None if uri else round((_disk_bytes(db) + _disk_bytes(index.token_dir)) / pages)
+            if workdir:  # a later run with the same workdir measures search again without rebuilding
+                (root / BUILD_RECORD).write_text(json.dumps(built))
+        else:
+            truth.best = [(np.asarray(s, dtype=np.float32), np.asarray(p)) for s, p in built["truth"]]
+            truth.seconds = built["truth_seconds"]
+        build_s, pool_s, stored_vectors = built["build_s"], built["pool_s"], built["stored_vectors"]
+        ingest_s, bytes_per_page = build_s, built["bytes_per_page"]
         # Searched from a fresh process: its memory is the index's, not the build's garbage.
         spawn = multiprocessing.get_context("spawn")
         with concurrent.futures.ProcessPoolExecutor(1, mp_context=spawn) as searcher:
@@ -393,10 +395,48 @@ def bench_search(
     finally:
         for peer_run in peer_runs.values():
             peer_run.peer.close()
-        if uri:
+        if uri and workdir is None:
             _drop(index, layra)
         if workdir is None:
             shutil.rmtree(root, ignore_errors=True)
+
+
+BUILD_RECORD = "bench-build.json"
+
+
+def _build(index: MilvusIndex, source: SyntheticPages, truth: StreamingTruth, token_pooling: int) -> dict:
+    """Write every page chunk by chunk, feeding the truth; what a later run needs to reuse it."""
+    pooler = token_pooler(token_pooling)
+    build_s = pool_s = 0.0
+    stored_vectors = 0
+    with index.session():
+        for first, tokens in source.chunks(CHUNK_PAGES):
+            truth.add(first, tokens)
+            started = time.perf_counter()
+            vectors = pooler.pool([tokens[p * TOKENS : (p + 1) * TOKENS] for p in range(len(tokens) // TOKENS)])
+            pool_s += time.perf_counter() - started
+            stored_vectors += sum(len(v) for v in vectors)
+            started = time.perf_counter()
+            index.replace_documents(_documents(first, vectors), "bench", DIM)
+            build_s += time.perf_counter() - started
+            if first // CHUNK_PAGES % 10 == 9:
+                print(f"bench: {first + CHUNK_PAGES:,} of {source.pages:,} pages written", file=sys.stderr, flush=True)
+    return {
+        "build_s": build_s,
+        "pool_s": pool_s,
+        "stored_vectors": stored_vectors,
+        "truth": [(s.tolist(), p.tolist()) for s, p in truth.best],
+        "truth_seconds": truth.seconds,
+    }
+
+
+def _finished_build(root: Path, wanted: dict) -> dict | None:
+    """The record of an earlier run's build in ``root`` with the same settings, if there is one."""
+    path = root / BUILD_RECORD
+    if not path.exists():
+        return None
+    built = json.loads(path.read_text())
+    return built if all(built.get(key) == value for key, value in wanted.items()) else None
 
 
 def _drop(index: MilvusIndex, layra: str) -> None:
