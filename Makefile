@@ -34,11 +34,12 @@ test-args:  # for .ci/run, which needs pytest's own exit code (make turns every 
 test-fast: setup
 	$(BIN)/pytest -q $(XDIST) -m "not slow"
 
+# ruff, then mypy with the pydantic plugin ([tool.mypy] in pyproject.toml); .ci/run runs this.
 lint: setup
 	$(BIN)/ruff check colqwen_pipeline colqwen_pipeline_tests scripts
 	$(BIN)/ruff format --check colqwen_pipeline colqwen_pipeline_tests scripts
+	$(BIN)/mypy colqwen_pipeline
 
-# mypy with the pydantic plugin ([tool.mypy] in pyproject.toml); not in CI until it is clean.
 typecheck: setup
 	$(BIN)/mypy colqwen_pipeline
 

@@ -52,7 +52,7 @@ def make_document(path: Path, pages: int, seed: int, kind: str = "pdf-scan") -> 
     else:
         if pages != 1:
             raise ValueError(f"{kind}: one page per file")
-        options = {"compress_level": 6} if kind == "png-scan" else {"quality": 85}
+        options: dict[str, Any] = {"compress_level": 6} if kind == "png-scan" else {"quality": 85}
         _scan(A4_300_DPI, seed, 0, lines=90, font=30).convert("L").save(path, dpi=(300, 300), **options)
     return path
 

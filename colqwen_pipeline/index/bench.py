@@ -212,7 +212,9 @@ class _PeerRun:
     """One peer's ingest, disk and per-query timings within the bench."""
 
     def __init__(self, peer: Peer, tokens: np.ndarray):
-        self.peer, self.seconds, self.recall = peer, [], []
+        self.peer = peer
+        self.seconds: list[float] = []
+        self.recall: list[float] = []
         started = time.perf_counter()
         peer.ingest([tokens[p * TOKENS : (p + 1) * TOKENS] for p in range(len(tokens) // TOKENS)])
         self.ingest_s = time.perf_counter() - started
@@ -253,7 +255,8 @@ def measure_search(index: MilvusIndex, queries: list[np.ndarray], truth: list[se
 
     before = rss_anon_bytes()
     started = time.perf_counter()
-    seconds, recall = [], []
+    seconds: list[float] = []
+    recall: list[float] = []
     with index.session():
         index.search(queries[:1], top_k=5)  # opens the file and loads the collections
         first_query_s = time.perf_counter() - started
@@ -345,7 +348,7 @@ def bench_search(
         rss_growth = run["rss_anon_growth"] + (rss_anon_bytes(server_pid) if server_pid else 0)
         with index.session():
             # The baselines hold every page in RAM (small runs only), after our measurements.
-            everything = synthetic_pages(pages)[0] if peers or layra_queries else None
+            everything = synthetic_pages(pages)[0] if peers or layra_queries else np.zeros((0, DIM), np.float32)
             peer_runs = _start_peers(peers, root, everything) if peers else {}
             for i, query in enumerate(query_set):
                 for peer_run in peer_runs.values():

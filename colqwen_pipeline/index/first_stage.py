@@ -104,7 +104,7 @@ class MilvusCentroids(CentroidStage):
         for query in queries:
             scores = approximate_scores(hits[offset : offset + len(query)])
             offset += len(query)
-            ranked.append(sorted(scores, key=scores.get, reverse=True)[:depth])
+            ranked.append(sorted(scores, key=lambda uid: scores[uid], reverse=True)[:depth])
         return ranked
 
     def _token_hits(self, tokens: np.ndarray, doc_ids: Sequence[str] | None) -> list[list[TokenHit]]:

@@ -328,6 +328,13 @@ class MilvusIndex(DocumentIndex):
             "physical": properties.get("colqwen.physical"),
         }
 
+    def _existing_info(self, client: Any) -> dict:
+        """``collection_info`` of a collection the caller has seen exist (dropped since: refused)."""
+        info = self.collection_info(client)
+        if info is None:
+            raise IndexRefused(f"collection {self.collection!r} does not exist (dropped while in use?)")
+        return info
+
     def _store(self, info: dict) -> SegmentStore | None:
         """The token store of the physical collection ``info`` describes (None for schema 4)."""
         if info["schema"] == CHUNKED_SCHEMA or not info["physical"]:
@@ -388,7 +395,7 @@ class MilvusIndex(DocumentIndex):
         """The collections (created if absent, refused if they do not fit) and their token store."""
         self._ensure(client, fingerprint, dim)
         self._load(client, self.pages, self.collection)
-        store = self._store(self.collection_info(client))
+        store = self._store(self._existing_info(client))
         if store is None:  # _ensure refuses to write into schema 4
             raise IndexRefused(f"collection {self.collection!r} has no token store")
         return store
@@ -418,7 +425,7 @@ class MilvusIndex(DocumentIndex):
         with self.client() as client:
             if client.has_collection(self.collection):
                 self._load(client, self.pages, self.collection)
-                reader = self._rows(client, self.collection_info(client))
+                reader = self._rows(client, self._existing_info(client))
                 records = reader.records(f"doc_id == {literal(doc_id)}")
                 for name in (self.collection, self.pages):
                     client.delete(name, filter=f"doc_id == {literal(doc_id)}")
@@ -493,7 +500,7 @@ class MilvusIndex(DocumentIndex):
             if not client.has_collection(self.collection):
                 return {}
             self._load(client, self.pages, self.collection)
-            reader = self._rows(client, self.collection_info(client))
+            reader = self._rows(client, self._existing_info(client))
             pages = {
                 (r["doc_id"], r["generation"]) for r in self._iterate(client, self.pages, reader.heads, _GEN_FIELDS)
             }
@@ -511,7 +518,7 @@ class MilvusIndex(DocumentIndex):
             if not client.has_collection(self.collection):
                 return 0
             self._load(client, self.pages)
-            store = self._store(self.collection_info(client))
+            store = self._store(self._existing_info(client))
             if store is None:
                 return 0
             referenced = {row["record"] for row in self._iterate(client, self.pages, "id >= 0", ["record"])}
@@ -526,7 +533,7 @@ class MilvusIndex(DocumentIndex):
             if not client.has_collection(self.pages):
                 return {}
             self._load(client, self.pages)
-            heads = self._rows(client, self.collection_info(client)).heads
+            heads = self._rows(client, self._existing_info(client)).heads
             expression = f"{heads} and doc_id in {quote(doc_ids)}" if doc_ids else heads
             counts: dict[str, int] = {}
             for row in self._iterate(client, self.pages, expression, ["doc_id", "n_tokens"]):
@@ -538,7 +545,7 @@ class MilvusIndex(DocumentIndex):
             if not client.has_collection(self.pages):
                 return set()
             self._load(client, self.pages)
-            heads = self._rows(client, self.collection_info(client)).heads
+            heads = self._rows(client, self._existing_info(client)).heads
             return {row["doc_id"] for row in self._iterate(client, self.pages, heads, ["doc_id"])}
 
     def page_rows(self, doc_id: str) -> list[dict]:
@@ -547,7 +554,7 @@ class MilvusIndex(DocumentIndex):
             if not client.has_collection(self.pages):
                 return []
             self._load(client, self.pages)
-            heads = self._rows(client, self.collection_info(client)).heads
+            heads = self._rows(client, self._existing_info(client)).heads
             fields = ["page", "page_sha256", "n_tokens", "generation"]
             rows = self._iterate(client, self.pages, f"doc_id == {literal(doc_id)} and {heads}", fields)
             return sorted(({k: row[k] for k in fields} for row in rows), key=lambda r: (r["page"], r["generation"]))
@@ -603,7 +610,7 @@ class MilvusIndex(DocumentIndex):
             if not client.has_collection(self.pages):
                 return [[] for _ in queries]
             self._load(client, self.pages)
-            return two_stage.exact_search(self._rows(client, self.collection_info(client)), queries, top_k, doc_ids)
+            return two_stage.exact_search(self._rows(client, self._existing_info(client)), queries, top_k, doc_ids)
 
     def _dim(self, client: Any) -> int:
         info = self.collection_info(client)

@@ -113,7 +113,7 @@ def implied_dim(pages: Iterable[list[dict]]) -> int | None:
         for rows in pages
         if rows[0]["n_tokens"]
     }
-    dim = implied.pop() if len(implied) == 1 else 0
+    dim = float(implied.pop()) if len(implied) == 1 else 0.0
     return int(dim) if dim >= 1 and dim.is_integer() else None
 
 

@@ -275,8 +275,8 @@ class SegmentStore(TokenStore):
         records = self._records()
         cutoff = time.time_ns() - int(older_than_s * 1e9)
         numbers = np.arange(len(records))
-        orphans = numbers[~self._dead[: len(records)] & (records["written_ns"] < cutoff)]
-        orphans = [int(r) for r in orphans if int(r) not in referenced]
+        candidates = numbers[~self._dead[: len(records)] & (records["written_ns"] < cutoff)]
+        orphans = [int(r) for r in candidates if int(r) not in referenced]
         self.retire(orphans)
         self._refresh()
         with self._locked():
