@@ -32,6 +32,7 @@ import hashlib
 import json
 import mmap
 import os
+import threading
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
@@ -373,9 +374,14 @@ class CentroidCache:
         self.centroids, self.dim = centroids, dim
         self.blocks: list[np.ndarray] = []
         self.cached = 0
+        self._lock = threading.Lock()  # the web server searches from several threads
 
     def _catch_up(self, source: np.ndarray) -> None:
         """Convert the records added since the last call (``source``: every record's fp16 centroids)."""
+        with self._lock:
+            self._convert(source)
+
+    def _convert(self, source: np.ndarray) -> None:
         while self.cached < len(source):
             block, offset = divmod(self.cached, CACHE_PAGES)
             if block == len(self.blocks):  # untouched pages of an empty block cost no memory
