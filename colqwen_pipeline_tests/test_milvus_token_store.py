@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import multiprocessing
 import os
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -256,3 +257,6 @@ def test_the_scan_ranks_by_each_pages_best_centroids_across_cache_blocks_and_app
         direct = (np.stack(every).astype(np.float32) @ query.T).max(axis=1).sum(axis=1)
         expected = (np.argsort(-direct, kind="stable")[:10] + 1).tolist()
         assert store.scan([query], None, 10) == [expected]
+    # The bench searches from a spawned process: a store that has scanned travels by pickle (its
+    # lock and maps stay behind) and the copy ranks the same.
+    assert pickle.loads(pickle.dumps(store)).scan([query], None, 10) == [expected]

@@ -155,6 +155,10 @@ class SegmentStore(TokenStore):
         self._tombstones_read = 0
         self._centroids = CentroidCache(centroids, dim)
 
+    def __getstate__(self) -> dict:
+        """A store sent to another process (the bench searches from a fresh one) maps its files anew."""
+        return self.__dict__ | {"_maps": {}}
+
     # -- files -------------------------------------------------------------------------------------
     def _path(self, name: str) -> Path:
         return self.folder / name
@@ -375,6 +379,13 @@ class CentroidCache:
         self.blocks: list[np.ndarray] = []
         self.cached = 0
         self._lock = threading.Lock()  # the web server searches from several threads
+
+    def __getstate__(self) -> dict:
+        """Pickled empty (a lock cannot travel; the copies are rebuilt from the store's files)."""
+        return {"centroids": self.centroids, "dim": self.dim}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["centroids"], state["dim"])  # type: ignore[misc]
 
     def _catch_up(self, source: np.ndarray) -> None:
         """Convert the records added since the last call (``source``: every record's fp16 centroids)."""
