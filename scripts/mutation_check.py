@@ -128,6 +128,38 @@ MUTATIONS = [
         f"{TESTS}/test_definitions.py::test_dagster_validates_the_workspace_and_finds_the_projects_jobs",
         "the workspace still validates but the nightly reindex is gone (the old test read only the exit status)",
     ),
+    Mutation(
+        "event-log-engine-per-event",
+        "colqwen_pipeline/defs/event_log.py",
+        "        engine = self._engines.pop(shard, None)\n",
+        "        engine = None\n",
+        f"{TESTS}/test_event_log.py::test_a_run_opens_each_file_once_and_commits_without_fsync",
+        "a new engine and connection for every event, as Dagster's own SQLite storage does (issue 29)",
+    ),
+    Mutation(
+        "event-log-fsyncs-every-commit",
+        "colqwen_pipeline/defs/event_log.py",
+        '    dbapi_connection.execute("PRAGMA synchronous=NORMAL")',
+        "    pass",
+        f"{TESTS}/test_event_log.py::test_a_run_opens_each_file_once_and_commits_without_fsync",
+        "every event's commit waits for an fsync again",
+    ),
+    Mutation(
+        "event-log-keeps-every-run-shard-open",
+        "colqwen_pipeline/defs/event_log.py",
+        "        for name in run_shards[:-RUN_SHARDS_KEPT]:",
+        "        for name in run_shards[:0]:",
+        f"{TESTS}/test_event_log.py::test_it_keeps_only_the_latest_run_shards_open",
+        "a long-lived webserver or daemon would hold a file open for every run it ever read",
+    ),
+    Mutation(
+        "event-log-follows-dagster-home",
+        "colqwen_pipeline/defs/event_log.py",
+        'super().__init__(os.path.join(instance.root_directory, "history", "runs"), self._inst_data)',
+        'super().__init__(os.path.join(os.environ["DAGSTER_HOME"], "history", "runs"), self._inst_data)',
+        f"{TESTS}/test_event_log.py::test_the_cli_instance_writes_dagsters_default_files_readable_both_ways",
+        "an instance opened by its directory would read and write another instance's events",
+    ),
 ]
 
 

@@ -51,13 +51,8 @@ def create_collections(
         # Every Milvus collection needs a vector field; nothing searches this one, so it is the
         # smallest a server accepts (the centroids collection is searched).
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=PLACEHOLDER_DIM)
-        client.create_collection(
-            pages,
-            schema=schema,
-            index_params=vector_index(client, "FLAT", lite),
-            num_partitions=partitions,
-            consistency_level=CONSISTENCY,
-        )
+        index = vector_index(client, "FLAT", lite)
+        _create_loaded(client, pages, schema, index, num_partitions=partitions, consistency_level=CONSISTENCY)
         client.alter_collection_properties(pages, properties)
     schema = client.create_schema(auto_id=False)
     schema.add_field("id", DataType.INT64, is_primary=True)  # page_uid << ROW_BITS | centroid
@@ -65,8 +60,16 @@ def create_collections(
     schema.add_field("generation", DataType.VARCHAR, max_length=40)
     schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
     index = vector_index(client, index_type, lite)
-    client.create_collection(collection, schema=schema, index_params=index, consistency_level=CONSISTENCY)
+    _create_loaded(client, collection, schema, index, consistency_level=CONSISTENCY)
     client.alter_collection_properties(collection, properties)  # last: marks the pair complete
+
+
+def _create_loaded(client: Any, name: str, schema: Any, index: Any, **options: Any) -> None:
+    """``create_collection(index_params=...)`` without its wait: pymilvus then polls each new index
+    every 0.5 s, 2 s a first ingest, though an empty collection's index is built at once."""
+    client.create_collection(name, schema=schema, **options)
+    client.create_index(name, index, sync=False)
+    client.load_collection(name)
 
 
 def vector_index(client: Any, index_type: str, lite: bool) -> Any:

@@ -1,0 +1,99 @@
+"""The project's Dagster event log (defs/event_log.py): the same files as Dagster's default SQLite
+storage, opened once per file and committed without an fsync per event."""
+
+import os
+from pathlib import Path
+
+import dagster as dg
+import pytest
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
+
+from colqwen_pipeline.defs.event_log import RUN_SHARDS_KEPT, PooledSqliteEventLogStorage
+from colqwen_pipeline.defs.instance import dagster_instance
+
+DEFAULT_STORAGE_YAML = "telemetry:\n  enabled: false\n"
+
+
+@dg.asset(partitions_def=dg.StaticPartitionsDefinition(["a", "b"]))
+def letter(context: dg.AssetExecutionContext) -> str:
+    return context.partition_key
+
+
+def _materialize(instance: dg.DagsterInstance, partition: str) -> str:
+    result = dg.materialize([letter], instance=instance, partition_key=partition)
+    assert result.success
+    return result.run_id
+
+
+def _latest_partitions(instance: dg.DagsterInstance) -> set[str]:
+    return set(instance.get_materialized_partitions(letter.key))
+
+
+@pytest.fixture
+def home(state, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The CLI's Dagster home (the project's dagster.yaml), with DAGSTER_HOME pointing elsewhere:
+    the storage must find its files from the instance it serves, not from the environment."""
+    monkeypatch.delenv("DAGSTER_HOME", raising=False)
+    dagster_instance(state).dispose()  # copies dagster.yaml into the state directory's Dagster home
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "elsewhere"))
+    return state.dagster_home
+
+
+def test_the_cli_instance_writes_dagsters_default_files_readable_both_ways(home: Path) -> None:
+    with dg.DagsterInstance.from_config(str(home)) as pooled:
+        assert type(pooled.event_log_storage) is PooledSqliteEventLogStorage
+        _materialize(pooled, "a")
+    assert (home / "history" / "runs" / "index.db").is_file()
+    assert not (home.parent / "elsewhere").exists()
+
+    project_yaml = (home / "dagster.yaml").read_text()
+    (home / "dagster.yaml").write_text(DEFAULT_STORAGE_YAML)  # Dagster's own SQLite event log
+    with dg.DagsterInstance.from_config(str(home)) as default:
+        assert type(default.event_log_storage) is not PooledSqliteEventLogStorage
+        assert _latest_partitions(default) == {"a"}
+        _materialize(default, "b")
+
+    (home / "dagster.yaml").write_text(project_yaml)
+    with dg.DagsterInstance.from_config(str(home)) as pooled:
+        assert _latest_partitions(pooled) == {"a", "b"}
+        assert len(pooled.get_run_records()) == 2
+
+
+def test_a_run_opens_each_file_once_and_commits_without_fsync(home: Path) -> None:
+    connects: list[str] = []
+
+    def count(dbapi_connection, _record) -> None:
+        connects.append(dbapi_connection.execute("PRAGMA database_list").fetchone()[2])
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        _materialize(instance, "a")  # the first run creates the shard files
+        event.listen(Engine, "connect", count)
+        try:
+            run_id = _materialize(instance, "b")
+        finally:
+            event.remove(Engine, "connect", count)
+        events = instance.get_records_for_run(run_id).records
+        with instance.event_log_storage.run_connection(run_id) as connection:
+            synchronous = connection.exec_driver_sql("PRAGMA synchronous").scalar()
+
+    event_log = [file for file in connects if Path(file).parent.name == "runs"]
+    assert len(events) >= 10, "a run writes a dozen events or so"
+    assert {Path(file).name for file in event_log} == {"index.db", f"{run_id}.db"}
+    assert len(event_log) <= 4, "Dagster's own storage connects at least once an event"
+    assert synchronous == 1  # NORMAL: in WAL mode a commit does not fsync
+
+
+def test_it_keeps_only_the_latest_run_shards_open(home: Path) -> None:
+    def open_shards() -> set[str]:  # the event log files this process holds open
+        targets = {os.path.realpath(fd) for fd in Path("/proc/self/fd").iterdir() if fd.is_symlink()}
+        files = [Path(target) for target in targets if target.endswith(".db")]
+        return {file.name for file in files if file.parent.name == "runs"}
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        for number in range(RUN_SHARDS_KEPT + 3):
+            _materialize(instance, "ab"[number % 2])
+        assert len(instance.get_run_records()) == RUN_SHARDS_KEPT + 3
+        run_ids = [record.dagster_run.run_id for record in instance.get_run_records()]  # the latest first
+        assert open_shards() == {"index.db"} | {f"{run_id}.db" for run_id in run_ids[:RUN_SHARDS_KEPT]}
+    assert open_shards() == set()  # closed with the instance
