@@ -42,12 +42,13 @@ SLOW_FIXTURES = {"milvus_uri"}
 MILVUS_GROUP = "milvus-server"
 
 
-def _uses_milvus_server(module) -> bool:
-    """A module that asks for the session's Milvus server (by argument or by getfixturevalue)."""
-    try:
-        return "milvus_uri" in Path(module.__file__).read_text()
-    except (OSError, TypeError):
-        return False
+def _uses_milvus_server(item: pytest.Item) -> bool:
+    """A test that asks for the session's Milvus server: by argument, or through a fixture
+    parametrized over backends whose server parameter asks for it by getfixturevalue."""
+    if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        return True
+    params = getattr(getattr(item, "callspec", None), "params", {})
+    return any(isinstance(value, str) and value.endswith("server") for value in params.values())
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the groups into node-id suffixes
@@ -57,15 +58,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     finish together (xdist hands out groups in collection order with --no-loadscope-reorder).
     Without ``tryfirst`` xdist read the markers before they were added: every test was its own group,
     and each worker started its own copy of every module's servers."""
-    modules = {item.module for item in items if getattr(item, "module", None)}
-    milvus_modules = {module.__name__ for module in modules if _uses_milvus_server(module)}
     for item in items:
         module = item.module.__name__ if getattr(item, "module", None) else item.nodeid.split("::")[0]
         short = module.rsplit(".", 1)[-1]
-        if short in SLOW_MODULES or SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+        server = _uses_milvus_server(item)
+        if short in SLOW_MODULES or server:
             item.add_marker(pytest.mark.slow)
         if not item.get_closest_marker("xdist_group"):
-            item.add_marker(pytest.mark.xdist_group(MILVUS_GROUP if module in milvus_modules else short))
+            item.add_marker(pytest.mark.xdist_group(MILVUS_GROUP if server else short))
     weight = {group: _group_weight(group) for group in {_group_of(item) for item in items}}
     items.sort(key=lambda item: -weight[_group_of(item)])  # stable: the order inside a group stays
 
@@ -75,23 +75,35 @@ def _group_of(item: pytest.Item) -> str:
     return str(marker.kwargs.get("name", marker.args[0] if marker.args else "")) if marker else ""
 
 
-# Seconds per group measured serially on the 2-core machine (``--durations``); groups not listed
-# weigh 10. Only the order of groups follows from these numbers, never a test's outcome.
+# Seconds per group, the sum of its tests' durations in one `make test` (3 workers on 2 cores,
+# 2026-12-04, `--durations=0`); groups not listed weigh 10. Only the order of groups follows from
+# these numbers, never a test's outcome: the heaviest start first, so the workers finish together.
 GROUP_SECONDS = {
-    MILVUS_GROUP: 400,
-    "test_web": 240,
-    "test_server": 240,
-    "test_cli_errors": 180,
-    "test_automation": 150,
-    "test_ui_status": 150,
-    "test_signals": 140,
-    "test_ui": 120,
-    "test_bulk": 100,
-    "test_deploy": 100,
-    "test_fidelity": 100,
-    "test_api": 60,
-    "test_model_server_memory": 90,
-    "test_render_pool": 60,
+    MILVUS_GROUP: 359,
+    "test_dagster_truth": 149,
+    "test_model_servers": 140,
+    "test_reliability_names": 103,
+    "test_ui": 97,
+    "test_rehearsal": 85,
+    "test_web": 81,
+    "test_reliability_delete": 80,
+    "test_device_check": 73,
+    "test_signals": 56,
+    "test_server": 55,
+    "test_automation": 50,
+    "test_cli_errors": 49,
+    "test_search_under_load": 44,
+    "test_concurrency": 43,
+    "test_ui_status": 41,
+    "test_reliability_pool": 37,
+    "test_web_security": 35,
+    "test_embedding": 31,
+    "test_families": 30,
+    "test_documents": 22,
+    "test_definitions": 22,
+    "test_fidelity": 18,
+    "test_bulk": 14,
+    "test_render_pool": 14,
 }
 
 

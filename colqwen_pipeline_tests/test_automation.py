@@ -220,6 +220,7 @@ def test_gpu_steps_share_a_pool_of_one_and_runs_are_queued():
     assert graph.get(dg.AssetKey("page_embeddings")).pools == {"gpu"}
 
 
+@pytest.mark.slow  # a rebuild over several runs
 def test_model_change_rebuilds_into_a_new_collection_and_switches_when_complete(state, instance, tmp_path, monkeypatch):
     """Across runs: with one document per run, the rebuild is complete only after the second run;
     until then search serves the old model's complete index."""
@@ -329,6 +330,7 @@ def test_first_sensor_tick_leaves_a_failed_file_until_it_changes(state, instance
     assert [r.run_config["ops"]["remove_documents"]["config"]["keys"] for r in removal] == [[key]]
 
 
+@pytest.mark.slow  # a subprocess ingest, then the sensor
 def test_first_sensor_tick_after_a_cli_ingest_requests_only_new_files(state, tmp_path):
     """Issue 16 item 7: `colqwen-pipeline ingest`, then `dagster dev` (an empty sensor cursor, on the
     CLI's Dagster home or on a fresh one): the indexed documents are not requested again."""

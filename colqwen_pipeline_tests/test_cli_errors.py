@@ -232,6 +232,7 @@ def test_results_carry_the_model_fingerprint_and_the_random_weights_marker(index
     assert lines[-1] == f"model: {marker['fingerprint']} (RANDOM TEST WEIGHTS: the scores mean nothing)"
 
 
+@pytest.mark.slow  # two subprocess ingests and a search
 def test_search_after_every_document_was_removed_says_the_index_is_empty(tmp_path, config):
     first = run_cli("ingest", cwd=tmp_path, **config)
     assert first.returncode == 0, first.stderr

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import dagster as dg
+import pytest
 
 from colqwen_pipeline.definitions import defs
 from colqwen_pipeline_tests.conftest import REPO
@@ -51,6 +52,7 @@ def listed(kind: str, tmp_path) -> set[str]:
     return {line.removeprefix(prefix).split(" [")[0] for line in found.stdout.splitlines() if line.startswith(prefix)}
 
 
+@pytest.mark.slow  # the dagster CLI in subprocesses
 def test_dagster_validates_the_workspace_and_finds_the_projects_jobs(tmp_path):
     validated = dagster_cli("definitions", "validate")
     listed_jobs = dagster_cli("job", "list")

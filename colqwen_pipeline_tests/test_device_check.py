@@ -16,6 +16,7 @@ from colqwen_pipeline.embedding import gpu_check
 REPO = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # the device check's every benchmark, in subprocesses
 def test_cpu_dry_run_measures_every_row_and_writes_json_and_markdown(tmp_path: Path) -> None:
     out, work = tmp_path / "out", tmp_path / "work"
     command = ["bash", str(REPO / "scripts" / "device_check.sh"), "--model", "tiny", "--device", "cpu"]

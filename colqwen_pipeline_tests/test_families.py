@@ -223,6 +223,7 @@ def search_json(query: str, capsys) -> dict:
     return json.loads(capsys.readouterr().out)
 
 
+@pytest.mark.slow  # three ingests across two model families
 def test_moving_from_colqwen2_5_to_colqwen3_switches_search_only_when_the_rebuild_is_complete(
     tiny_models, tmp_path, monkeypatch, instance, capsys
 ):

@@ -75,6 +75,7 @@ def burst(url: str, pages: list[bytes]) -> list[int]:
     return statuses
 
 
+@pytest.mark.slow  # a model server process
 def test_parallel_big_images_stay_inside_the_pixel_budget_and_memory_goes_back(big_image_server) -> None:
     url, pid = big_image_server
     warm = httpx.post(f"{url}/embed_image", files=[("images", ("small.png", page_png(), "image/png"))], timeout=60)

@@ -62,6 +62,7 @@ def page(shade: int) -> Image.Image:
     return Image.new("RGB", (280, 360), (shade, shade, shade))
 
 
+@pytest.mark.slow  # a model server process (keyed_server)
 def test_the_client_sends_the_model_server_key(keyed_server: str) -> None:
     embedder = RemoteEmbedder(keyed_server, wait_s=10, key=KEY)
 
@@ -71,6 +72,7 @@ def test_the_client_sends_the_model_server_key(keyed_server: str) -> None:
     assert np.isfinite(vectors[0].astype(np.float32)).all()
 
 
+@pytest.mark.slow  # a model server process (keyed_server)
 def test_a_client_without_the_key_says_which_setting_is_missing(keyed_server: str) -> None:
     for key in ("", "wrong-key-0123456789abcdef"):
         with pytest.raises(ModelServerError) as error:
@@ -79,6 +81,7 @@ def test_a_client_without_the_key_says_which_setting_is_missing(keyed_server: st
         assert KEY not in str(error.value)
 
 
+@pytest.mark.slow  # a model server process (keyed_server)
 def test_the_settings_key_reaches_the_client(keyed_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
     from colqwen_pipeline.embedding import remote
     from colqwen_pipeline.settings import Settings

@@ -67,6 +67,7 @@ def wait_for(condition, timeout_s: float, what: str, poll_s: float = 0.02) -> No
         time.sleep(poll_s)
 
 
+@pytest.mark.slow  # a subprocess ingest raced by a delete
 def test_a_delete_during_another_processs_ingest_is_not_written_back(deployment, tmp_path: Path) -> None:
     settings = Settings(home=deployment["COLQWEN_HOME"], inbox=deployment["COLQWEN_INBOX"])
     doomed = document_key(DOOMED)

@@ -59,6 +59,7 @@ def test_the_key_is_the_hash_of_the_names_bytes_and_stays_ascii() -> None:
     assert document_key("café.pdf") != ODD_KEY
 
 
+@pytest.mark.slow  # a subprocess ingest
 def test_cli_ingest_indexes_a_name_that_is_not_utf8_beside_the_others(tmp_path: Path, tiny_model_dir: Path) -> None:
     env = odd_inbox(tmp_path, tiny_model_dir)
 
@@ -81,6 +82,7 @@ def test_cli_ingest_indexes_a_name_that_is_not_utf8_beside_the_others(tmp_path: 
         assert instance.get_materialized_partitions(dg.AssetKey("milvus_collection")) == {ODD_KEY, document_key(GOOD)}
 
 
+@pytest.mark.slow  # a subprocess ingest and search
 def test_search_doc_of_bytes_that_are_no_document_says_so_in_one_line(tmp_path: Path, tiny_model_dir: Path) -> None:
     env = odd_inbox(tmp_path, tiny_model_dir)
     os.remove(os.path.join(os.fsencode(env["COLQWEN_INBOX"]), ODD))
@@ -136,6 +138,7 @@ def served(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path):
         log.close()
 
 
+@pytest.mark.slow  # the web server over a subprocess ingest
 def test_server_lists_searches_and_deletes_a_name_that_is_not_utf8(served) -> None:
     client, env = served
 

@@ -104,6 +104,7 @@ FOREIGN = [
 ]
 
 
+@pytest.mark.slow  # a served ingest per origin
 @pytest.mark.parametrize("foreign", FOREIGN, ids=lambda h: ",".join(f"{k}={v}" for k, v in h.items()))
 def test_cross_origin_removal_and_upload_are_refused_and_the_file_survives(keyless, foreign: dict) -> None:
     url, inbox = keyless
