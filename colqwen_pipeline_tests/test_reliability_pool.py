@@ -51,7 +51,7 @@ def test_a_dead_runs_slot_is_given_back_and_a_waiting_ingest_answers_sigterm(sta
     instance = None
     holder = subprocess.Popen(
         [*CLI, str(state.inbox / "long.pdf")],
-        env=env,
+        env=env | {"COLQWEN_DPI": "500"},  # ~6x the pixels: it must still hold the slot when it is killed
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
@@ -74,6 +74,7 @@ def test_a_dead_runs_slot_is_given_back_and_a_waiting_ingest_answers_sigterm(sta
         waiting.send_signal(signal.SIGTERM)
         assert waiting.wait(timeout=20) == 128 + signal.SIGTERM
 
+        assert holder.poll() is None, "the holder ended before it could be killed: make long.pdf longer"
         os.killpg(holder.pid, signal.SIGKILL)  # the holder dies with the slot claimed...
         holder.wait(timeout=30)
         run = instance.get_run_by_id(held)
