@@ -1,4 +1,4 @@
-"""Dagster's SQLite event log with one engine per file, kept open (issue 29).
+"""Dagster's SQLite event log with one engine per file, kept, and the file kept open (issue 29).
 
 Dagster's ``SqliteEventLogStorage`` builds a new engine for every event it stores, often two (the
 run's shard and the cross-run ``index.db``), opens a connection, commits it with a full fsync, and
@@ -8,8 +8,11 @@ events a document, and at 15-25 ms an event Dagster's bookkeeping cost several t
 This storage writes the same rows to the same files: an instance's history stays readable by the
 default storage and the other way round. It changes only how the files are opened:
 
-- one engine per file, cached (the index plus the latest run shards), whose pooled connections stay
-  open: no engine build, no checkpoint on every event;
+- one engine per file, kept (the index plus the latest run shards): no engine build per event;
+- one idle connection per kept file, so that an event's connection is never the last to close and
+  does not checkpoint. It never begins a transaction, so it holds no lock. Each event still gets a
+  connection of its own that is closed after it, as in Dagster's storage (no pool): a step
+  interrupted mid-write by a signal leaves nothing open that could keep the write lock;
 - ``PRAGMA synchronous=NORMAL`` on those connections: in WAL mode a commit no longer waits for an
   fsync. A crash of the process loses nothing; a power cut may lose the last commits, and never
   corrupts a file. SQLite still checkpoints the WAL every 1,000 pages.
@@ -20,10 +23,11 @@ Configured in dagster.yaml (``event_log_storage``); a deployment on Postgres doe
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
 import dagster as dg
 from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
@@ -32,16 +36,26 @@ from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
 from dagster._serdes import ConfigurableClassData
 from sqlalchemy import event
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.pool import NullPool
 
-RUN_SHARDS_KEPT = 8  # run shard engines kept open; a run writes its own, the webserver reads a few
+RUN_SHARDS_KEPT = 8  # run shard files kept open; a run writes its own, the webserver reads a few
 
 
-class PooledSqliteEventLogStorage(SqliteEventLogStorage):
-    """``SqliteEventLogStorage`` that keeps its engines. Without ``base_dir`` it lives where Dagster's
+class _KeptFile(NamedTuple):
+    engine: Engine
+    idle: sqlite3.Connection  # holds the file (and its WAL) open between events
+
+    def close(self) -> None:
+        self.engine.dispose()
+        self.idle.close()
+
+
+class KeptOpenSqliteEventLogStorage(SqliteEventLogStorage):
+    """``SqliteEventLogStorage`` that keeps its engines and files open. Without ``base_dir`` it lives where Dagster's
     default storage keeps the event log, under the instance's root: ``history/runs``."""
 
     def __init__(self, base_dir: str | None = None, inst_data: ConfigurableClassData | None = None):
-        self._engines: OrderedDict[str, Engine] = OrderedDict()  # shard -> engine, latest used last
+        self._kept: OrderedDict[str, _KeptFile] = OrderedDict()  # shard -> its engine, latest used last
         self._inst_data = inst_data
         if base_dir is not None:
             super().__init__(base_dir, inst_data)
@@ -59,7 +73,7 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
     @classmethod
     def from_config_value(  # type: ignore[override]
         cls, inst_data: ConfigurableClassData | None, config_value: dict[str, Any]
-    ) -> PooledSqliteEventLogStorage:
+    ) -> KeptOpenSqliteEventLogStorage:
         return cls(inst_data=inst_data, **config_value)
 
     @contextmanager
@@ -70,20 +84,23 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
                 yield connection
 
     def _engine(self, shard: str) -> Engine:
-        engine = self._engines.pop(shard, None)
-        if engine is None:
+        kept = self._kept.pop(shard, None)
+        if kept is None:
             engine = create_engine(
-                self.conn_string_for_shard(shard), connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}
+                self.conn_string_for_shard(shard),
+                poolclass=NullPool,
+                connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
             )
             event.listen(engine, "connect", _no_fsync_per_commit)
             if shard not in self._initialized_dbs:
                 self._initdb(engine)
                 self._initialized_dbs.add(shard)
-        self._engines[shard] = engine
-        run_shards = [name for name in self._engines if name != "index"]
+            kept = _KeptFile(engine, _idle_connection(self.path_for_shard(shard)))
+        self._kept[shard] = kept
+        run_shards = [name for name in self._kept if name != "index"]
         for name in run_shards[:-RUN_SHARDS_KEPT]:
-            self._engines.pop(name).dispose()
-        return engine
+            self._kept.pop(name).close()
+        return kept.engine
 
     def wipe(self) -> None:  # deletes run shard files: their engines would write to unlinked files
         with self._db_lock:
@@ -96,8 +113,15 @@ class PooledSqliteEventLogStorage(SqliteEventLogStorage):
         super().dispose()
 
     def _dispose_engines(self) -> None:
-        while self._engines:
-            self._engines.popitem()[1].dispose()
+        while self._kept:
+            self._kept.popitem()[1].close()
+
+
+def _idle_connection(path: str) -> sqlite3.Connection:
+    """A connection that has read the file once, so it maps the WAL index, and then does nothing."""
+    connection = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_SECONDS, check_same_thread=False)
+    connection.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+    return connection
 
 
 def _no_fsync_per_commit(dbapi_connection: Any, _record: Any) -> None:
