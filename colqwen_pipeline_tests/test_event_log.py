@@ -40,9 +40,9 @@ def home(state, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 def test_the_cli_instance_writes_dagsters_default_files_readable_both_ways(home: Path) -> None:
-    with dg.DagsterInstance.from_config(str(home)) as pooled:
-        assert type(pooled.event_log_storage) is KeptOpenSqliteEventLogStorage
-        _materialize(pooled, "a")
+    with dg.DagsterInstance.from_config(str(home)) as kept_open:
+        assert type(kept_open.event_log_storage) is KeptOpenSqliteEventLogStorage
+        _materialize(kept_open, "a")
     assert (home / "history" / "runs" / "index.db").is_file()
     assert not (home.parent / "elsewhere").exists()
 
@@ -54,9 +54,9 @@ def test_the_cli_instance_writes_dagsters_default_files_readable_both_ways(home:
         _materialize(default, "b")
 
     (home / "dagster.yaml").write_text(project_yaml)
-    with dg.DagsterInstance.from_config(str(home)) as pooled:
-        assert _latest_partitions(pooled) == {"a", "b"}
-        assert len(pooled.get_run_records()) == 2
+    with dg.DagsterInstance.from_config(str(home)) as kept_open:
+        assert _latest_partitions(kept_open) == {"a", "b"}
+        assert len(kept_open.get_run_records()) == 2
 
 
 def test_a_run_builds_each_engine_once_skips_checkpoints_and_fsyncs(home: Path, monkeypatch) -> None:

@@ -210,8 +210,8 @@ def _cli_ingest(env: dict[str, str]) -> dict[str, Any]:
     # A blocking check in ERROR exits 1 after a complete ingest (index written, nothing failed): the
     # timing stands, and the JSON says which checks errored (the tiny model's tied scores can).
     errored = re.findall(r"^error: check\(s\) (.+) ended in ERROR", run.stderr, re.MULTILINE)
-    completed = re.search(r"^done: .*, 0 failed, ", run.stdout, re.MULTILINE) and run.returncode == 1
-    if run.returncode != 0 and not (errored and completed):
+    completed = re.search(r"^done: .*, 0 failed, ", run.stdout, re.MULTILINE) is not None
+    if run.returncode != 0 and not (run.returncode == 1 and errored and completed):
         raise RuntimeError(f"ingest failed ({run.returncode}): {run.stderr.strip().splitlines()[-3:]}")
     engine = re.findall(r"\[\d+/\d+ documents, ([\d.]+) s\]", output)  # the engine's last progress line
     return {

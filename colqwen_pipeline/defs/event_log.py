@@ -51,8 +51,8 @@ class _KeptFile(NamedTuple):
 
 
 class KeptOpenSqliteEventLogStorage(SqliteEventLogStorage):
-    """``SqliteEventLogStorage`` that keeps its engines and files open. Without ``base_dir`` it lives where Dagster's
-    default storage keeps the event log, under the instance's root: ``history/runs``."""
+    """``SqliteEventLogStorage`` that keeps its engines and files open. Without ``base_dir`` it lives
+    where Dagster's default storage keeps the event log, under the instance's root: ``history/runs``."""
 
     def __init__(self, base_dir: str | None = None, inst_data: ConfigurableClassData | None = None):
         self._kept: OrderedDict[str, _KeptFile] = OrderedDict()  # shard -> its engine, latest used last
@@ -85,6 +85,7 @@ class KeptOpenSqliteEventLogStorage(SqliteEventLogStorage):
 
     def _engine(self, shard: str) -> Engine:
         kept = self._kept.pop(shard, None)
+        opened = kept is None
         if kept is None:
             engine = create_engine(
                 self.conn_string_for_shard(shard),
@@ -97,22 +98,26 @@ class KeptOpenSqliteEventLogStorage(SqliteEventLogStorage):
                 self._initialized_dbs.add(shard)
             kept = _KeptFile(engine, _idle_connection(self.path_for_shard(shard)))
         self._kept[shard] = kept
-        run_shards = [name for name in self._kept if name != "index"]
-        for name in run_shards[:-RUN_SHARDS_KEPT]:
-            self._kept.pop(name).close()
+        if opened:  # only a newly opened file can push the oldest run shard out
+            self._close_oldest_run_shards()
         return kept.engine
 
-    def wipe(self) -> None:  # deletes run shard files: their engines would write to unlinked files
+    def _close_oldest_run_shards(self) -> None:
+        run_shards = [name for name in self._kept if name != "index"]  # latest used last
+        for name in run_shards[:-RUN_SHARDS_KEPT]:
+            self._kept.pop(name).close()
+
+    def wipe(self) -> None:  # deletes run shard files: kept ones would go on writing to unlinked files
         with self._db_lock:
-            self._dispose_engines()
+            self._close_kept()
         super().wipe()
 
     def dispose(self) -> None:
         with self._db_lock:
-            self._dispose_engines()
+            self._close_kept()
         super().dispose()
 
-    def _dispose_engines(self) -> None:
+    def _close_kept(self) -> None:
         while self._kept:
             self._kept.popitem()[1].close()
 
