@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import dagster as dg
@@ -376,3 +379,29 @@ def test_cuda_requested_without_a_gpu_falls_back_to_cpu_with_a_warning(caplog):
 
     assert (device, resolve_precision("auto", device)) == ("cpu", "fp32")
     assert "falling back to CPU" in caplog.text
+
+
+def test_planning_on_a_host_without_a_gpu_imports_no_torch(tmp_path: Path, tiny_model_dir: Path):
+    """A sensor tick, or an ingest of unchanged documents, plans against the model's identity: on a
+    host with no GPU device node it must not spend seconds importing torch to learn it is on a CPU.
+    With a node present (here: any existing file stands in for it) torch is asked."""
+    from colqwen_pipeline.embedding.identity import GPU_DEVICE_NODES
+
+    if any(Path(node).exists() for node in GPU_DEVICE_NODES):
+        pytest.skip("this host has a GPU device node")
+    probe = (
+        "import sys; from colqwen_pipeline.embedding import identity; from colqwen_pipeline.settings import Settings; "
+        "from colqwen_pipeline.bulk.plan import current_target\n"
+        "identity.GPU_DEVICE_NODES = tuple(sys.argv[1:])\n"
+        "current_target(Settings())\n"
+        "print('torch' in sys.modules)"
+    )
+    env = os.environ | {"COLQWEN_HOME": str(tmp_path), "COLQWEN_MODEL": str(tiny_model_dir), "COLQWEN_DEVICE": "auto"}
+
+    def plan(*nodes: str) -> str:
+        done = subprocess.run([sys.executable, "-c", probe, *nodes], env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        return done.stdout.split()[-1]
+
+    assert plan(*GPU_DEVICE_NODES) == "False"
+    assert plan(str(tiny_model_dir / "config.json")) == "True"  # "a GPU node exists": torch decides

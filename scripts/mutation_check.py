@@ -168,6 +168,22 @@ MUTATIONS = [
         f"{TESTS}/test_event_log.py::test_the_cli_instance_writes_dagsters_default_files_readable_both_ways",
         "an instance opened by its directory would read and write another instance's events",
     ),
+    Mutation(
+        "event-log-inspects-columns-per-event",
+        "colqwen_pipeline/defs/event_log.py",
+        "        if not self._asset_key_index_cols:",
+        "        if True:",
+        f"{TESTS}/test_event_log.py::test_a_run_builds_each_engine_once_skips_checkpoints_and_fsyncs",
+        "every asset event would inspect the asset keys table's columns again",
+    ),
+    Mutation(
+        "planning-imports-torch",
+        "colqwen_pipeline/embedding/identity.py",
+        'if requested == "cpu" or (requested == "auto" and not any(map(os.path.exists, GPU_DEVICE_NODES))):',
+        "if False:",
+        f"{TESTS}/test_embedding.py::test_planning_on_a_host_without_a_gpu_imports_no_torch",
+        "every sensor tick and unchanged ingest would spend seconds importing torch on a CPU host",
+    ),
 ]
 
 

@@ -57,8 +57,16 @@ class KeptOpenSqliteEventLogStorage(SqliteEventLogStorage):
     def __init__(self, base_dir: str | None = None, inst_data: ConfigurableClassData | None = None):
         self._kept: OrderedDict[str, _KeptFile] = OrderedDict()  # shard -> its engine, latest used last
         self._inst_data = inst_data
+        self._asset_key_index_cols = False
         if base_dir is not None:
             super().__init__(base_dir, inst_data)
+
+    def _has_asset_key_index_cols_on_connection(self, connection: Connection) -> bool:
+        # Dagster inspects the table's columns for every asset event; only a migration adds them,
+        # so once present they stay.
+        if not self._asset_key_index_cols:
+            self._asset_key_index_cols = super()._has_asset_key_index_cols_on_connection(connection)
+        return self._asset_key_index_cols
 
     def register_instance(self, instance: dg.DagsterInstance) -> None:
         # The instance registers its storages first thing, before any use; only then is its root known.

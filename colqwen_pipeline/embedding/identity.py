@@ -96,7 +96,16 @@ def hub_offline() -> bool:
     return any(os.environ.get(name, "").lower() in _TRUE for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
+# What CUDA (or ROCm, which torch also calls "cuda") needs on a host: no such node, no GPU. The
+# NVIDIA driver's nodes, AMD's compute node, and WSL2's GPU bridge.
+GPU_DEVICE_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+
+
 def resolve_device(requested: str) -> str:
+    if requested == "cpu" or (requested == "auto" and not any(map(os.path.exists, GPU_DEVICE_NODES))):
+        # torch would answer the same after a second or two of importing: planning an ingest (a
+        # sensor tick, a run of unchanged documents) then imports no torch at all
+        return "cpu"
     import torch
 
     if requested == "auto":
