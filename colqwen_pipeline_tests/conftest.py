@@ -1,5 +1,5 @@
 """Shared fixtures: a temporary state directory, the tiny model (built once), a real Redis; and
-the suite's tiers and its split over pytest-xdist workers (``make test`` runs ``-n 2``).
+the suite's tiers and its split over pytest-xdist workers (``make test`` runs ``-n 4``).
 
 Under xdist each worker is its own process with its own Redis, Milvus server and Dagster
 instances on free ports and temporary directories; the tiny model is built once for all workers.
@@ -54,7 +54,7 @@ def _uses_milvus_server(item: pytest.Item) -> bool:
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the groups into node-id suffixes
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark the slow tier, and group tests for ``--dist loadgroup``: by module, and every module
-    of the Milvus server into one group. Heavier groups are listed first so that the two workers
+    of the Milvus server into one group. Heavier groups are listed first so that the workers
     finish together (xdist hands out groups in collection order with --no-loadscope-reorder).
     Without ``tryfirst`` xdist read the markers before they were added: every test was its own group,
     and each worker started its own copy of every module's servers."""
