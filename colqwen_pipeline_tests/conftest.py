@@ -3,7 +3,7 @@ the suite's tiers and its split over pytest-xdist workers (``make test`` runs ``
 
 Under xdist each worker is its own process with its own Redis, Milvus server and Dagster
 instances on free ports and temporary directories; the tiny model is built once for all workers.
-A module runs whole on one worker (its module fixtures start once), and every module that uses
+A module runs whole on one worker (its module fixtures start once), and every test that uses
 the Milvus server runs on the same worker (one server, ~30 s to start, for the run)."""
 
 from __future__ import annotations
@@ -53,8 +53,8 @@ def _uses_milvus_server(item: pytest.Item) -> bool:
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the groups into node-id suffixes
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark the slow tier, and group tests for ``--dist loadgroup``: by module, and every module
-    of the Milvus server into one group. Heavier groups are listed first so that the workers
+    """Mark the slow tier, and group tests for ``--dist loadgroup``: by module, and every test
+    that uses the Milvus server into one group. Heavier groups are listed first so that the workers
     finish together (xdist hands out groups in collection order with --no-loadscope-reorder).
     Without ``tryfirst`` xdist read the markers before they were added: every test was its own group,
     and each worker started its own copy of every module's servers."""
