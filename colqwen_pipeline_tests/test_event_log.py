@@ -7,6 +7,9 @@ from pathlib import Path
 import dagster as dg
 import pytest
 from dagster._core.storage.event_log.sql_event_log import SqlEventLogStorage
+from dagster._core.storage.event_log.sqlite.sqlite_event_log import SqliteEventLogStorage
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from colqwen_pipeline.defs import event_log
 from colqwen_pipeline.defs.event_log import RUN_SHARDS_KEPT, KeptOpenSqliteEventLogStorage
@@ -28,6 +31,11 @@ def _materialize(instance: dg.DagsterInstance, partition: str) -> str:
 
 def _latest_partitions(instance: dg.DagsterInstance) -> set[str]:
     return set(instance.get_materialized_partitions(letter.key))
+
+
+@dg.asset(partitions_def=dg.StaticPartitionsDefinition(["a", "b"]))
+def shout(letter: str) -> str:
+    return letter.upper()
 
 
 @pytest.fixture
@@ -65,6 +73,8 @@ def test_a_run_builds_each_engine_once_skips_checkpoints_and_fsyncs(home: Path, 
     real_create_engine = event_log.create_engine
     inspected: list[str] = []  # Dagster's look at the asset keys table's columns
     real_has_column = SqlEventLogStorage._has_asset_key_col_on_connection
+    looked_up: list[str] = []  # and for tables, each time with an engine of its own
+    real_has_table = SqliteEventLogStorage.has_table
 
     def counted(url: str, **options):
         built.append(Path(str(url)).name)
@@ -74,12 +84,18 @@ def test_a_run_builds_each_engine_once_skips_checkpoints_and_fsyncs(home: Path, 
         inspected.append(column_name)
         return real_has_column(storage, connection, column_name)
 
+    def has_table(storage, table_name: str) -> bool:
+        looked_up.append(table_name)
+        return real_has_table(storage, table_name)
+
     monkeypatch.setattr(event_log, "create_engine", counted)
     monkeypatch.setattr(SqlEventLogStorage, "_has_asset_key_col_on_connection", has_column)
+    monkeypatch.setattr(SqliteEventLogStorage, "has_table", has_table)
     runs = home / "history" / "runs"
     with dg.DagsterInstance.from_config(str(home)) as instance:
         _materialize(instance, "a")  # the first run creates the shard files
         built.clear()
+        looked_up.clear()
         run_id = _materialize(instance, "b")
         events = instance.get_records_for_run(run_id).records
         with instance.event_log_storage.run_connection(run_id) as connection:
@@ -91,6 +107,7 @@ def test_a_run_builds_each_engine_once_skips_checkpoints_and_fsyncs(home: Path, 
     assert len(events) >= 10, "a run writes a dozen events or so"
     assert built == [f"{run_id}.db"]  # its own shard, once; index.db's engine was already kept
     assert inspected == ["last_materialization_timestamp"]  # once per process, not per asset event
+    assert looked_up == []  # every table it needs was found by the first run
     assert all(size > 0 for size in wal_bytes.values()), wal_bytes
     assert synchronous == 1  # NORMAL: in WAL mode a commit does not fsync
 
@@ -112,3 +129,58 @@ def test_it_keeps_only_the_latest_run_shards_open(home: Path) -> None:
         run_ids = [record.dagster_run.run_id for record in instance.get_run_records()]  # the latest first
         assert open_shards() == {"index.db"} | {f"{run_id}.db" for run_id in run_ids[:RUN_SHARDS_KEPT]}
     assert open_shards() == set()  # closed with the instance
+
+
+def test_a_group_of_events_is_one_commit_per_file_or_nothing(home: Path) -> None:
+    runs = home / "history" / "runs"
+    opened: list[str] = []  # new connections to event log files (the kept idle ones are not SQLAlchemy's)
+
+    def on_connect(dbapi_connection, _record) -> None:
+        path = Path(dbapi_connection.execute("PRAGMA database_list").fetchone()[2])
+        if path.parent == runs:  # not the run storage's runs.db
+            opened.append(path.name)
+
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        _materialize(instance, "a")  # the shard files exist, their engines are kept
+        event.listen(Engine, "connect", on_connect)
+        try:
+            with pytest.raises(RuntimeError), event_log.one_transaction_per_file(instance):
+                _materialize(instance, "b")  # a whole run in this thread: a dozen events
+                assert _latest_partitions(instance) == {"a", "b"}  # the group reads its own writes
+                during = list(opened)
+                with dg.DagsterInstance.from_config(str(home)) as webserver:  # another process's view
+                    assert _latest_partitions(webserver) == {"a"}  # nothing committed yet
+                raise RuntimeError("interrupted")
+            assert _latest_partitions(instance) == {"a"}  # all rolled back
+            assert during.count("index.db") == 1, during  # the run's new shard: a few more to create it
+
+            opened.clear()
+            with event_log.one_transaction_per_file(instance):
+                run_id = _materialize(instance, "b")
+            assert opened.count("index.db") == 1, opened
+            assert _latest_partitions(instance) == {"a", "b"}
+            assert len(instance.get_records_for_run(run_id).records) >= 10
+
+            opened.clear()
+            _materialize(instance, "a")  # no group: a connection per event, as in Dagster
+            assert opened.count("index.db") >= 3  # the planned event, the materialisation, a read or two
+        finally:
+            event.remove(Engine, "connect", on_connect)
+
+
+def test_dagster_hands_a_runs_planned_events_over_as_one_batch(home: Path, monkeypatch) -> None:
+    monkeypatch.delenv(event_log.EVENT_BATCH_SIZE[0], raising=False)
+    batches: list[list[str]] = []
+    real_store_event_batch = KeptOpenSqliteEventLogStorage.store_event_batch
+
+    def store_event_batch(storage, events) -> None:
+        batches.append([entry.dagster_event_type.value for entry in events])
+        real_store_event_batch(storage, events)
+
+    monkeypatch.setattr(KeptOpenSqliteEventLogStorage, "store_event_batch", store_event_batch)
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert os.environ[event_log.EVENT_BATCH_SIZE[0]] == event_log.EVENT_BATCH_SIZE[1]
+        result = dg.materialize([letter, shout], instance=instance, partition_key="a")
+        assert result.success
+        assert set(instance.get_materialized_partitions(shout.key)) == {"a"}
+    assert batches == [["ASSET_MATERIALIZATION_PLANNED"] * 2]

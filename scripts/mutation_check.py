@@ -184,6 +184,38 @@ MUTATIONS = [
         f"{TESTS}/test_embedding.py::test_planning_on_a_host_without_a_gpu_imports_no_torch",
         "every sensor tick and unchanged ingest would spend seconds importing torch on a CPU host",
     ),
+    Mutation(
+        "event-group-commits-each-statement",
+        "colqwen_pipeline/defs/event_log.py",
+        '        grouped = getattr(self._group, "connections", None)\n        if grouped is not None:',
+        "        grouped = None\n        if grouped is not None:",
+        f"{TESTS}/test_event_log.py::test_a_group_of_events_is_one_commit_per_file_or_nothing",
+        "a document's events would be half-written by an interrupt, at a connection per statement",
+    ),
+    Mutation(
+        "event-group-never-commits",
+        "colqwen_pipeline/defs/event_log.py",
+        "                for connection in connections.values():\n                    connection.commit()",
+        "                pass",
+        f"{TESTS}/test_event_log.py::test_a_group_of_events_is_one_commit_per_file_or_nothing",
+        "every grouped event (a document's materialisations) would be lost when its group closes",
+    ),
+    Mutation(
+        "event-log-looks-up-tables-per-event",
+        "colqwen_pipeline/defs/event_log.py",
+        "            self._tables_present.add(table_name)",
+        "            pass",
+        f"{TESTS}/test_event_log.py::test_a_run_builds_each_engine_once_skips_checkpoints_and_fsyncs",
+        "Dagster would build an engine and open index.db before every asset event's tags",
+    ),
+    Mutation(
+        "planned-events-one-at-a-time",
+        "colqwen_pipeline/defs/event_log.py",
+        "        os.environ.setdefault(*EVENT_BATCH_SIZE)",
+        "        pass",
+        f"{TESTS}/test_event_log.py::test_dagster_hands_a_runs_planned_events_over_as_one_batch",
+        "a run's creation would write its 4 planned events per document one transaction each",
+    ),
 ]
 
 

@@ -24,6 +24,7 @@ import dagster as dg
 from colqwen_pipeline.bulk import versions
 from colqwen_pipeline.bulk.plan import current_target
 from colqwen_pipeline.defs import checks
+from colqwen_pipeline.defs.event_log import one_transaction_per_file
 from colqwen_pipeline.defs.resources import ColQwenResource
 from colqwen_pipeline.defs.runs import TRIGGER
 from colqwen_pipeline.settings import Settings
@@ -112,6 +113,11 @@ with warnings.catch_warnings():
         say(f"{len(keys)} document(s), stages up to {STAGE_ASSETS[selected[-1]]}")
         run_checks = checks.RunChecks(context, settings)
         failure_context = current_target(settings).digest(settings)
+
+        def on_document(result: Any) -> None:
+            with one_transaction_per_file(context.instance):  # a document's events: one commit
+                _record(context, selected, result, run_checks, failure_context)
+
         try:
             report = run_documents(
                 settings,
@@ -119,7 +125,7 @@ with warnings.catch_warnings():
                 until=selected[-1],
                 force=config.force,
                 say=say,
-                on_document=lambda result: _record(context, selected, result, run_checks, failure_context),
+                on_document=on_document,
             )
             checks.evaluate_after_run(context, run_checks, report)
         finally:  # an interrupted or crashed run keeps the verdicts on the documents it finished
@@ -204,8 +210,10 @@ def _reconfirm_current(context: dg.AssetExecutionContext, selected: list[str], r
     """Before the run fails: a materialisation, same data version, for each stage that was already
     current and did not fail, so Dagster does not mark it failed with the run (module docstring)."""
     for result in results:
-        for stage in selected:
-            if result.completed(stage) and not result.stages[stage].changed:
+        with one_transaction_per_file(context.instance):  # a document's events: one commit
+            for stage in selected:
+                if not result.completed(stage) or result.stages[stage].changed:
+                    continue
                 context.log_event(
                     dg.AssetMaterialization(
                         STAGE_ASSETS[stage],

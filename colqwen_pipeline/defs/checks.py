@@ -24,6 +24,7 @@ from typing import Any
 
 import dagster as dg
 
+from colqwen_pipeline.defs.event_log import one_transaction_per_file
 from colqwen_pipeline.evaluation.checks import CheckOutcome
 from colqwen_pipeline.settings import Settings
 
@@ -48,6 +49,7 @@ CHECK_SPECS = [
 ]
 
 
+EVALUATIONS_PER_COMMIT = 100  # per-document verdicts written together: short enough not to keep other writers waiting
 WARNING_LABEL = "Warning: "  # Dagster's UI tags a failed WARN check "Failed": the description says what it is
 NOT_INDEXED = "; not indexed: "
 CARRIED_OVER = " (as last checked: the index has not changed since run "
@@ -115,8 +117,11 @@ class RunChecks:
             return
         self.logged = True
         for name, by_key in self.outcomes.items():
-            for key, outcome in sorted(by_key.items(), key=lambda item: not item[1].passed):
-                self.context.log_event(evaluation(name, outcome, SEVERITY[name], partition=key))
+            judged = sorted(by_key.items(), key=lambda item: not item[1].passed)
+            for start in range(0, len(judged), EVALUATIONS_PER_COMMIT):
+                with one_transaction_per_file(self.context.instance):
+                    for key, outcome in judged[start : start + EVALUATIONS_PER_COMMIT]:
+                        self.context.log_event(evaluation(name, outcome, SEVERITY[name], partition=key))
 
     def finish(self, failed: dict[str, str], index_changed: bool, judge_collection: bool = False) -> None:
         """One evaluation per selected check for the run; collection checks judge the collection when
